@@ -1,0 +1,212 @@
+"""The `chord-fl` command: `data` describes a data set, `pretrain` trains a backbone."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import torch
+
+from chord_fl.data import load_dataset, make_split
+from chord_fl.data.sources import DATA_DIR_ENV, DATASETS, FORMATS
+from chord_fl.errors import ChordError
+from chord_fl.evaluation import PROTOCOLS
+from chord_fl.metrics import METRICS
+from chord_fl.models import BACKBONES, LOSSES
+from chord_fl.pretrain import BASELINES, pretrain
+from chord_fl.train import TrainConfig
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset",
+        default="ml-100k",
+        help=f"one of {', '.join(DATASETS)}, or a path to a file (default: ml-100k)",
+    )
+    parser.add_argument(
+        "--data-dir", help=f"where data sets live (default: ${DATA_DIR_ENV}, then a user cache)"
+    )
+    parser.add_argument("--format", choices=FORMATS, help="file format, for a path to a file")
+    parser.add_argument("--user-min", type=int, help="drop users with fewer items (k-core)")
+    parser.add_argument("--item-min", type=int, help="drop items seen fewer times (k-core)")
+    parser.add_argument("--rounds", type=int, default=1, help="evaluation rounds R (default: 1)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _data_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"fmt": args.format, "user_min": args.user_min, "item_min": args.item_min}
+
+
+def _literal(text: str) -> Any:
+    """'3' -> 3, '0.2' -> 0.2, 'true' -> True, anything else stays text."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _key_values(pairs: list[str]) -> dict[str, Any]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ChordError(f"expected KEY=VALUE, got {pair!r}")
+        options[key.replace("-", "_")] = _literal(value)
+    return options
+
+
+def run_data(args: argparse.Namespace) -> dict[str, Any]:
+    data = load_dataset(args.dataset, args.data_dir, **_data_options(args))
+    split = make_split(data, args.rounds)
+    lengths = [len(seq) for seq in data.sequences]
+    return {
+        "dataset": args.dataset,
+        "users": data.num_users,
+        "items": data.num_items,
+        "interactions": data.num_interactions,
+        "before_filter": data.stats["before_filter"],
+        "filters": {"user_min": data.stats["user_min"], "item_min": data.stats["item_min"]},
+        "sequence_length": {
+            "mean": round(sum(lengths) / len(lengths), 2),
+            "min": min(lengths),
+            "max": max(lengths),
+        },
+        "rounds": args.rounds,
+        "split": split.sizes(),
+    }
+
+
+def run_pretrain(args: argparse.Namespace) -> dict[str, Any]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        loss=args.loss,
+        loss_negatives=args.loss_negatives,
+        patience=args.patience,
+        eval_every=args.eval_every,
+        select_metric=args.select_metric,
+        select_protocol=args.select_protocol,
+        num_negatives=args.negatives,
+        seed=args.seed,
+    )
+    backbone_options = _key_values(args.option)
+    for key in ("hidden", "max_len", "dropout"):
+        if getattr(args, key) is not None:
+            backbone_options[key] = getattr(args, key)
+    return pretrain(
+        args.dataset,
+        args.backbone,
+        args.data_dir,
+        args.rounds,
+        train,
+        backbone_options,
+        args.out,
+        _data_options(args),
+        progress=not args.no_progress,
+    )
+
+
+def _print_data(report: dict[str, Any]) -> None:
+    before = report["before_filter"]
+    print(f"{report['dataset']}")
+    print(
+        f"  before filtering: {before['users']} users, {before['items']} items, "
+        f"{before['interactions']} interactions"
+    )
+    print(
+        f"  after filtering:  {report['users']} users, {report['items']} items, "
+        f"{report['interactions']} interactions ({report['filters']})"
+    )
+    lengths = report["sequence_length"]
+    print(f"  sequence length:  mean {lengths['mean']}, min {lengths['min']}, max {lengths['max']}")
+    split = report["split"]
+    print(
+        f"  split (R={report['rounds']}): {split['users']} users kept, {split['dropped_users']} "
+        f"dropped; history {split['history_interactions']} interactions, "
+        f"{split['validation_targets']} validation and {split['round_targets']} round targets"
+    )
+
+
+def _print_pretrain(report: dict[str, Any]) -> None:
+    print(
+        f"{report['backbone']} on {report['dataset']}: {report['users']} users, "
+        f"{report['items']} items; best epoch {report['best_epoch']} of {report['epochs_run']}, "
+        f"{report['train_seconds']} s"
+    )
+    for part in ("validation", "test"):
+        for protocol, metrics in report[part].items():
+            values = "  ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+            print(f"  {part:<10} {protocol:<7} {values}")
+    if "checkpoint" in report:
+        print(f"  checkpoint: {report['checkpoint']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chord-fl", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="load a data set and print its statistics")
+    _add_data_options(data)
+    data.set_defaults(run=run_data, show=_print_data)
+
+    train = commands.add_parser("pretrain", help="train a backbone on the cloud history split")
+    _add_data_options(train)
+    defaults = TrainConfig()
+    train.add_argument("--backbone", choices=[*BACKBONES, *BASELINES], default="sasrec")
+    train.add_argument("--epochs", type=int, default=defaults.epochs)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--lr", type=float, default=defaults.lr)
+    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    train.add_argument("--loss", choices=LOSSES, default=defaults.loss)
+    train.add_argument("--patience", type=int, default=defaults.patience)
+    train.add_argument("--eval-every", type=int, default=defaults.eval_every)
+    train.add_argument("--select-metric", choices=METRICS, default=defaults.select_metric)
+    train.add_argument("--select-protocol", choices=PROTOCOLS, default=defaults.select_protocol)
+    train.add_argument("--loss-negatives", type=int, default=defaults.loss_negatives)
+    train.add_argument("--negatives", type=int, default=defaults.num_negatives)
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--hidden", type=int, help="backbone width")
+    train.add_argument("--max-len", type=int, help="longest input sequence")
+    train.add_argument("--dropout", type=float)
+    train.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other backbone setting, e.g. blocks=2 or window=5",
+    )
+    train.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    train.add_argument("--out", help="checkpoint path (default: checkpoints/NAME.pt)")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.set_defaults(run=run_pretrain, show=_print_pretrain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = args.run(args)
+    except ChordError as exc:
+        print(f"chord-fl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report))
+    else:
+        args.show(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The interface every backbone implements, and what they share: scoring, the next-item loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chord_fl.data.sequences import PADDING
+from chord_fl.errors import ConfigError
+
+LOSSES = ("sampled", "ce", "bce")
+
+
+@dataclass(frozen=True)
+class QuantizableTensor:
+    """A weight tensor whose output channels can each get their own precision."""
+
+    name: str  # the parameter's name in the state dict
+    channel_axis: int  # the axis indexing channels (rows of a Linear, filters of a Conv)
+
+
+class SequentialRecommender(nn.Module):
+    """A next-item recommender over left-padded item sequences (0 = padding).
+
+    Subclasses define `encode` and `training_states`; scoring and the loss live here once.
+    """
+
+    def __init__(self, num_items: int, max_len: int) -> None:
+        super().__init__()
+        if num_items < 1 or max_len < 1:
+            raise ConfigError(f"num_items and max_len must be >= 1, got {num_items}, {max_len}")
+        self.num_items = num_items
+        self.max_len = max_len
+
+    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
+        """(B, L) item ids -> (B, D) representation of what comes next."""
+        raise NotImplementedError
+
+    def training_states(self, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L+1) sequences -> states (M, D) and the next item (M,) each state should predict."""
+        raise NotImplementedError
+
+    def output_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(num_items + 1, D) item vectors that states are scored against, and an optional bias."""
+        raise NotImplementedError
+
+    def quantizable_tensors(self) -> list[QuantizableTensor]:
+        raise NotImplementedError
+
+    def _logits(self, states: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of (M, D) states against all items (None), items shared by every row (K,),
+        or each row's own items (M, C)."""
+        weight, bias = self.output_embeddings()
+        if items is None or items.dim() == 1:
+            chosen = weight if items is None else weight[items]
+            logits = states @ chosen.T
+            if bias is not None:
+                logits = logits + (bias if items is None else bias[items])
+            if items is None:
+                logits[..., PADDING] = float("-inf")
+            return logits
+        logits = (states.unsqueeze(-2) * weight[items]).sum(-1)
+        return logits if bias is None else logits + bias[items]
+
+    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+        """Full scores, so that `torch.func.functional_call` can run the model on other weights."""
+        return self.full_scores(seqs)
+
+    def score(self, seqs: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """(B, L) sequences and (B, C) candidate items -> (B, C) scores."""
+        return self._logits(self.encode(seqs), candidates)
+
+    def full_scores(self, seqs: torch.Tensor) -> torch.Tensor:
+        """(B, L) sequences -> (B, num_items + 1) scores; the padding column is -inf."""
+        return self._logits(self.encode(seqs))
+
+    def training_loss(
+        self, seqs: torch.Tensor, loss: str = "sampled", negatives: int = 256
+    ) -> torch.Tensor:
+        """Next-item loss over every position of (B, L+1) sequences.
+
+        "ce": softmax over the whole catalogue. "sampled": softmax over the target and `negatives`
+        uniformly drawn items shared by the batch (cheap for large catalogues, and close to "ce").
+        "bce": one sampled negative per position, binary cross-entropy (the SASRec paper's loss).
+        """
+        states, targets = self.training_states(seqs)
+        if loss == "ce":
+            return F.cross_entropy(self._logits(states), targets)
+        if loss == "sampled":
+            shared = torch.randint(1, self.num_items + 1, (negatives,), device=targets.device)
+            positive = self._logits(states, targets.unsqueeze(-1))
+            negative = self._logits(states, shared)
+            negative = negative.masked_fill(
+                shared.unsqueeze(0) == targets.unsqueeze(1), float("-inf")
+            )
+            logits = torch.cat([positive, negative], dim=1)
+            return F.cross_entropy(logits, torch.zeros_like(targets))
+        if loss == "bce":
+            sampled = torch.randint(1, self.num_items + 1, targets.shape, device=targets.device)
+            positive = self._logits(states, targets.unsqueeze(-1)).squeeze(-1)
+            negative = self._logits(states, sampled.unsqueeze(-1)).squeeze(-1)
+            return F.softplus(-positive).mean() + F.softplus(negative).mean()
+        raise ConfigError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")

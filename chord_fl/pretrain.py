@@ -1,0 +1,64 @@
+"""Train a backbone on the cloud's history split, report validation and test metrics, save it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from chord_fl.checkpoint import save_checkpoint
+from chord_fl.data import VALIDATION, load_dataset, make_split
+from chord_fl.evaluation import evaluate_stages
+from chord_fl.machine import machine_info
+from chord_fl.models import Popularity, SequentialRecommender, build_backbone
+from chord_fl.train import TrainConfig, evaluation_negatives, fit
+
+BASELINES = ("popularity",)
+
+
+def default_checkpoint(dataset: str, backbone: str, rounds: int, seed: int) -> Path:
+    stem = Path(dataset).stem if Path(dataset).suffix else dataset
+    return Path("checkpoints") / f"{stem}-{backbone}-r{rounds}-s{seed}.pt"
+
+
+def pretrain(
+    dataset: str,
+    backbone: str,
+    data_dir: str | None = None,
+    rounds: int = 1,
+    train: TrainConfig = TrainConfig(),
+    backbone_options: dict[str, Any] | None = None,
+    checkpoint: str | Path | None = None,
+    data_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Everything `chord-fl pretrain` does; returns the report it prints."""
+    data = load_dataset(dataset, data_dir, **(data_options or {}))
+    split = make_split(data, rounds)
+    model: SequentialRecommender
+    if backbone in BASELINES:
+        model = Popularity(data.num_items)
+    else:
+        model = build_backbone(backbone, data.num_items, **(backbone_options or {}))
+    result = fit(model, split, train, progress)
+    negatives = evaluation_negatives(split, train.num_negatives, train.seed)
+    report: dict[str, Any] = {
+        "dataset": dataset,
+        "backbone": backbone,
+        "users": data.num_users,
+        "items": data.num_items,
+        "interactions": data.num_interactions,
+        "split": split.sizes(),
+        "rounds": rounds,
+        "train_config": asdict(train),
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "train_seconds": round(result.seconds, 2),
+        "validation": evaluate_stages(model, split, [VALIDATION], negatives),
+        "test": evaluate_stages(model, split, list(range(1, rounds + 1)), negatives),
+        "machine": machine_info(),
+    }
+    if backbone not in BASELINES:
+        path = checkpoint or default_checkpoint(dataset, backbone, rounds, train.seed)
+        report["checkpoint"] = str(save_checkpoint(path, model, {"dataset": dataset, **report}))
+    return report

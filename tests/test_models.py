@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+import torch
+
+from chord_fl.checkpoint import load_checkpoint, save_checkpoint
+from chord_fl.data import make_split, synthetic_dataset
+from chord_fl.errors import ConfigError, DataError
+from chord_fl.evaluation import evaluate_stages, target_ranks
+from chord_fl.models import BACKBONES, Popularity, build_backbone
+from chord_fl.train import TrainConfig, evaluation_negatives, fit
+
+NUM_ITEMS = 50
+SMALL = {"hidden": 16, "max_len": 12}
+
+
+@pytest.fixture(params=sorted(BACKBONES))
+def model(request):
+    torch.manual_seed(0)
+    return build_backbone(request.param, NUM_ITEMS, **SMALL).eval()
+
+
+def test_forward_shapes(model):
+    seqs = torch.randint(1, NUM_ITEMS + 1, (3, 12))
+    assert model.encode(seqs).shape == (3, 16)
+    assert model.score(seqs, torch.randint(1, NUM_ITEMS + 1, (3, 7))).shape == (3, 7)
+    full = model.full_scores(seqs)
+    assert full.shape == (3, NUM_ITEMS + 1)
+    assert torch.isneginf(full[:, 0]).all() and torch.isfinite(full[:, 1:]).all()
+    for loss in ("sampled", "ce", "bce"):
+        value = model.training_loss(torch.randint(0, NUM_ITEMS + 1, (3, 13)), loss, 8)
+        assert value.dim() == 0 and torch.isfinite(value)
+
+
+def test_score_agrees_with_full_scores(model):
+    seqs = torch.randint(1, NUM_ITEMS + 1, (2, 12))
+    candidates = torch.tensor([[3, 9, 1], [50, 2, 7]])
+    expected = model.full_scores(seqs).gather(1, candidates)
+    torch.testing.assert_close(model.score(seqs, candidates), expected)
+
+
+def test_left_padding_does_not_change_the_representation(model):
+    items = torch.tensor([[4, 8, 15, 16, 23, 42]])
+    padded = torch.cat([torch.zeros(1, 6, dtype=torch.long), items], dim=1)
+    torch.testing.assert_close(model.encode(items), model.encode(padded))
+
+
+def test_quantizable_tensors_are_real_parameters(model):
+    params = dict(model.named_parameters())
+    tensors = model.quantizable_tensors()
+    assert "item_embedding.weight" in {t.name for t in tensors}
+    assert "position_embedding.weight" not in {t.name for t in tensors}
+    for tensor in tensors:
+        assert tensor.name in params
+        assert 0 <= tensor.channel_axis < params[tensor.name].dim()
+
+
+def test_checkpoint_round_trip(model, tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", model, {"dataset": "synthetic", "note": [1, 2]})
+    loaded, meta = load_checkpoint(path)
+    assert type(loaded) is type(model) and meta["note"] == [1, 2]
+    seqs = torch.randint(1, NUM_ITEMS + 1, (2, 12))
+    torch.testing.assert_close(loaded.full_scores(seqs), model.full_scores(seqs))
+
+
+class NotAllowed:
+    pass
+
+
+def test_checkpoint_loading_is_weights_only(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": NotAllowed(), "meta": {}, "state_dict": {}}, path)
+    with pytest.raises(DataError, match="evil.pt"):
+        load_checkpoint(path)
+    (tmp_path / "torn.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="torn.pt"):
+        load_checkpoint(tmp_path / "torn.pt")
+    with pytest.raises(DataError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_unknown_names_are_listed():
+    with pytest.raises(ConfigError, match="caser, sasrec|sasrec, caser"):
+        build_backbone("gru4rec", NUM_ITEMS)
+    with pytest.raises(ConfigError, match="known: .*hidden"):
+        build_backbone("sasrec", NUM_ITEMS, hiden=8)
+
+
+def test_full_ranking_leaves_out_seen_items():
+    model = Popularity(5).fit([np.array([1, 1, 1, 2, 2, 3])])
+    windows, targets = [np.array([1, 2])], np.array([3])
+    # Item 3 is third by popularity; items 1 and 2 are already in the window.
+    assert target_ranks(model, windows, targets, exclude_seen=False).tolist() == [2]
+    assert target_ranks(model, windows, targets, exclude_seen=True).tolist() == [0]
+
+
+def test_training_beats_popularity_on_synthetic_data():
+    data = synthetic_dataset(seed=1)
+    split = make_split(data, rounds=2)
+    negatives = evaluation_negatives(split, 40, seed=0)
+    config = TrainConfig(epochs=12, num_negatives=40, lr=3e-3, patience=12, seed=0)
+    popularity = Popularity(data.num_items)
+    fit(popularity, split, config, progress=False)
+    baseline = evaluate_stages(popularity, split, [1, 2], negatives)["full"]["ndcg@10"]
+    model = build_backbone("sasrec", data.num_items, hidden=32, max_len=40)
+    result = fit(model, split, config, progress=False)
+    trained = evaluate_stages(model, split, [1, 2], negatives)["full"]["ndcg@10"]
+    assert result.best_epoch >= 1
+    assert trained > 2 * baseline
