@@ -5,6 +5,7 @@ Loading uses `torch.load(..., weights_only=True)`, which accepts tensors and pla
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ def save_checkpoint(path: str | Path, model: SequentialRecommender, meta: dict[s
     """Write atomically (temp file, then rename) so a crash never leaves a torn checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"model": describe(model), "meta": meta, "state_dict": model.state_dict()}
+    # A JSON round trip keeps only plain types, which weights-only loading accepts.
+    plain_meta = json.loads(json.dumps(meta, default=str))
+    payload = {"model": describe(model), "meta": plain_meta, "state_dict": model.state_dict()}
     partial = path.with_name(path.name + ".part")
     torch.save(payload, partial)
     partial.replace(path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, fields
 from typing import Any
 
+import torch
+
 from chord_fl.errors import ConfigError
 from chord_fl.models.base import LOSSES, QuantizableTensor, SequentialRecommender
 from chord_fl.models.caser import Caser, CaserConfig
@@ -36,6 +38,14 @@ def build_backbone(name: str, num_items: int, **options: Any) -> SequentialRecom
     return BACKBONES[name][0](num_items, config)
 
 
+def seeded_backbone(name: str, num_items: int, seed: int, **options: Any) -> SequentialRecommender:
+    """A randomly initialised backbone that every process regenerates bit-identically from `seed`
+    (DESIGN section 3, init = "random": devices rebuild the weights, nothing is downloaded)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_backbone(name, num_items, **options)
+
+
 def describe(model: SequentialRecommender) -> dict[str, Any]:
     """What is needed to rebuild `model`'s architecture: its name, catalogue size and config."""
     for name, (model_type, _) in BACKBONES.items():
@@ -61,4 +71,5 @@ __all__ = [
     "backbone_config",
     "build_backbone",
     "describe",
+    "seeded_backbone",
 ]

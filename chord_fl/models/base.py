@@ -26,7 +26,11 @@ class SequentialRecommender(nn.Module):
     """A next-item recommender over left-padded item sequences (0 = padding).
 
     Subclasses define `encode` and `training_states`; scoring and the loss live here once.
+    `output_table` names the tensor whose rows score items. Items marked in `unavailable` (for
+    example items whose row a device pruned) score -inf: they cannot be recommended.
     """
+
+    output_table = "item_embedding.weight"
 
     def __init__(self, num_items: int, max_len: int) -> None:
         super().__init__()
@@ -34,6 +38,7 @@ class SequentialRecommender(nn.Module):
             raise ConfigError(f"num_items and max_len must be >= 1, got {num_items}, {max_len}")
         self.num_items = num_items
         self.max_len = max_len
+        self.unavailable: torch.Tensor | None = None  # (num_items + 1,) bool, not a weight
 
     def encode(self, seqs: torch.Tensor) -> torch.Tensor:
         """(B, L) item ids -> (B, D) representation of what comes next."""
@@ -49,6 +54,11 @@ class SequentialRecommender(nn.Module):
 
     def quantizable_tensors(self) -> list[QuantizableTensor]:
         raise NotImplementedError
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of `encode`'s output: the profile a device uploads has this many numbers."""
+        return self.output_embeddings()[0].shape[1]
 
     def _logits(self, states: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of (M, D) states against all items (None), items shared by every row (K,),
@@ -71,11 +81,17 @@ class SequentialRecommender(nn.Module):
 
     def score(self, seqs: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """(B, L) sequences and (B, C) candidate items -> (B, C) scores."""
-        return self._logits(self.encode(seqs), candidates)
+        scores = self._logits(self.encode(seqs), candidates)
+        if self.unavailable is not None:
+            scores = scores.masked_fill(self.unavailable[candidates], float("-inf"))
+        return scores
 
     def full_scores(self, seqs: torch.Tensor) -> torch.Tensor:
         """(B, L) sequences -> (B, num_items + 1) scores; the padding column is -inf."""
-        return self._logits(self.encode(seqs))
+        scores = self._logits(self.encode(seqs))
+        if self.unavailable is not None:
+            scores = scores.masked_fill(self.unavailable, float("-inf"))
+        return scores
 
     def training_loss(
         self, seqs: torch.Tensor, loss: str = "sampled", negatives: int = 256

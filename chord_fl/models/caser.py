@@ -35,6 +35,8 @@ class CaserConfig:
 
 
 class Caser(SequentialRecommender):
+    output_table = "output_embedding.weight"
+
     def __init__(self, num_items: int, config: CaserConfig = CaserConfig()) -> None:
         super().__init__(num_items, config.max_len)
         self.config = config

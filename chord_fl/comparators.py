@@ -1,0 +1,71 @@
+"""Every method's codes for a batch of devices at their budgets, so all are compared at equal bytes.
+
+- fp32: the frozen full-precision model, no budget (codes None).
+- uniform: the highest single precision whose whole model fits the budget.
+- random: random importances, allocated under the budget.
+- global: one non-personalised importance for all users (cloud-wide squared gradients, in the spirit
+  of HAWQ), allocated under each budget.
+- chord and its ablations: the hypernetworks' importances for each device's profile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from chord_fl.cloud import issue_codes
+from chord_fl.errors import ConfigError
+from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
+from chord_fl.quant.allocation import uniform_codes
+from chord_fl.quant.quantizer import PreparedModel
+
+CHORD_VARIANTS = {
+    "chord": HyperNetConfig(),
+    "chord-no-element": HyperNetConfig(element_level=False),
+    "chord-no-filter": HyperNetConfig(filter_level=False),
+    "chord-no-layer": HyperNetConfig(layer_level=False),
+}
+METHODS = ("fp32", "uniform", "random", "global", *CHORD_VARIANTS)
+
+
+@dataclass
+class CloudModels:
+    """What the cloud holds: the prepared frozen model, trained hypernetworks by method name, and
+    the cloud-wide channel importance for the global strategy."""
+
+    prepared: PreparedModel
+    hypernets: dict[str, ChordHyperNet] = field(default_factory=dict)
+    global_importance: np.ndarray | None = None
+
+
+def method_codes(
+    method: str,
+    cloud: CloudModels,
+    profiles: np.ndarray,
+    budgets: np.ndarray,
+    seed: int = 0,
+) -> np.ndarray | None:
+    """(D, C) codes of `method` for devices with (D, hidden) profiles and (D,) byte budgets."""
+    prepared = cloud.prepared
+    devices, channels = len(budgets), prepared.channels.channels
+    if method == "fp32":
+        return None
+    if method == "uniform":
+        cost = prepared.channels.cost(prepared.table)
+        return uniform_codes(cost, np.asarray(budgets) - prepared.channels.fixed_bytes)
+    if method == "random":
+        importance = np.random.default_rng([seed, 0x72616E64]).random((devices, channels))
+    elif method == "global":
+        if cloud.global_importance is None:
+            raise ConfigError("the global strategy needs cloud-wide channel importance")
+        importance = np.broadcast_to(cloud.global_importance, (devices, channels))
+    elif method in CHORD_VARIANTS:
+        if method not in cloud.hypernets:
+            raise ConfigError(f"no trained hypernetworks for {method!r}")
+        with torch.no_grad():
+            importance = cloud.hypernets[method](torch.from_numpy(profiles)).numpy()
+    else:
+        raise ConfigError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    return issue_codes(prepared, importance, budgets)

@@ -1,0 +1,34 @@
+"""The device-side profile: the frozen full-precision backbone's view of the recent window.
+
+It is all a device uploads in CHORD: a vector of `hidden` fp16 numbers (128 bytes for SASRec at
+hidden 64). Raw item ids never leave the device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from chord_fl.data.split import pad_left
+from chord_fl.models import SequentialRecommender
+
+PROFILE_DTYPE = np.float16
+
+
+@torch.no_grad()
+def encode_profiles(
+    model: SequentialRecommender,
+    windows: list[np.ndarray],
+    window_length: int | None = None,
+    batch_size: int = 512,
+) -> np.ndarray:
+    """(U, hidden) fp16 profiles of the last `window_length` items (default: max_len)."""
+    length = min(window_length or model.max_len, model.max_len)
+    was_training = model.training
+    model.eval()
+    out = [
+        model.encode(torch.from_numpy(pad_left(windows[i : i + batch_size], length))).numpy()
+        for i in range(0, len(windows), batch_size)
+    ]
+    model.train(was_training)
+    return np.concatenate(out).astype(PROFILE_DTYPE)

@@ -1,0 +1,57 @@
+"""A differentiable stand-in for budgeted allocation, used only to train the hypernetworks.
+
+The allocator minimises sum_c imp_c * err_c(q_c) subject to sum_c cost_c(q_c) <= budget. Its
+Lagrangian splits per channel: each channel picks the code minimising imp_c err_c(q) + mu cost_c(q).
+Relaxed, each channel gets a softmax over codes of -(imp err + mu cost) / temperature, with mu set
+by bisection so that the expected cost meets the budget. Gradients flow to the importances only
+(mu is treated as a constant, as in a dual step).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _probabilities(
+    importance: torch.Tensor, error: torch.Tensor, cost: torch.Tensor, mu: torch.Tensor, temp: float
+) -> torch.Tensor:
+    """(B, C) importance, (C, Q) error and cost, (B,) mu -> (B, C, Q) code probabilities."""
+    lagrangian = importance[..., None] * error + mu[:, None, None] * cost
+    return torch.softmax(-lagrangian / temp, dim=-1)
+
+
+@torch.no_grad()
+def budget_multiplier(
+    importance: torch.Tensor,
+    error: torch.Tensor,
+    cost: torch.Tensor,
+    budget: torch.Tensor,
+    temperature: float = 1.0,
+    steps: int = 40,
+) -> torch.Tensor:
+    """(B,) smallest mu >= 0 whose expected cost is within `budget`, by bisection in log space."""
+
+    def expected_cost(mu: torch.Tensor) -> torch.Tensor:
+        return (_probabilities(importance, error, cost, mu, temperature) * cost).sum((-1, -2))
+
+    low = torch.full_like(budget, -30.0)
+    high = torch.full_like(budget, 30.0)
+    for _ in range(steps):
+        middle = (low + high) / 2
+        over = expected_cost(torch.exp(middle)) > budget
+        low = torch.where(over, middle, low)
+        high = torch.where(over, high, middle)
+    mu = torch.exp(high)
+    return torch.where(expected_cost(torch.zeros_like(budget)) <= budget, 0.0, mu)
+
+
+def soft_codes(
+    importance: torch.Tensor,
+    error: torch.Tensor,
+    cost: torch.Tensor,
+    budget: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """(B, C, Q) differentiable code probabilities that spend about `budget` bytes each."""
+    mu = budget_multiplier(importance.detach(), error, cost, budget, temperature)
+    return _probabilities(importance, error, cost, mu, temperature)

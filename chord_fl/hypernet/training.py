@@ -1,0 +1,198 @@
+"""Cloud training of the hypernetworks; the backbone stays frozen and no device computes anything.
+
+Each step takes a batch of training users, a position near the end of each history (the window
+before it is the user's real-time window, the item at it the target), and a budget drawn from the
+device tiers. The hypernetworks map the window's profile to channel importances; the allocator's
+Lagrangian relaxation turns them into code probabilities; the backbone runs on weights quantized
+under those codes (straight-through: the forward pass uses the allocator's hard codes) and the
+next-item loss flows back to the hypernetworks. Selection uses validation targets only.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
+from chord_fl.data.split import VALIDATION, RoundSplit, pad_left
+from chord_fl.devices import Fleet, assign_tiers
+from chord_fl.errors import ConfigError
+from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
+from chord_fl.hypernet.profile import encode_profiles
+from chord_fl.hypernet.relax import soft_codes
+from chord_fl.metrics import METRICS
+from chord_fl.quant.channels import rows_to_tensor
+from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.train import FitResult
+
+EXCLUDED_PENALTY = 20.0  # logits; exp(-20) ~ 2e-9, so an excluded item's probability vanishes
+
+
+@dataclass(frozen=True)
+class HyperTrainConfig:
+    epochs: int = 15
+    batch_users: int = 32
+    lr: float = 3e-3
+    temperature: float = 1.0
+    positions: int = 5  # targets are drawn from the last `positions` items of each history
+    budget_penalty: float = 1.0
+    straight_through: bool = True
+    patience: int = 4
+    eval_users: int = 500  # validation users scored after each epoch
+    select_metric: str = "ndcg@10"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_users", "positions", "patience", "eval_users"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.temperature <= 0:
+            raise ConfigError("lr and temperature must be > 0")
+        if self.select_metric not in METRICS:
+            raise ConfigError(f"select_metric must be one of {', '.join(METRICS)}")
+
+
+class _Relaxation:
+    """Everything about the frozen model that a training step reuses: costs, errors, levels."""
+
+    def __init__(self, prepared: PreparedModel) -> None:
+        self.prepared = prepared
+        errors = prepared.errors
+        self.error = torch.tensor(errors / errors[:, 0].mean(), dtype=torch.float32)
+        self.cost_np = prepared.channels.cost(prepared.table).astype(np.float64)
+        self.cost = torch.tensor(self.cost_np, dtype=torch.float32)
+        self.candidates = [prepared.candidate_rows(g) for g in prepared.channels.groups]
+
+    def loss(
+        self,
+        importance: torch.Tensor,
+        channel_budget: np.ndarray,
+        seqs: torch.Tensor,
+        targets: torch.Tensor,
+        config: HyperTrainConfig,
+    ) -> torch.Tensor:
+        budget = torch.tensor(channel_budget, dtype=torch.float32)
+        probabilities = soft_codes(importance, self.error, self.cost, budget, config.temperature)
+        hard = None
+        if config.straight_through:
+            hard = issue_codes(
+                self.prepared,
+                importance.detach().numpy(),
+                channel_budget + self.prepared.channels.fixed_bytes,
+            )
+        frozen = self.prepared.frozen
+        losses = []
+        for row in range(len(seqs)):
+            weights = {}
+            for group, candidates in zip(
+                self.prepared.channels.groups, self.candidates, strict=True
+            ):
+                p = probabilities[row, group.codes]  # (C_l, Q)
+                rows = torch.einsum("cq,qck->ck", p, candidates)
+                if hard is not None:
+                    picked = torch.from_numpy(hard[row, group.codes].astype(np.int64))
+                    chosen = candidates[picked, torch.arange(group.channels)]
+                    rows = chosen + rows - rows.detach()
+                weights[group.name] = rows_to_tensor(rows, group)
+            scores = functional_call(frozen, weights, (seqs[row : row + 1],))
+            item_group = self.prepared.item_group
+            if item_group is not None:
+                # Items the device would not hold score far below the rest (a soft -inf).
+                pruned = probabilities[row, item_group.codes, 0]
+                if hard is not None:
+                    hard_pruned = torch.from_numpy(hard[row, item_group.codes] == 0).float()
+                    pruned = hard_pruned + pruned - pruned.detach()
+                scores = scores - EXCLUDED_PENALTY * pruned
+            losses.append(F.cross_entropy(scores, targets[row : row + 1]))
+        spent = (probabilities * self.cost).sum((1, 2))
+        overspend = F.relu(spent / budget.clamp_min(1.0) - 1.0).mean()
+        return torch.stack(losses).mean() + config.budget_penalty * overspend
+
+
+def _training_examples(
+    histories: list[np.ndarray], users: np.ndarray, positions: int, rng: np.random.Generator
+) -> tuple[list[np.ndarray], np.ndarray]:
+    windows, targets = [], []
+    for user in users:
+        history = histories[user]
+        end = int(rng.integers(max(1, len(history) - positions), len(history)))
+        windows.append(history[:end])
+        targets.append(history[end])
+    return windows, np.asarray(targets, dtype=np.int64)
+
+
+def train_hypernet(
+    prepared: PreparedModel,
+    split: RoundSplit,
+    fleet: Fleet,
+    net_config: HyperNetConfig = HyperNetConfig(),
+    config: HyperTrainConfig = HyperTrainConfig(),
+    progress: bool = True,
+) -> tuple[ChordHyperNet, FitResult]:
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    frozen = prepared.frozen.eval().requires_grad_(False)
+    relaxation = _Relaxation(prepared)
+    budgets = tier_budgets(fleet, prepared.channels)
+    shares = np.array([tier.share for tier in fleet.tiers], dtype=np.float64)
+    shares /= shares.sum()
+    histories = split.histories()
+
+    validation_users = np.sort(rng.permutation(len(split))[: config.eval_users])
+    validation_windows = [split.users[i].window(VALIDATION) for i in validation_users]
+    validation_targets = split.targets(VALIDATION)[validation_users]
+    validation_budgets = budgets[assign_tiers(fleet, len(split), config.seed)][validation_users]
+    validation_profiles = torch.from_numpy(encode_profiles(frozen, validation_windows))
+
+    hypernet = ChordHyperNet(frozen, prepared.channels, frozen.hidden_size, net_config)
+    optimizer = torch.optim.Adam(hypernet.parameters(), lr=config.lr)
+    result = FitResult(0, float("-inf"), 0.0)
+    best_state = copy.deepcopy(hypernet.state_dict())
+    stale = 0
+    epochs = tqdm(range(1, config.epochs + 1), desc="hypernet", unit="epoch", disable=not progress)
+    for epoch in epochs:
+        hypernet.train()
+        order = rng.permutation(len(histories))
+        losses = []
+        for begin in range(0, len(order), config.batch_users):
+            users = order[begin : begin + config.batch_users]
+            windows, targets = _training_examples(histories, users, config.positions, rng)
+            profiles = torch.from_numpy(encode_profiles(frozen, windows))
+            tiers = rng.choice(len(shares), size=len(users), p=shares)
+            channel_budget = budgets[tiers] - prepared.channels.fixed_bytes
+            loss = relaxation.loss(
+                hypernet(profiles),
+                channel_budget.astype(np.float64),
+                torch.from_numpy(pad_left(windows, frozen.max_len)),
+                torch.from_numpy(targets),
+                config,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        hypernet.eval()
+        with torch.no_grad():
+            codes = issue_codes(prepared, hypernet(validation_profiles).numpy(), validation_budgets)
+        metrics = evaluate_codes(prepared, validation_windows, validation_targets, codes)
+        score = float(metrics[config.select_metric].mean())
+        result.history.append({"epoch": epoch, "loss": float(np.mean(losses)), "validation": score})
+        if score > result.best_score:
+            result.best_epoch, result.best_score, stale = epoch, score, 0
+            best_state = copy.deepcopy(hypernet.state_dict())
+        else:
+            stale += 1
+        epochs.set_postfix(loss=f"{np.mean(losses):.4f}", val=f"{score:.4f}")
+        if stale >= config.patience:
+            break
+    hypernet.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - start
+    return hypernet.eval(), result

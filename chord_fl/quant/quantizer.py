@@ -1,0 +1,228 @@
+"""Per-channel symmetric quantization with real bit-packed storage.
+
+A channel at b bits stores integers in [-(2^(b-1) - 1), 2^(b-1) - 1], shifted to unsigned and packed
+b bits per weight, plus one fp16 scale. The scale's clipping ratio is chosen per channel from a grid
+to minimise the squared error. `PreparedModel` does that once per frozen model (a device holds the
+frozen weights anyway); `quantize` then only selects, packs and dequantizes for a code vector.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from chord_fl.errors import ConfigError
+from chord_fl.models import SequentialRecommender
+from chord_fl.quant.channels import (
+    ChannelGroup,
+    ChannelMap,
+    CodeTable,
+    channel_map,
+    channel_rows,
+    rows_to_tensor,
+)
+from chord_fl.quant.codec import pack_codes, unpack_codes
+
+DEFAULT_CLIP_GRID = tuple(np.round(np.linspace(0.2, 1.0, 17), 3))
+PRUNED_ITEMS = ("exclude", "zero")
+
+
+def quantize_rows(
+    rows: torch.Tensor, bits: int, clip_grid: tuple[float, ...] = DEFAULT_CLIP_GRID
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(C, K) float rows -> int8 levels (C, K), fp16 scales (C,), squared errors (C,).
+
+    The error is measured with the fp16 scale the device will actually use.
+    """
+    qmax = 2 ** (bits - 1) - 1
+    rows = rows.detach().float()
+    peak = rows.abs().amax(dim=1)
+    best_error = torch.full_like(peak, float("inf"))
+    best_levels = torch.zeros(rows.shape, dtype=torch.int8)
+    best_scale = torch.zeros_like(peak, dtype=torch.float16)
+    for ratio in clip_grid:
+        scale = (peak * ratio / qmax).to(torch.float16)
+        safe = torch.where(scale > 0, scale.float(), torch.ones_like(peak))
+        levels = torch.clamp(torch.round(rows / safe[:, None]), -qmax, qmax)
+        error = ((levels * scale.float()[:, None] - rows) ** 2).sum(dim=1)
+        better = error < best_error
+        best_error = torch.where(better, error, best_error)
+        best_scale = torch.where(better, scale, best_scale)
+        best_levels[better] = levels[better].to(torch.int8)
+    return best_levels, best_scale, best_error
+
+
+def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """(n, K) unsigned values < 2^bits -> (n, ceil(K * bits / 8)) uint8, little-endian bit order."""
+    n, k = values.shape
+    planes = (values[:, :, None] >> np.arange(bits, dtype=np.uint8)) & 1  # (n, K, bits)
+    return np.packbits(planes.reshape(n, k * bits).astype(np.uint8), axis=1, bitorder="little")
+
+
+def unpack_bits(packed: np.ndarray, bits: int, elements: int) -> np.ndarray:
+    n = packed.shape[0]
+    planes = np.unpackbits(packed, axis=1, count=elements * bits, bitorder="little")
+    weights = (1 << np.arange(bits, dtype=np.uint16)).astype(np.uint16)
+    return (planes.reshape(n, elements, bits) * weights).sum(axis=2).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class PackedTensor:
+    """What a device stores for one quantized tensor: its codes, then for each precision the
+    channels at that precision (in channel order) as packed integers and fp16 scales."""
+
+    group: ChannelGroup
+    codes: np.ndarray  # packed 2-bit codes, ceil(2C/8) bytes
+    packed: dict[int, np.ndarray]  # bits -> (n_b, ceil(K b / 8)) uint8
+    scales: dict[int, np.ndarray]  # bits -> (n_b,) float16
+
+    @property
+    def nbytes(self) -> int:
+        stored = [self.codes, *self.packed.values(), *self.scales.values()]
+        return int(sum(array.nbytes for array in stored))
+
+    def dequantize(self, table: CodeTable) -> torch.Tensor:
+        group = self.group
+        codes = unpack_codes(self.codes.tobytes(), group.channels)
+        rows = np.zeros((group.channels, group.elements), dtype=np.float32)
+        for code, bits in enumerate(table.bits):
+            if bits == 0 or bits not in self.packed:
+                continue
+            where = np.flatnonzero(codes == code)
+            levels = unpack_bits(self.packed[bits], bits, group.elements).astype(np.float32)
+            levels -= 2 ** (bits - 1) - 1
+            rows[where] = levels * self.scales[bits].astype(np.float32)[:, None]
+        return rows_to_tensor(torch.from_numpy(rows), group)
+
+
+@dataclass
+class QuantizedModel:
+    """A device's model under one strategy: packed storage plus a model that runs it."""
+
+    model: SequentialRecommender
+    tensors: dict[str, PackedTensor]
+    channels: ChannelMap
+    table: CodeTable
+    codes: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the stored model: packed buffers plus the fp32 tensors left unquantized."""
+        return self.channels.unquantized_bytes + sum(t.nbytes for t in self.tensors.values())
+
+    @property
+    def avg_bits(self) -> float:
+        bits = self.table.array[self.codes]
+        return float((bits * self.channels.elements()).sum() / self.channels.weights)
+
+
+class PreparedModel:
+    """A frozen model with every channel's levels precomputed at every precision of the table."""
+
+    def __init__(
+        self,
+        frozen: SequentialRecommender,
+        table: CodeTable = CodeTable(),
+        embedding_axis: int = 0,
+        clip_grid: tuple[float, ...] = DEFAULT_CLIP_GRID,
+        pruned_items: str = "exclude",
+    ) -> None:
+        """`pruned_items`: "exclude" means an item whose scoring row is pruned is not on the
+        device and is never recommended; "zero" scores it with a zero row like any pruned weight."""
+        if pruned_items not in PRUNED_ITEMS:
+            raise ConfigError(f"pruned_items must be one of {', '.join(PRUNED_ITEMS)}")
+        self.frozen = frozen
+        self.table = table
+        self.channels = channel_map(frozen, embedding_axis)
+        self.item_group = next(
+            (
+                g
+                for g in self.channels.groups
+                if pruned_items == "exclude"
+                and g.name == frozen.output_table
+                and g.channel_axis == 0
+            ),
+            None,
+        )
+        params = dict(frozen.named_parameters())
+        self._levels: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        errors = []
+        for group in self.channels.groups:
+            rows = channel_rows(params[group.name], group.channel_axis)
+            by_bits, group_errors = {}, []
+            for bits in table.bits:
+                if bits == 0:
+                    group_errors.append((rows.detach().float() ** 2).sum(dim=1))
+                    continue
+                levels, scales, error = quantize_rows(rows, bits, clip_grid)
+                unsigned = (levels.numpy().astype(np.int16) + 2 ** (bits - 1) - 1).astype(np.uint8)
+                by_bits[bits] = (unsigned, scales.numpy())
+                group_errors.append(error)
+            self._levels[group.name] = by_bits
+            errors.append(torch.stack(group_errors, dim=1))
+        self.errors = torch.cat(errors).numpy().astype(np.float64)  # (C, Q) squared error
+        self._work = copy.deepcopy(frozen).eval()
+
+    def candidate_rows(self, group: ChannelGroup) -> torch.Tensor:
+        """(Q, C_l, K_l) dequantized rows of `group` at every code (code 0: zeros)."""
+        rows = torch.zeros(len(self.table.bits), group.channels, group.elements)
+        for code, bits in enumerate(self.table.bits):
+            if bits:
+                unsigned, scales = self._levels[group.name][bits]
+                levels = torch.from_numpy(unsigned.astype(np.float32) - (2 ** (bits - 1) - 1))
+                rows[code] = levels * torch.from_numpy(scales.astype(np.float32))[:, None]
+        return rows
+
+    def _pack(self, group: ChannelGroup, codes: np.ndarray) -> PackedTensor:
+        packed, scales = {}, {}
+        for code, bits in enumerate(self.table.bits):
+            chosen = np.flatnonzero(codes == code)
+            if bits == 0 or not len(chosen):
+                continue
+            unsigned, all_scales = self._levels[group.name][bits]
+            packed[bits] = pack_bits(unsigned[chosen], bits)
+            scales[bits] = all_scales[chosen]
+        code_bytes = np.frombuffer(pack_codes(codes), dtype=np.uint8)
+        return PackedTensor(group, code_bytes, packed, scales)
+
+    def quantize(self, codes: np.ndarray, fresh_model: bool = True) -> QuantizedModel:
+        """Quantize under `codes` (C,); the frozen weights are never modified.
+
+        With `fresh_model=False` the returned model reuses one working copy (faster on a device
+        that keeps a single quantized model; an earlier result's model changes too).
+        """
+        codes = np.asarray(codes)
+        if codes.shape != (self.channels.channels,):
+            raise ConfigError(f"expected {self.channels.channels} codes, got shape {codes.shape}")
+        if codes.dtype.kind not in "iu" or codes.min(initial=0) < 0 or codes.max(initial=0) > 3:
+            raise ConfigError("codes must be integers in 0..3")
+        codes = codes.astype(np.uint8)
+        model = copy.deepcopy(self._work) if fresh_model else self._work
+        params = dict(model.named_parameters())
+        tensors = {}
+        with torch.no_grad():
+            for group in self.channels.groups:
+                tensor = self._pack(group, codes[group.codes])
+                params[group.name].copy_(tensor.dequantize(self.table))
+                tensors[group.name] = tensor
+        model.unavailable = self.unavailable_items(codes)
+        return QuantizedModel(model.eval(), tensors, self.channels, self.table, codes)
+
+    def unavailable_items(self, codes: np.ndarray) -> torch.Tensor | None:
+        """(num_items + 1,) True where the codes prune an item's scoring row (when excluded)."""
+        if self.item_group is None:
+            return None
+        return torch.from_numpy(np.asarray(codes)[self.item_group.codes] == 0)
+
+
+def quantize(
+    frozen: SequentialRecommender,
+    codes: np.ndarray,
+    table: CodeTable = CodeTable(),
+    embedding_axis: int = 0,
+) -> QuantizedModel:
+    """The one-call entry point: quantize `frozen` under `codes` and return the packed model."""
+    return PreparedModel(frozen, table, embedding_axis).quantize(codes)

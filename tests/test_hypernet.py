@@ -1,0 +1,133 @@
+import numpy as np
+import pytest
+import torch
+
+from chord_fl.cloud import channel_sensitivity, evaluate_codes, issue_codes, tier_budgets
+from chord_fl.comparators import CloudModels, method_codes
+from chord_fl.data import make_split, synthetic_dataset
+from chord_fl.devices import DEFAULT_FLEET, Fleet, Tier
+from chord_fl.errors import ConfigError
+from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
+from chord_fl.hypernet.profile import encode_profiles
+from chord_fl.hypernet.relax import soft_codes
+from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
+from chord_fl.models import build_backbone, seeded_backbone
+from chord_fl.quant.allocation import codes_cost
+from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.train import TrainConfig, fit
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    model = seeded_backbone("sasrec", 30, seed=0, hidden=16, max_len=8).eval()
+    return PreparedModel(model)
+
+
+def test_profiles_are_small_fp16_vectors(prepared):
+    windows = [np.array([1, 2, 3]), np.array([4])]
+    profiles = encode_profiles(prepared.frozen, windows)
+    assert profiles.dtype == np.float16 and profiles.shape == (2, 16)
+    assert profiles.nbytes == 2 * 2 * 16
+
+
+@pytest.mark.parametrize("config", [HyperNetConfig(), HyperNetConfig(element_level=False)])
+def test_hypernet_gives_one_non_negative_importance_per_channel(prepared, config):
+    net = ChordHyperNet(prepared.frozen, prepared.channels, 16, config)
+    importance = net(torch.randn(5, 16))
+    assert importance.shape == (5, prepared.channels.channels)
+    assert (importance >= 0).all()
+    assert not torch.allclose(importance[0], importance[1])  # personalised
+
+
+def test_each_level_can_be_switched_off(prepared):
+    profiles = torch.randn(3, 16)
+    outputs = {}
+    for name, config in {
+        "all": HyperNetConfig(),
+        "no-element": HyperNetConfig(element_level=False),
+        "no-filter": HyperNetConfig(filter_level=False),
+        "no-layer": HyperNetConfig(layer_level=False),
+    }.items():
+        torch.manual_seed(0)
+        net = ChordHyperNet(prepared.frozen, prepared.channels, 16, config)
+        if config.layer_level:
+            torch.nn.init.normal_(net.layer.weight)
+        outputs[name] = net(profiles)
+    for name in ("no-element", "no-filter", "no-layer"):
+        assert not torch.allclose(outputs[name], outputs["all"]), name
+    with pytest.raises(ConfigError):
+        HyperNetConfig(filter_level=False, element_level=False)
+
+
+def test_relaxed_codes_spend_the_budget_and_pass_gradients(prepared):
+    error = torch.tensor(prepared.errors / prepared.errors[:, 0].mean(), dtype=torch.float32)
+    cost = torch.tensor(prepared.channels.cost(prepared.table), dtype=torch.float32)
+    # Sharp importances: left alone, every channel would take its top code, so budgets bind.
+    importance = (50 * torch.rand(3, prepared.channels.channels)).requires_grad_()
+    budget = torch.tensor([0.15, 0.3, 0.45]) * cost[:, -1].sum()
+    probabilities = soft_codes(importance, error, cost, budget)
+    spent = (probabilities * cost).sum((1, 2))
+    torch.testing.assert_close(spent, budget, rtol=0.01, atol=1.0)
+    # Flat importances: nothing is worth more bytes, and the relaxation never overspends.
+    flat = soft_codes(torch.full((1, prepared.channels.channels), 1e-3), error, cost, budget[-1:])
+    assert (flat * cost).sum() <= budget[-1] * 1.001
+    spent.sum().backward()
+    assert importance.grad is not None and importance.grad.abs().sum() > 0
+
+
+def test_sensitivity_and_evaluation_agree_with_the_frozen_model(prepared):
+    windows = [np.array([1, 2, 3]), np.array([5, 6])]
+    targets = np.array([4, 7])
+    sensitivity = channel_sensitivity(prepared.frozen, prepared.channels, windows, targets)
+    assert sensitivity.shape == (2, prepared.channels.channels) and (sensitivity >= 0).all()
+    assert sensitivity.sum() > 0
+    top = np.full((2, prepared.channels.channels), 3, dtype=np.uint8)
+    fp32 = evaluate_codes(prepared, windows, targets, None)["ndcg@10"]
+    eight_bit = evaluate_codes(prepared, windows, targets, top)["ndcg@10"]
+    np.testing.assert_allclose(fp32, eight_bit, atol=0.2)
+
+
+def test_issued_codes_fit_every_budget(prepared):
+    fleet = DEFAULT_FLEET
+    budgets = tier_budgets(fleet, prepared.channels)
+    codes = issue_codes(
+        prepared, np.random.default_rng(0).random((4, prepared.channels.channels)), budgets
+    )
+    spent = (
+        codes_cost(codes, prepared.channels.cost(prepared.table)) + prepared.channels.fixed_bytes
+    )
+    assert (spent <= budgets).all()
+    assert (
+        prepared.table.array[codes].mean(1)[1:] >= prepared.table.array[codes].mean(1)[:-1]
+    ).all()
+
+
+def test_chord_end_to_end_beats_random_codes_on_synthetic_data():
+    data = synthetic_dataset(seed=2, num_users=150, num_items=80)
+    split = make_split(data, rounds=1)
+    backbone = build_backbone("sasrec", data.num_items, hidden=16, max_len=20)
+    fit(backbone, split, TrainConfig(epochs=15, lr=5e-3, num_negatives=20, patience=15), False)
+    prepared = PreparedModel(backbone.eval())
+    net, result = train_hypernet(
+        prepared,
+        split,
+        DEFAULT_FLEET,
+        config=HyperTrainConfig(epochs=2, eval_users=150),
+        progress=False,
+    )
+    assert len(result.history) == 2 and np.isfinite(result.history[-1]["loss"])
+    cloud = CloudModels(prepared, {"chord": net})
+    fleet = Fleet((Tier("three-bit", 1.0, 1e6, 1e6, 1.0, 1.0, avg_bits=3.0),))
+    budgets = np.full(len(split), tier_budgets(fleet, prepared.channels)[0])
+    windows, targets = split.windows(1), split.targets(1)
+    profiles = encode_profiles(backbone, windows)
+    scores = {}
+    for method in ("chord", "random"):
+        codes = method_codes(method, cloud, profiles, budgets)
+        assert (
+            codes_cost(codes, prepared.channels.cost(prepared.table))
+            + prepared.channels.fixed_bytes
+            <= budgets
+        ).all()
+        scores[method] = evaluate_codes(prepared, windows, targets, codes)["ndcg@10"].mean()
+    assert scores["chord"] > scores["random"] + 0.05, scores
