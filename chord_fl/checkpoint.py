@@ -6,30 +6,31 @@ Loading uses `torch.load(..., weights_only=True)`, which accepts tensors and pla
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from chord_fl.errors import DataError
+from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
 from chord_fl.models import SequentialRecommender, build_backbone, describe
+from chord_fl.quant.quantizer import PreparedModel
 
 
-def save_checkpoint(path: str | Path, model: SequentialRecommender, meta: dict[str, Any]) -> Path:
+def _save(path: str | Path, description: dict, module: torch.nn.Module, meta: dict) -> Path:
     """Write atomically (temp file, then rename) so a crash never leaves a torn checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A JSON round trip keeps only plain types, which weights-only loading accepts.
-    plain_meta = json.loads(json.dumps(meta, default=str))
-    payload = {"model": describe(model), "meta": plain_meta, "state_dict": model.state_dict()}
+    plain = json.loads(json.dumps({"model": description, "meta": meta}, default=str))
     partial = path.with_name(path.name + ".part")
-    torch.save(payload, partial)
+    torch.save({**plain, "state_dict": module.state_dict()}, partial)
     partial.replace(path)
     return path
 
 
-def load_checkpoint(path: str | Path) -> tuple[SequentialRecommender, dict[str, Any]]:
-    """Rebuild the model from `path`; returns it in eval mode with its metadata."""
+def _load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -39,12 +40,42 @@ def load_checkpoint(path: str | Path) -> tuple[SequentialRecommender, dict[str, 
         raise DataError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(payload, dict) or not {"model", "meta", "state_dict"} <= payload.keys():
         raise DataError(f"{path} is not a chord-fl checkpoint (missing model/meta/state_dict)")
+    return payload
+
+
+def _restore(path: str | Path, module: torch.nn.Module, state_dict: dict) -> None:
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise DataError(f"{path}: weights do not fit the described model: {exc}") from exc
+
+
+def save_checkpoint(path: str | Path, model: SequentialRecommender, meta: dict[str, Any]) -> Path:
+    return _save(path, describe(model), model, meta)
+
+
+def load_checkpoint(path: str | Path) -> tuple[SequentialRecommender, dict[str, Any]]:
+    """Rebuild the backbone from `path`; returns it in eval mode with its metadata."""
+    payload = _load(path)
     description = payload["model"]
     model = build_backbone(
         description["backbone"], description["num_items"], **description["config"]
     )
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise DataError(f"{path}: weights do not fit the described model: {exc}") from exc
+    _restore(path, model, payload["state_dict"])
     return model.eval(), payload["meta"]
+
+
+def save_hypernet(path: str | Path, net: ChordHyperNet, meta: dict[str, Any]) -> Path:
+    return _save(path, {"hypernet": asdict(net.config)}, net, meta)
+
+
+def load_hypernet(
+    path: str | Path, prepared: PreparedModel
+) -> tuple[ChordHyperNet, dict[str, Any]]:
+    """Rebuild hypernetworks for `prepared`'s frozen backbone (the one they were trained on)."""
+    payload = _load(path)
+    config = HyperNetConfig(**payload["model"]["hypernet"])
+    frozen = prepared.frozen
+    net = ChordHyperNet(frozen, prepared.channels, frozen.hidden_size, config)
+    _restore(path, net, payload["state_dict"])
+    return net.eval(), payload["meta"]

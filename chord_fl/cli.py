@@ -1,22 +1,31 @@
-"""The `chord-fl` command: `data` describes a data set, `pretrain` trains a backbone."""
+"""The `chord-fl` command: `data` describes a data set, `pretrain` trains a backbone in the cloud,
+`hypernet` trains CHORD's hypernetworks on the frozen backbone."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from chord_fl.checkpoint import save_hypernet
+from chord_fl.cloud import tier_budgets
+from chord_fl.comparators import CHORD_VARIANTS, CloudModels
 from chord_fl.data import load_dataset, make_split
 from chord_fl.data.sources import DATA_DIR_ENV, DATASETS, FORMATS
+from chord_fl.devices import DEFAULT_FLEET, assign_tiers, load_fleet
 from chord_fl.errors import ChordError
 from chord_fl.evaluation import PROTOCOLS
+from chord_fl.experiment import INITS, Setup, evaluate_method, load_backbone, load_split
+from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
 from chord_fl.metrics import METRICS
 from chord_fl.models import BACKBONES, LOSSES
 from chord_fl.pretrain import BASELINES, pretrain
-from chord_fl.train import TrainConfig
+from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.train import TrainConfig, evaluation_negatives
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +126,49 @@ def run_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    setup = Setup(
+        args.dataset,
+        args.backbone,
+        args.data_dir,
+        args.rounds,
+        args.init,
+        args.seed,
+        args.checkpoint,
+        **_data_options(args),
+    )
+    fleet = load_fleet(args.tiers) if args.tiers else DEFAULT_FLEET
+    split = load_split(setup)
+    prepared = PreparedModel(load_backbone(setup, split, not args.no_progress))
+    config = HyperTrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
+    net, result = train_hypernet(
+        prepared, split, fleet, CHORD_VARIANTS[args.variant], config, not args.no_progress
+    )
+    out = Path(args.out or f"checkpoints/{Path(setup.checkpoint_path).stem}-{args.variant}.pt")
+    budgets = tier_budgets(fleet, prepared.channels)[assign_tiers(fleet, len(split), args.seed)]
+    negatives = evaluation_negatives(split, 100, args.seed)
+    cloud = CloudModels(prepared, {args.variant: net})
+    test = evaluate_method(
+        args.variant, cloud, split.windows(1), split.targets(1), budgets, negatives, args.seed
+    )
+    report = {
+        "dataset": args.dataset,
+        "backbone": args.backbone,
+        "variant": args.variant,
+        "init": args.init,
+        "best_epoch": result.best_epoch,
+        "validation_ndcg@10": result.best_score,
+        "train_seconds": round(result.seconds, 2),
+        "history": result.history,
+        "test_round_1": test,
+        "checkpoint": str(out),
+    }
+    save_hypernet(out, net, report)
+    return report
+
+
 def _print_data(report: dict[str, Any]) -> None:
     before = report["before_filter"]
     print(f"{report['dataset']}")
@@ -150,6 +202,23 @@ def _print_pretrain(report: dict[str, Any]) -> None:
             print(f"  {part:<10} {protocol:<7} {values}")
     if "checkpoint" in report:
         print(f"  checkpoint: {report['checkpoint']}")
+
+
+def _print_hypernet(report: dict[str, Any]) -> None:
+    print(
+        f"{report['variant']} hypernetworks for {report['backbone']} on {report['dataset']} "
+        f"({report['init']} weights): best epoch {report['best_epoch']}, validation NDCG@10 "
+        f"{report['validation_ndcg@10']:.4f}, {report['train_seconds']} s"
+    )
+    test = report["test_round_1"]
+    print(
+        f"  round-1 targets at the fleet's budgets: {test['avg_bits']:.2f} bits on average, "
+        f"{test['model_bytes'] / 1024:.1f} KiB per model"
+    )
+    for protocol in ("full", "sampled"):
+        values = "  ".join(f"{name} {value:.4f}" for name, value in test[protocol].items())
+        print(f"  {protocol:<7} {values}")
+    print(f"  checkpoint: {report['checkpoint']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,6 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="checkpoint path (default: checkpoints/NAME.pt)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(run=run_pretrain, show=_print_pretrain)
+
+    hyper = commands.add_parser("hypernet", help="train CHORD's hypernetworks (cloud only)")
+    _add_data_options(hyper)
+    hyper.add_argument("--backbone", choices=list(BACKBONES), default="sasrec")
+    hyper.add_argument("--variant", choices=list(CHORD_VARIANTS), default="chord")
+    hyper.add_argument("--init", choices=INITS, default="pretrained")
+    hyper.add_argument(
+        "--checkpoint", help="frozen backbone (default: pretrain's; trained if absent)"
+    )
+    hyper.add_argument("--tiers", help="device tiers TOML (default: the built-in fleet)")
+    hyper.add_argument("--epochs", type=int, default=HyperTrainConfig().epochs)
+    hyper.add_argument("--lr", type=float, default=HyperTrainConfig().lr)
+    hyper.add_argument("--seed", type=int, default=0)
+    hyper.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    hyper.add_argument("--out", help="hypernetwork checkpoint path")
+    hyper.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    hyper.set_defaults(run=run_hypernet, show=_print_hypernet)
     return parser
 
 

@@ -60,13 +60,15 @@ def evaluate_codes(
     targets: np.ndarray,
     codes: np.ndarray | None,
     negatives: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """Per-device metrics of each device's quantized model (codes None: the frozen fp32 model).
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per-device metrics of each device's quantized model (codes None: the frozen fp32 model),
+    by protocol: "full" always, "sampled" when `negatives` are given.
 
     Devices sharing a code vector (uniform and global strategies) are scored in one batch.
     """
     targets = np.asarray(targets)
-    ranks = np.empty(len(windows), dtype=np.int64)
+    protocols = {"full": None} if negatives is None else {"full": None, "sampled": negatives}
+    ranks = {protocol: np.empty(len(windows), dtype=np.int64) for protocol in protocols}
     if codes is None:
         groups = [(prepared.frozen, np.arange(len(windows)))]
     else:
@@ -77,10 +79,12 @@ def evaluate_codes(
             for i, row in enumerate(unique)
         )
     for model, members in groups:
-        ranks[members] = target_ranks(
-            model,
-            [windows[i] for i in members],
-            targets[members],
-            None if negatives is None else negatives[members],
-        )
-    return per_user_metrics(ranks)
+        member_windows = [windows[i] for i in members]
+        for protocol, candidates in protocols.items():
+            ranks[protocol][members] = target_ranks(
+                model,
+                member_windows,
+                targets[members],
+                None if candidates is None else candidates[members],
+            )
+    return {protocol: per_user_metrics(r) for protocol, r in ranks.items()}

@@ -82,8 +82,8 @@ def test_sensitivity_and_evaluation_agree_with_the_frozen_model(prepared):
     assert sensitivity.shape == (2, prepared.channels.channels) and (sensitivity >= 0).all()
     assert sensitivity.sum() > 0
     top = np.full((2, prepared.channels.channels), 3, dtype=np.uint8)
-    fp32 = evaluate_codes(prepared, windows, targets, None)["ndcg@10"]
-    eight_bit = evaluate_codes(prepared, windows, targets, top)["ndcg@10"]
+    fp32 = evaluate_codes(prepared, windows, targets, None)["full"]["ndcg@10"]
+    eight_bit = evaluate_codes(prepared, windows, targets, top)["full"]["ndcg@10"]
     np.testing.assert_allclose(fp32, eight_bit, atol=0.2)
 
 
@@ -129,5 +129,5 @@ def test_chord_end_to_end_beats_random_codes_on_synthetic_data():
             + prepared.channels.fixed_bytes
             <= budgets
         ).all()
-        scores[method] = evaluate_codes(prepared, windows, targets, codes)["ndcg@10"].mean()
+        scores[method] = evaluate_codes(prepared, windows, targets, codes)["full"]["ndcg@10"].mean()
     assert scores["chord"] > scores["random"] + 0.05, scores

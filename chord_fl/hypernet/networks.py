@@ -4,9 +4,12 @@ For each quantized tensor l with frozen rows W_l (C_l channels of K_l weights):
 - filter level: H_F,l(u)[c] = <P_l u, W_c> + <q_l, |W_c|> + b_l. A bilinear score of u against
   the channel's own weights (for the item table, how relevant item c looks to this user) plus a
   user-independent prior; its size is independent of C_l.
-- element level, low rank: A_l(u) = (W_l R_l) * (U_l u), B_l(u) = reshape(V_l u) in R^(r x K_l);
-  E_l = A_l B_l is a per-weight sensitivity. Combined with the frozen weights it reconstructs a
-  filter importance, the weight-energy-weighted mean of E^2: sum_k E_ck^2 W_ck^2 / sum_k W_ck^2.
+- element level, low rank: A_l(u) = W_l R_l diag(g_l(u)) in R^(C_l x r), B_l in R^(r x K_l), with
+  g_l(u) = G_l u; E_l(u) = A_l(u) B_l is a per-weight sensitivity. Combined with the frozen weights
+  it reconstructs a filter importance, the weight-energy-weighted mean of E^2:
+  sum_k E_ck^2 W_ck^2 / sum_k W_ck^2 = g^T M_c g, with M_c an r x r matrix per channel that does
+  not depend on u. So E is never materialised: per device the element level costs r^2 C_l, not
+  r C_l K_l (the user enters through the r gates only, which keeps the cloud fast).
 - layer level: lambda(u) = softplus(L u + b) in R^L, one weight per tensor.
 Importance of channel c in tensor l: lambda_l(u) * (softplus(H_F) + element importance). Any level
 can be switched off (ablations); a switched-off level contributes 1 (layer) or nothing.
@@ -59,10 +62,19 @@ class TensorHead(nn.Module):
         if config.element_level:
             rank = config.rank
             self.row_basis = nn.Parameter(torch.randn(elements, rank) / elements**0.5)
+            self.element_basis = nn.Parameter(torch.randn(rank, elements) / elements**0.5)
             self.user_gate = nn.Linear(profile_dim, rank)
-            self.user_basis = nn.Linear(profile_dim, rank * elements)
-            self.rank, self.elements = rank, elements
         self.channels = channels
+
+    def _quadratic(self) -> torch.Tensor:
+        """(C_l, r*r) flattened M_c (cheap: r^2 C_l K_l once per batch of devices)."""
+        a = self.rows @ self.row_basis  # (C, r)
+        energy = self.rows**2  # (C, K)
+        gram = torch.einsum("jk,ck,lk->cjl", self.element_basis, energy, self.element_basis)
+        quadratic = (
+            gram * a[:, :, None] * a[:, None, :] / energy.sum(1).clamp_min(1e-12)[:, None, None]
+        )
+        return quadratic.flatten(1)
 
     def forward(self, profiles: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, C_l) non-negative channel importance before layer weighting."""
@@ -72,13 +84,9 @@ class TensorHead(nn.Module):
             prior = self.prior(self.rows.abs()).squeeze(1)  # (C_l,)
             importance = importance + F.softplus(bilinear + prior)
         if self.config.element_level:
-            a = (self.rows @ self.row_basis)[None] * self.user_gate(profiles)[:, None]  # (B, C, r)
-            b = self.user_basis(profiles).view(-1, self.rank, self.elements)  # (B, r, K)
-            sensitivity = (a @ b) ** 2  # (B, C, K)
-            energy = self.rows**2
-            importance = importance + (sensitivity * energy).sum(-1) / energy.sum(-1).clamp_min(
-                1e-12
-            )
+            gate = self.user_gate(profiles)  # (B, r)
+            outer = (gate[:, :, None] * gate[:, None, :]).flatten(1)  # (B, r*r)
+            importance = importance + outer @ self._quadratic().T  # (B, C_l), >= 0: M_c is PSD
         return importance
 
 

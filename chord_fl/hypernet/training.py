@@ -46,11 +46,19 @@ class HyperTrainConfig:
     straight_through: bool = True
     patience: int = 4
     eval_users: int = 500  # validation users scored after each epoch
+    users_per_epoch: int = 2000  # large data sets: a fresh random subset of users each epoch
     select_metric: str = "ndcg@10"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_users", "positions", "patience", "eval_users"):
+        for name in (
+            "epochs",
+            "batch_users",
+            "positions",
+            "patience",
+            "eval_users",
+            "users_per_epoch",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.temperature <= 0:
@@ -160,7 +168,7 @@ def train_hypernet(
     epochs = tqdm(range(1, config.epochs + 1), desc="hypernet", unit="epoch", disable=not progress)
     for epoch in epochs:
         hypernet.train()
-        order = rng.permutation(len(histories))
+        order = rng.permutation(len(histories))[: config.users_per_epoch]
         losses = []
         for begin in range(0, len(order), config.batch_users):
             users = order[begin : begin + config.batch_users]
@@ -182,7 +190,7 @@ def train_hypernet(
         hypernet.eval()
         with torch.no_grad():
             codes = issue_codes(prepared, hypernet(validation_profiles).numpy(), validation_budgets)
-        metrics = evaluate_codes(prepared, validation_windows, validation_targets, codes)
+        metrics = evaluate_codes(prepared, validation_windows, validation_targets, codes)["full"]
         score = float(metrics[config.select_metric].mean())
         result.history.append({"epoch": epoch, "loss": float(np.mean(losses)), "validation": score})
         if score > result.best_score:

@@ -1,0 +1,145 @@
+"""CHORD against every comparator at equal bytes per device: HR/NDCG@5/10 under both protocols.
+
+For each data set and backbone: the frozen backbone (leave-one-out cloud split), the cloud-wide
+sensitivity for the global strategy, then per seed the hypernetworks of CHORD and its ablations
+(trained on histories, selected on validation targets), then for each budget every method's codes
+for every evaluated device, scored on the test targets. Each result row is appended to a JSON-lines
+file at once; the table (mean and standard deviation over seeds) is printed from that file.
+
+    python benchmarks/accuracy.py --datasets ml-100k --backbones sasrec caser --bits 2 3 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chord_fl.cloud import tier_budgets
+from chord_fl.comparators import CHORD_VARIANTS, METHODS, CloudModels
+from chord_fl.devices import DEFAULT_FLEET, Fleet, Tier
+from chord_fl.experiment import (
+    INITS,
+    Setup,
+    evaluate_method,
+    global_importance,
+    load_backbone,
+    load_split,
+)
+from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
+from chord_fl.machine import machine_line
+from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.train import evaluation_negatives
+
+
+def single_tier(bits: float) -> Fleet:
+    return Fleet((Tier(f"{bits:g}-bit", 1.0, 1e6, 1e6, 1.0, 1.0, avg_bits=bits),))
+
+
+def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) -> None:
+    setup = Setup(dataset, backbone, args.data_dir, rounds=1, init=args.init)
+    split = load_split(setup)
+    prepared = PreparedModel(load_backbone(setup, split), pruned_items=args.pruned_items)
+    users = np.sort(np.random.default_rng(0).permutation(len(split))[: args.eval_users])
+    windows = [split.users[i].window(1) for i in users]
+    targets = split.targets(1)[users]
+    negatives = evaluation_negatives(split, 100, seed=0)[users]
+    cloud = CloudModels(prepared, global_importance=global_importance(prepared, split))
+    for seed in args.seeds:
+        torch.manual_seed(seed)
+        train_seconds = {}
+        for method in args.methods:
+            if method in CHORD_VARIANTS:
+                config = HyperTrainConfig(epochs=args.hypernet_epochs, seed=seed)
+                net, fit = train_hypernet(
+                    prepared, split, DEFAULT_FLEET, CHORD_VARIANTS[method], config
+                )
+                cloud.hypernets[method] = net
+                train_seconds[method] = fit.seconds
+        for bits in args.bits:
+            budgets = np.full(len(users), tier_budgets(single_tier(bits), prepared.channels)[0])
+            for method in args.methods:
+                start = time.perf_counter()
+                row = evaluate_method(method, cloud, windows, targets, budgets, negatives, seed)
+                row.update(
+                    dataset=dataset,
+                    backbone=backbone,
+                    init=args.init,
+                    budget_bits=bits,
+                    seed=seed,
+                    users=len(users),
+                    eval_seconds=round(time.perf_counter() - start, 2),
+                    hypernet_seconds=round(train_seconds.get(method, 0.0), 2),
+                    machine=machine_line(),
+                )
+                with open(results, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                print(
+                    f"{dataset} {backbone} {bits:g} bits seed {seed} {method:<17} "
+                    f"ndcg@10 full {row['full']['ndcg@10']:.4f} "
+                    f"sampled {row['sampled']['ndcg@10']:.4f} ({row['avg_bits']:.2f} bits)",
+                    flush=True,
+                )
+
+
+def table(rows: list[dict]) -> str:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        key = (row["dataset"], row["backbone"], row["init"], row["budget_bits"], row["method"])
+        groups[key].append(row)
+    metrics = [(p, m) for p in ("full", "sampled") for m in ("hr@5", "hr@10", "ndcg@5", "ndcg@10")]
+    header = "| data set | backbone | init | budget | method | seeds | avg bits | KiB | "
+    header += " | ".join(f"{m} {p}" for p, m in metrics) + " |"
+    lines = [header, "|" + "---|" * (8 + len(metrics))]
+    order = {name: i for i, name in enumerate(METHODS)}
+    for key in sorted(groups, key=lambda k: (*k[:4], order.get(k[4], 99))):
+        group = groups[key]
+
+        def stat(values: list[float]) -> str:
+            return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+
+        cells = [stat([r[p][m] for r in group]) for p, m in metrics]
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]:g} bits | {key[4]} | {len(group)} | "
+            f"{np.mean([r['avg_bits'] for r in group]):.2f} | "
+            f"{np.mean([r['model_bytes'] for r in group]) / 1024:.1f} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["ml-100k"])
+    parser.add_argument("--backbones", nargs="+", default=["sasrec", "caser"])
+    parser.add_argument("--bits", nargs="+", type=float, default=[2.0, 3.0, 4.0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--init", choices=INITS, default="pretrained")
+    parser.add_argument("--pruned-items", choices=("exclude", "zero"), default="exclude")
+    parser.add_argument("--hypernet-epochs", type=int, default=4)
+    parser.add_argument("--eval-users", type=int, default=1000, help="test users per data set")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--results", default="benchmarks/results/accuracy.jsonl")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        for dataset in args.datasets:
+            for backbone in args.backbones:
+                run(dataset, backbone, args, results)
+    rows = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line]
+    print(f"\nTest targets, mean ± std over seeds ({results}):\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""CHORD's hypernetworks: device profiles, the networks, their relaxation and cloud training."""

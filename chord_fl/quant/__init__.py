@@ -1,0 +1,1 @@
+"""Quantization: channels and codes, the packed quantizer, the strategy codec, allocation."""
