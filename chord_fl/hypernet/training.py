@@ -162,7 +162,18 @@ def train_hypernet(
 
     hypernet = ChordHyperNet(frozen, prepared.channels, frozen.hidden_size, net_config)
     optimizer = torch.optim.Adam(hypernet.parameters(), lr=config.lr)
-    result = FitResult(0, float("-inf"), 0.0)
+
+    def validate() -> float:
+        hypernet.eval()
+        with torch.no_grad():
+            codes = issue_codes(prepared, hypernet(validation_profiles).numpy(), validation_budgets)
+        metrics = evaluate_codes(prepared, validation_windows, validation_targets, codes)["full"]
+        return float(metrics[config.select_metric].mean())
+
+    # Epoch 0 is the untrained initialisation; it competes in selection like any epoch, so the
+    # history shows whether training helped at all.
+    initial = validate()
+    result = FitResult(0, initial, 0.0, [{"epoch": 0, "loss": float("nan"), "validation": initial}])
     best_state = copy.deepcopy(hypernet.state_dict())
     stale = 0
     epochs = tqdm(range(1, config.epochs + 1), desc="hypernet", unit="epoch", disable=not progress)
@@ -187,11 +198,7 @@ def train_hypernet(
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        hypernet.eval()
-        with torch.no_grad():
-            codes = issue_codes(prepared, hypernet(validation_profiles).numpy(), validation_budgets)
-        metrics = evaluate_codes(prepared, validation_windows, validation_targets, codes)["full"]
-        score = float(metrics[config.select_metric].mean())
+        score = validate()
         result.history.append({"epoch": epoch, "loss": float(np.mean(losses)), "validation": score})
         if score > result.best_score:
             result.best_epoch, result.best_score, stale = epoch, score, 0

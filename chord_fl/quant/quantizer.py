@@ -58,12 +58,23 @@ def quantize_rows(
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
     """(n, K) unsigned values < 2^bits -> (n, ceil(K * bits / 8)) uint8, little-endian bit order."""
     n, k = values.shape
+    if 8 % bits == 0:  # whole values per byte: shift and add (the common, fast case)
+        per_byte = 8 // bits
+        padded = np.zeros((n, -(-k // per_byte) * per_byte), dtype=np.uint8)
+        padded[:, :k] = values
+        shifts = np.arange(0, 8, bits, dtype=np.uint8)
+        grouped = padded.reshape(n, -1, per_byte) << shifts
+        return np.bitwise_or.reduce(grouped, axis=2).astype(np.uint8)
     planes = (values[:, :, None] >> np.arange(bits, dtype=np.uint8)) & 1  # (n, K, bits)
     return np.packbits(planes.reshape(n, k * bits).astype(np.uint8), axis=1, bitorder="little")
 
 
 def unpack_bits(packed: np.ndarray, bits: int, elements: int) -> np.ndarray:
     n = packed.shape[0]
+    if 8 % bits == 0:
+        shifts = np.arange(0, 8, bits, dtype=np.uint8)
+        values = (packed[:, :, None] >> shifts) & np.uint8((1 << bits) - 1)
+        return values.reshape(n, -1)[:, :elements]
     planes = np.unpackbits(packed, axis=1, count=elements * bits, bitorder="little")
     weights = (1 << np.arange(bits, dtype=np.uint16)).astype(np.uint16)
     return (planes.reshape(n, elements, bits) * weights).sum(axis=2).astype(np.uint8)
