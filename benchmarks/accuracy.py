@@ -12,13 +12,13 @@ file at once; the table (mean and standard deviation over seeds) is printed from
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from results_file import append_row, read_rows
 
 from chord_fl.cloud import tier_budgets
 from chord_fl.comparators import CHORD_VARIANTS, METHODS, CloudModels
@@ -77,8 +77,7 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
                     hypernet_seconds=round(train_seconds.get(method, 0.0), 2),
                     machine=machine_line(),
                 )
-                with open(results, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(row) + "\n")
+                append_row(results, row)
                 print(
                     f"{dataset} {backbone} {bits:g} bits seed {seed} {method:<17} "
                     f"ndcg@10 full {row['full']['ndcg@10']:.4f} "
@@ -131,12 +130,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         for dataset in args.datasets:
             for backbone in args.backbones:
                 run(dataset, backbone, args, results)
-    rows = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line]
+    rows = read_rows(results)
     print(f"\nTest targets, mean ± std over seeds ({results}):\n")
     print(table(rows))
 

@@ -9,10 +9,10 @@ processes (say one per core, `--threads 1`) can fill one table. The table is pri
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
+from results_file import append_row, read_rows
 
 from chord_fl.machine import machine_line
 from chord_fl.pretrain import pretrain
@@ -83,15 +83,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         for dataset in args.datasets:
             for backbone in args.backbones:
                 row = run_row(dataset, backbone, args)
-                with open(results, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(row) + "\n")
+                append_row(results, row)
                 print(table([row]), flush=True)
-    rows = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line]
+    rows = read_rows(results)
     print(f"\nTest targets, leave-one-out ({results}):\n")
     print(table(rows))
 

@@ -11,3 +11,10 @@ class ConfigError(ChordError, ValueError):
 
 class DataError(ChordError, ValueError):
     """A data file is missing, malformed or cannot be fetched."""
+
+
+def require_positive(config: object, *names: str) -> None:
+    """ConfigError unless each named attribute of `config` is >= 1 (counts, sizes, epochs)."""
+    for name in names:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(config, name)}")

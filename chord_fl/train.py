@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from chord_fl.data.negatives import sample_negatives
 from chord_fl.data.split import VALIDATION, RoundSplit, pad_left
-from chord_fl.errors import ConfigError
+from chord_fl.errors import ConfigError, require_positive
 from chord_fl.evaluation import PROTOCOLS, target_ranks
 from chord_fl.metrics import METRICS, mean_metrics
 from chord_fl.models import LOSSES, Popularity, SequentialRecommender
@@ -40,16 +40,15 @@ class TrainConfig:
             raise ConfigError(f"select_metric must be one of {', '.join(METRICS)}")
         if self.select_protocol not in PROTOCOLS:
             raise ConfigError(f"select_protocol must be one of {', '.join(PROTOCOLS)}")
-        for name in (
+        require_positive(
+            self,
             "epochs",
             "batch_size",
             "patience",
             "eval_every",
             "num_negatives",
             "loss_negatives",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        )
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data.split import VALIDATION, RoundSplit, pad_left
 from chord_fl.devices import Fleet, assign_tiers
-from chord_fl.errors import ConfigError
+from chord_fl.errors import ConfigError, require_positive
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.relax import soft_codes
@@ -51,16 +51,9 @@ class HyperTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in (
-            "epochs",
-            "batch_users",
-            "positions",
-            "patience",
-            "eval_users",
-            "users_per_epoch",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_positive(
+            self, "epochs", "batch_users", "positions", "patience", "eval_users", "users_per_epoch"
+        )
         if self.lr <= 0 or self.temperature <= 0:
             raise ConfigError("lr and temperature must be > 0")
         if self.select_metric not in METRICS:
