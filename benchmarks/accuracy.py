@@ -70,6 +70,7 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
                     dataset=dataset,
                     backbone=backbone,
                     init=args.init,
+                    pruned_items=args.pruned_items,
                     budget_bits=bits,
                     seed=seed,
                     users=len(users),
@@ -111,6 +112,36 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def compact_table(rows: list[dict]) -> str:
+    """NDCG@10 (full / sampled) per method and budget, one block per data set and backbone."""
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        cells[
+            (row["dataset"], row["backbone"], row["init"], row["method"], row["budget_bits"])
+        ].append(row)
+    setups = sorted({key[:3] for key in cells})
+    budgets = sorted({key[4] for key in cells})
+    order = {name: i for i, name in enumerate(METHODS)}
+    header = "| data set / backbone / init | method | " + " | ".join(
+        f"{b:g} bits: NDCG@10 full / sampled" for b in budgets
+    )
+    lines = [header + " |", "|---|---|" + "---|" * len(budgets)]
+    for setup in setups:
+        methods = sorted({key[3] for key in cells if key[:3] == setup}, key=lambda m: order[m])
+        for method in methods:
+            values = []
+            for bits in budgets:
+                group = cells.get((*setup, method, bits), [])
+                if not group:
+                    values.append("-")
+                    continue
+                full = np.mean([r["full"]["ndcg@10"] for r in group])
+                sampled = np.mean([r["sampled"]["ndcg@10"] for r in group])
+                values.append(f"{full:.4f} / {sampled:.4f} (n={len(group)})")
+            lines.append(f"| {' / '.join(setup)} | {method} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["ml-100k"])
@@ -137,6 +168,7 @@ def main() -> None:
     rows = read_rows(results)
     print(f"\nTest targets, mean ± std over seeds ({results}):\n")
     print(table(rows))
+    print(f"\nNDCG@10 on test targets, mean over seeds (n = seeds):\n\n{compact_table(rows)}")
 
 
 if __name__ == "__main__":
