@@ -69,18 +69,21 @@ def main() -> None:
     profiles = torch.from_numpy(encode_profiles(frozen, windows))
     budgets = tier_budgets(DEFAULT_FLEET, channels)[assign_tiers(DEFAULT_FLEET, args.devices, 0)]
 
-    def cloud_round() -> np.ndarray:
+    def importances() -> np.ndarray:
         with torch.no_grad():
-            importance = torch.cat(
-                [hypernet(profiles[i : i + args.chunk]) for i in range(0, args.devices, args.chunk)]
-            )
-        return issue_codes(prepared, importance.numpy(), budgets)
+            chunks = range(0, args.devices, args.chunk)
+            return torch.cat([hypernet(profiles[i : i + args.chunk]) for i in chunks]).numpy()
+
+    def cloud_round() -> np.ndarray:
+        return issue_codes(prepared, importances(), budgets)
 
     cloud = median_seconds(cloud_round, max(1, args.repeats // 2))
+    networks = median_seconds(importances, max(1, args.repeats // 2))
     codes = cloud_round()
     print(
         f"cloud: {args.devices} devices in {cloud:.3f} s = {args.devices / cloud:,.0f} devices/s "
-        f"({args.backbone}, {data.num_items} items, {channels.channels} channels; target >= 10,000)"
+        f"(hypernetworks {networks:.3f} s, allocation {cloud - networks:.3f} s; {args.backbone}, "
+        f"{data.num_items} items, {channels.channels} channels; target >= 10,000)"
     )
 
     user = split.users[0]
