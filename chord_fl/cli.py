@@ -148,7 +148,7 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
     )
     out = Path(args.out or f"checkpoints/{Path(setup.checkpoint_path).stem}-{args.variant}.pt")
     budgets = tier_budgets(fleet, prepared.channels)[assign_tiers(fleet, len(split), args.seed)]
-    negatives = evaluation_negatives(split, 100, args.seed)
+    negatives = evaluation_negatives(split, args.negatives, args.seed)
     cloud = CloudModels(prepared, {args.variant: net})
     test = evaluate_method(
         args.variant, cloud, split.windows(1), split.targets(1), budgets, negatives, args.seed
@@ -273,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     hyper.add_argument("--epochs", type=int, default=HyperTrainConfig().epochs)
     hyper.add_argument("--lr", type=float, default=HyperTrainConfig().lr)
     hyper.add_argument("--seed", type=int, default=0)
+    hyper.add_argument("--negatives", type=int, default=100, help="sampled-protocol negatives")
     hyper.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     hyper.add_argument("--out", help="hypernetwork checkpoint path")
     hyper.add_argument("--no-progress", action="store_true", help="hide the progress bars")

@@ -73,7 +73,7 @@ def load_backbone(
             setup.data_options,
             progress=progress,
         )
-    model, meta = load_checkpoint(path)
+    model, _ = load_checkpoint(path)
     if model.num_items != split.num_items:
         raise ConfigError(
             f"{path} was trained for {model.num_items} items, {setup.dataset} has "

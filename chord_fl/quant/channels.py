@@ -91,10 +91,6 @@ class ChannelMap:
         packed = -(-self.elements()[:, None] * bits // 8)
         return np.where(bits > 0, packed + SCALE_BYTES, 0)
 
-    def layer_of_channel(self) -> np.ndarray:
-        """(C,) index of the group each channel belongs to."""
-        return np.repeat(np.arange(len(self.groups)), [g.channels for g in self.groups])
-
 
 def channel_rows(weight: torch.Tensor, axis: int) -> torch.Tensor:
     """(channels, elements) view of `weight` with `axis` first."""

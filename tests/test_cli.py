@@ -1,0 +1,65 @@
+import json
+
+import torch
+
+from chord_fl.checkpoint import load_checkpoint
+from chord_fl.cli import main
+from chord_fl.data import synthetic_interactions
+
+
+def test_pretrain_then_hypernet_on_a_csv_file(tmp_path, capsys):
+    csv = tmp_path / "clicks.csv"
+    synthetic_interactions(num_users=60, num_items=300, seed=4).to_csv(csv, index=False)
+    backbone = tmp_path / "backbone.pt"
+    common = ["--dataset", str(csv), "--json", "--no-progress"]
+    code = main(
+        [
+            "pretrain",
+            *common,
+            "--epochs",
+            "2",
+            "--hidden",
+            "16",
+            "--max-len",
+            "20",
+            "--out",
+            str(backbone),
+        ]  # fmt: skip
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["users"] == 60 and report["epochs_run"] == 2
+    assert set(report["test"]) == {"full", "sampled"}
+    model, meta = load_checkpoint(backbone)
+    assert model.num_items == report["items"] and meta["dataset"] == str(csv)
+
+    hypernet = tmp_path / "hypernet.pt"
+    code = main(
+        [
+            "hypernet",
+            *common,
+            "--checkpoint",
+            str(backbone),
+            "--epochs",
+            "1",
+            "--out",
+            str(hypernet),
+        ]  # fmt: skip
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [h["epoch"] for h in report["history"]] == [0, 1]
+    assert report["test_round_1"]["model_bytes"] <= report["test_round_1"]["budget_bytes"]
+    saved = torch.load(hypernet, weights_only=True)
+    assert saved["model"]["hypernet"]["rank"] >= 1
+
+
+def test_errors_exit_non_zero_with_a_message(tmp_path, capsys):
+    assert main(["pretrain", "--dataset", str(tmp_path / "missing.csv")]) == 2
+    assert "missing.csv" in capsys.readouterr().err
+    csv = tmp_path / "clicks.csv"
+    synthetic_interactions(num_users=20, seed=1).to_csv(csv, index=False)
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(b"not a checkpoint")
+    assert main(["hypernet", "--dataset", str(csv), "--checkpoint", str(torn)]) == 2
+    assert "torn.pt" in capsys.readouterr().err
