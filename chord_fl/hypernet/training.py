@@ -67,8 +67,7 @@ class _Relaxation:
         self.prepared = prepared
         errors = prepared.errors
         self.error = torch.tensor(errors / errors[:, 0].mean(), dtype=torch.float32)
-        self.cost_np = prepared.channels.cost(prepared.table).astype(np.float64)
-        self.cost = torch.tensor(self.cost_np, dtype=torch.float32)
+        self.cost = torch.tensor(prepared.channels.cost(prepared.table), dtype=torch.float32)
         self.candidates = [prepared.candidate_rows(g) for g in prepared.channels.groups]
 
     def loss(
