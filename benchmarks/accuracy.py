@@ -31,6 +31,7 @@ from chord_fl.experiment import (
     load_backbone,
     load_split,
 )
+from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
 from chord_fl.machine import machine_line
 from chord_fl.quant.quantizer import PreparedModel
@@ -49,6 +50,7 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
     windows = [split.users[i].window(1) for i in users]
     targets = split.targets(1)[users]
     negatives = evaluation_negatives(split, 100, seed=0)[users]
+    profiles = encode_profiles(prepared.frozen, windows)
     cloud = CloudModels(prepared, global_importance=global_importance(prepared, split))
     for seed in args.seeds:
         torch.manual_seed(seed)
@@ -65,7 +67,9 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
             budgets = np.full(len(users), tier_budgets(single_tier(bits), prepared.channels)[0])
             for method in args.methods:
                 start = time.perf_counter()
-                row = evaluate_method(method, cloud, windows, targets, budgets, negatives, seed)
+                row = evaluate_method(
+                    method, cloud, windows, targets, profiles, budgets, negatives, seed
+                )
                 row.update(
                     dataset=dataset,
                     backbone=backbone,

@@ -20,6 +20,7 @@ from chord_fl.devices import DEFAULT_FLEET, assign_tiers, load_fleet
 from chord_fl.errors import ChordError
 from chord_fl.evaluation import PROTOCOLS
 from chord_fl.experiment import INITS, Setup, evaluate_method, load_backbone, load_split
+from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
 from chord_fl.metrics import METRICS
 from chord_fl.models import BACKBONES, LOSSES
@@ -150,8 +151,10 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
     budgets = tier_budgets(fleet, prepared.channels)[assign_tiers(fleet, len(split), args.seed)]
     negatives = evaluation_negatives(split, args.negatives, args.seed)
     cloud = CloudModels(prepared, {args.variant: net})
+    windows = split.windows(1)
+    profiles = encode_profiles(prepared.frozen, windows)
     test = evaluate_method(
-        args.variant, cloud, split.windows(1), split.targets(1), budgets, negatives, args.seed
+        args.variant, cloud, windows, split.targets(1), profiles, budgets, negatives, args.seed
     )
     report = {
         "dataset": args.dataset,

@@ -15,7 +15,6 @@ from chord_fl.cloud import channel_sensitivity, evaluate_codes
 from chord_fl.comparators import CloudModels, method_codes
 from chord_fl.data import RoundSplit, load_dataset, make_split
 from chord_fl.errors import ConfigError
-from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.models import SequentialRecommender, seeded_backbone
 from chord_fl.pretrain import default_checkpoint, pretrain
 from chord_fl.quant.quantizer import PreparedModel
@@ -106,13 +105,15 @@ def evaluate_method(
     cloud: CloudModels,
     windows: list[np.ndarray],
     targets: np.ndarray,
+    profiles: np.ndarray,
     budgets: np.ndarray,
     negatives: np.ndarray,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """One method at the given budgets: mean metrics under both protocols, bits and bytes used."""
+    """One method at the given budgets: mean metrics under both protocols, bits and bytes used.
+
+    `profiles` are the devices' uploads for `windows` (encode once, evaluate every method)."""
     prepared = cloud.prepared
-    profiles = encode_profiles(prepared.frozen, windows)
     codes = method_codes(method, cloud, profiles, budgets, seed)
     row: dict[str, Any] = {"method": method}
     for protocol, metrics in evaluate_codes(prepared, windows, targets, codes, negatives).items():
