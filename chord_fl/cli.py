@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def _data_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"fmt": args.format, "user_min": args.user_min, "item_min": args.item_min}
 
 
-def _literal(text: str) -> Any:
+def parse_literal(text: str) -> Any:
     """'3' -> 3, '0.2' -> 0.2, 'true' -> True, anything else stays text."""
     lowered = text.lower()
     if lowered in ("true", "false"):
@@ -68,7 +69,7 @@ def _key_values(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ChordError(f"expected KEY=VALUE, got {pair!r}")
-        options[key.replace("-", "_")] = _literal(value)
+        options[key.replace("-", "_")] = parse_literal(value)
     return options
 
 
@@ -224,9 +225,16 @@ def _print_hypernet(report: dict[str, Any]) -> None:
     print(f"  checkpoint: {report['checkpoint']}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+Extension = Callable[[argparse._SubParsersAction], None]
+
+
+def build_parser(extensions: tuple[Extension, ...] = ()) -> argparse.ArgumentParser:
+    """The library's commands, plus those each extension adds (the Flower commands live in
+    `simulations.cli`, so this package never imports Flower)."""
     parser = argparse.ArgumentParser(prog="chord-fl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    for extend in extensions:
+        extend(commands)
 
     data = commands.add_parser("data", help="load a data set and print its statistics")
     _add_data_options(data)
@@ -284,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, extensions: tuple[Extension, ...] = ()) -> int:
+    args = build_parser(extensions).parse_args(argv)
     try:
         report = args.run(args)
     except ChordError as exc:

@@ -1,0 +1,130 @@
+"""The run configuration of a federated simulation, as Flower's run config carries it.
+
+Keys are kebab-case in Flower (`flwr run . --run-config "local-epochs=2"`) and snake_case here.
+`RunConfig.from_mapping` is the only way in: it rejects unknown keys, listing the known ones, and
+checks every value before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from chord_fl.devices import DEFAULT_FLEET, Fleet, load_fleet
+from chord_fl.errors import ConfigError
+from chord_fl.experiment import INITS, Setup
+from chord_fl.models import BACKBONES
+from chord_fl.pretrain import default_checkpoint
+
+_TYPES = {"str": str, "int": int, "float": float}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    strategy: str = "chord"
+    dataset: str = "ml-100k"
+    backbone: str = "sasrec"
+    rounds: int = 3
+    fraction: float = 1.0
+    seed: int = 0
+    data_dir: str = ""
+    format: str = ""
+    output_dir: str = "runs"
+    run_name: str = ""
+    checkpoint_dir: str = "checkpoints"
+    tiers: str = ""
+    init: str = "pretrained"
+    negatives: int = 100
+    local_epochs: int = 5
+    local_lr: float = 1e-3
+    hypernet_epochs: int = 4
+    profile_window: int = 0
+    round_timeout: float = 600.0
+    node_wait: float = 20.0
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            expected = _TYPES[field.type]
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, field.name, float(value))
+            elif not isinstance(value, expected) or isinstance(value, bool):
+                raise ConfigError(
+                    f"run config {_key(field.name)!r} must be {expected.__name__}, got {value!r}"
+                )
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"unknown backbone {self.backbone!r}; known: {', '.join(BACKBONES)}")
+        if self.init not in INITS:
+            raise ConfigError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
+        for name in ("rounds", "negatives", "local_epochs", "hypernet_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_key(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ("local_lr", "round_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{_key(name)} must be > 0, got {getattr(self, name)}")
+        if self.profile_window < 0 or self.node_wait < 0:
+            raise ConfigError("profile-window and node-wait must be >= 0")
+        self.fleet  # noqa: B018 - a malformed tier file fails here, before any work
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """From Flower's run config (kebab-case keys); unknown keys are an error."""
+        known = {_key(f.name): f.name for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown run config keys {unknown}; known: {sorted(known)}")
+        return cls(**{known[key]: value for key, value in values.items()})
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {_key(f.name): getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def fleet(self) -> Fleet:
+        return fleet_from_setting(self.tiers)
+
+    @property
+    def setup(self) -> Setup:
+        """The cloud's view: data, backbone and where its checkpoint lives."""
+        name = default_checkpoint(self.dataset, self.backbone, self.rounds, self.seed).name
+        return Setup(
+            dataset=self.dataset,
+            backbone=self.backbone,
+            data_dir=self.data_dir or None,
+            rounds=self.rounds,
+            init=self.init,
+            seed=self.seed,
+            checkpoint=os.fspath(Path(self.checkpoint_dir) / name),
+            fmt=self.format or None,
+        )
+
+    @property
+    def run_dir(self) -> Path:
+        stem = Path(self.dataset).stem if Path(self.dataset).suffix else self.dataset
+        name = self.run_name or f"{self.strategy}-{stem}-{self.backbone}-s{self.seed}"
+        return Path(self.output_dir) / name
+
+
+def fleet_from_setting(tiers: str) -> Fleet:
+    """The `tiers` setting: empty (the built-in fleet), inline TOML text, or a TOML file path."""
+    if not tiers:
+        return DEFAULT_FLEET
+    if "[[tier]]" in tiers:
+        try:
+            return load_fleet(tomllib.loads(tiers))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"run config 'tiers' is not valid TOML: {exc}") from exc
+    return load_fleet(tiers)
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")

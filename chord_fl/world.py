@@ -1,0 +1,117 @@
+"""What the cloud and every simulated device derive from one run config, identically: the split,
+the frozen backbone, each partition's tier and byte budget, and the sampled-protocol negatives.
+
+Each process loads this once (`load_world` is cached), so a Ray worker serving hundreds of devices
+reads the data and the weights a single time.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from chord_fl.checkpoint import load_hypernet, save_hypernet
+from chord_fl.cloud import tier_budgets
+from chord_fl.comparators import CHORD_VARIANTS, CloudModels
+from chord_fl.data import RoundSplit
+from chord_fl.devices import Fleet, Tier, assign_tiers
+from chord_fl.errors import ConfigError
+from chord_fl.experiment import Setup, global_importance, load_backbone, load_split
+from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
+from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.runconfig import RunConfig, fleet_from_setting
+from chord_fl.train import evaluation_negatives
+
+
+@dataclass(frozen=True)
+class World:
+    split: RoundSplit
+    fleet: Fleet
+    tier_of: np.ndarray  # (U,) tier index of each partition
+    budgets: np.ndarray  # (U,) whole-model byte budget of each partition
+    negatives: np.ndarray  # (U, N) sampled-protocol negatives
+    prepared: PreparedModel
+
+    @property
+    def devices(self) -> int:
+        return len(self.split)
+
+    def tier(self, partition: int) -> Tier:
+        return self.fleet.tiers[int(self.tier_of[partition])]
+
+    def check_partition(self, partition: int) -> None:
+        if not 0 <= partition < self.devices:
+            raise ConfigError(
+                f"partition {partition} has no user: the split has {self.devices} users "
+                f"(partitions 0..{self.devices - 1})"
+            )
+
+
+def load_world(config: RunConfig, train_missing: bool = True, progress: bool = False) -> World:
+    """The shared state; `train_missing=False` (a device) refuses to train a missing backbone."""
+    return _cached_world(config.setup, config.tiers, config.negatives, train_missing, progress)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_world(
+    setup: Setup, tiers: str, negatives: int, train_missing: bool, progress: bool
+) -> World:
+    fleet = fleet_from_setting(tiers)
+    split = load_split(setup)
+    if setup.init == "pretrained" and not train_missing and not setup.checkpoint_path.exists():
+        raise ConfigError(
+            f"the frozen backbone {setup.checkpoint_path} is missing on this device: the cloud "
+            "trains it before the first round"
+        )
+    prepared = PreparedModel(load_backbone(setup, split, progress))
+    tier_of = assign_tiers(fleet, len(split), setup.seed)
+    by_tier = tier_budgets(fleet, prepared.channels)
+    floor = prepared.channels.fixed_bytes + prepared.channels.cost(prepared.table)[:, 0].sum()
+    for tier, budget in zip(fleet.tiers, by_tier, strict=True):
+        if budget < floor:
+            raise ConfigError(
+                f"tier {tier.name!r}: budget {budget} B is below the all-pruned floor of "
+                f"{int(floor)} B for {setup.backbone} on {setup.dataset}"
+            )
+    return World(
+        split=split,
+        fleet=fleet,
+        tier_of=tier_of,
+        budgets=by_tier[tier_of],
+        negatives=evaluation_negatives(split, negatives, setup.seed),
+        prepared=prepared,
+    )
+
+
+def cloud_models(
+    world: World, method: str, config: RunConfig, progress: bool = False
+) -> CloudModels:
+    """What the cloud needs to issue `method`'s codes: hypernetworks (loaded, or trained once and
+    cached next to the backbone) or the cloud-wide importance of the global strategy."""
+    cloud = CloudModels(world.prepared)
+    stem = Path(config.setup.checkpoint_path).stem
+    if method in CHORD_VARIANTS:
+        path = Path(config.checkpoint_dir) / f"{stem}-{method}.pt"
+        if path.exists():
+            net, _ = load_hypernet(path, world.prepared)
+        else:
+            train = HyperTrainConfig(epochs=config.hypernet_epochs, seed=config.seed)
+            net, result = train_hypernet(
+                world.prepared, world.split, world.fleet, CHORD_VARIANTS[method], train, progress
+            )
+            save_hypernet(path, net, {"best_epoch": result.best_epoch, "variant": method})
+        cloud.hypernets[method] = net.eval()
+    elif method == "global":
+        path = Path(config.checkpoint_dir) / f"{stem}-global.npy"
+        if path.exists():
+            cloud.global_importance = np.load(path, allow_pickle=False)
+        else:
+            cloud.global_importance = global_importance(
+                world.prepared, world.split, seed=config.seed
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, cloud.global_importance, allow_pickle=False)
+    return cloud

@@ -1,0 +1,163 @@
+"""`chord-fl`: the library's commands (data, pretrain, hypernet) plus the federated ones:
+`simulate` runs one strategy in-process, `compare` runs several on the same fleet and seed and
+writes a table and plots, `plot` draws finished runs."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from chord_fl import cli as library
+from chord_fl.errors import ChordError, ConfigError
+from chord_fl.machine import machine_line
+from chord_fl.runconfig import RunConfig
+from simulations.plots import plot_runs
+from simulations.report import comparison_rows, downlink_ratio_rows, write_table
+from strategies import STRATEGIES
+
+
+def parse_run_config(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` pairs as `flwr run --run-config` takes them ('text' quotes optional)."""
+    values = {}
+    for pair in pairs:
+        for item in pair.split():
+            key, sep, text = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"expected KEY=VALUE in --run-config, got {item!r}")
+            if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+                values[key] = text[1:-1]
+            else:
+                values[key] = library.parse_literal(text)
+    return values
+
+
+def _overrides(args: argparse.Namespace, strategy: str | None) -> dict[str, Any]:
+    values = parse_run_config(args.run_config)
+    if strategy:
+        values["strategy"] = strategy
+    RunConfig.from_mapping(values)  # every key and value checked before any work
+    return values
+
+
+def run_simulate(args: argparse.Namespace) -> dict[str, Any]:
+    from simulations.simulate import simulate
+
+    return simulate(_overrides(args, args.strategy), args.num_supernodes)
+
+
+def run_compare(args: argparse.Namespace) -> dict[str, Any]:
+    base = _overrides(args, None)
+    config = RunConfig.from_mapping(base)
+    unknown = [name for name in args.strategies if name not in STRATEGIES]
+    if unknown:
+        raise ConfigError(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
+    run_dirs, failed = {}, []
+    for name in args.strategies:
+        # One process per strategy: Ray and the cached worlds start clean for each.
+        pairs = [
+            f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"
+            for key, value in base.items()
+        ]
+        command = [sys.executable, "-m", "simulations.cli", "simulate", "--strategy", name]
+        if pairs:
+            command += ["--run-config", " ".join(pairs)]
+        started = time.perf_counter()
+        print(f"== {name}", flush=True)
+        if subprocess.run(command, check=False).returncode != 0:
+            failed.append(name)
+            continue
+        run_dirs[name] = config.replace(strategy=name).run_dir
+        print(f"== {name}: {time.perf_counter() - started:.0f} s", flush=True)
+    if not run_dirs:
+        raise ChordError(f"every run failed: {', '.join(failed)}")
+    out = Path(args.out or Path(config.output_dir) / "compare")
+    tables = [write_table(comparison_rows(list(run_dirs.values())), out / "compare")]
+    if "fedavg" in run_dirs and "chord" in run_dirs:
+        ratios = downlink_ratio_rows(run_dirs["fedavg"], run_dirs["chord"])
+        tables.append(write_table(ratios, out / "downlink-fedavg-over-chord"))
+    plots = plot_runs(list(run_dirs.values()), out)
+    if failed:
+        raise ChordError(f"runs failed: {', '.join(failed)} (tables of the others in {out})")
+    return {
+        "runs": {name: str(path) for name, path in run_dirs.items()},
+        "tables": [str(path) for pair in tables for path in pair],
+        "plots": [str(path) for path in plots],
+        "machine": machine_line(),
+    }
+
+
+def run_plot(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out or Path(args.run_dirs[0]).parent / "plots")
+    return {"plots": [str(path) for path in plot_runs(args.run_dirs, out)]}
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _show_simulate(summary: dict[str, Any]) -> None:
+    print(
+        f"{summary['strategy']} on {summary['dataset']} ({summary['backbone']}): "
+        f"{summary['devices']} devices, {summary['wall_s']} s "
+        f"({summary['rounds_wall_s']} s of rounds)"
+    )
+    print("round    ok  failed  ndcg@10   hr@10  avg bits  down payload B  down message B")
+    for row in summary["rounds"]:
+        failed = row["error"] + row["rejected"] + row["timeout"]
+        print(
+            f"{row['round']:>5} {row['ok']:>5} {failed:>7}  {_number(row['ndcg@10'], 4):>7} "
+            f"{_number(row['hr@10'], 4):>7}  {_number(row['avg_bits'], 2):>8}  "
+            f"{row['downlink_payload_bytes']:>14,}  {row['downlink_message_bytes']:>14,}"
+        )
+    totals = summary["totals"]
+    print(
+        f"totals: down {totals['downlink_payload_bytes']:,} B payload / "
+        f"{totals['downlink_message_bytes']:,} B messages, up {totals['uplink_payload_bytes']:,} / "
+        f"{totals['uplink_message_bytes']:,} B"
+    )
+
+
+def _show_paths(report: dict[str, Any]) -> None:
+    for key in ("tables", "plots"):
+        for item in report.get(key, []):
+            print(f"{key}: {item}")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    run_config = {
+        "action": "append",
+        "default": [],
+        "metavar": "KEY=VALUE",
+        "help": "run config override, as for flwr run (repeatable; see pyproject.toml)",
+    }
+    simulate = commands.add_parser("simulate", help="run one strategy in-process on Ray")
+    simulate.add_argument("--strategy", choices=list(STRATEGIES))
+    simulate.add_argument("--run-config", "-c", **run_config)
+    simulate.add_argument("--num-supernodes", type=int, help="default: one per user")
+    simulate.add_argument("--json", action="store_true", help="print the summary as JSON")
+    simulate.set_defaults(run=run_simulate, show=_show_simulate)
+
+    compare = commands.add_parser("compare", help="run strategies on one fleet; table and plots")
+    compare.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    compare.add_argument("--run-config", "-c", **run_config)
+    compare.add_argument("--out", help="table and plot directory (default: OUTPUT-DIR/compare)")
+    compare.add_argument("--json", action="store_true")
+    compare.set_defaults(run=run_compare, show=_show_paths)
+
+    plot = commands.add_parser("plot", help="plot finished runs")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", help="default: RUN_DIR/../plots")
+    plot.add_argument("--json", action="store_true")
+    plot.set_defaults(run=run_plot, show=_show_paths)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return library.main(argv, (add_commands,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

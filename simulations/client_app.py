@@ -1,0 +1,37 @@
+"""The Flower ClientApp: one user's phone (partition = user). `make_client_app(overrides)` serves
+in-process runs, whose run config Flower leaves empty."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from chord_fl.runconfig import RunConfig
+from simulations.client import answer, device_runtime
+from strategies import protocol
+
+
+def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
+    app = ClientApp()
+
+    def partition_of(context: Context) -> int:
+        return int(context.node_config["partition-id"])
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        return Message(protocol.partition_content(partition_of(context)), reply_to=msg)
+
+    def respond(msg: Message, context: Context) -> Message:
+        config = RunConfig.from_mapping({**context.run_config, **(overrides or {})})
+        content = answer(device_runtime(config), msg.content, partition_of(context), context.state)
+        return Message(content, reply_to=msg)
+
+    app.train()(respond)
+    app.evaluate()(respond)
+    return app
+
+
+app = make_client_app()

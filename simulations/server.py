@@ -1,0 +1,140 @@
+"""The cloud's side of a run: load the shared state and cloud models, wait for the SuperNodes, map
+node ids to partitions, run the strategy, write the summary."""
+
+from __future__ import annotations
+
+import time
+from logging import INFO, WARNING
+from typing import Any
+
+from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+
+from chord_fl.errors import ConfigError
+from chord_fl.machine import machine_info
+from chord_fl.runconfig import RunConfig
+from chord_fl.runlog import RunLog
+from chord_fl.world import World, cloud_models, load_world
+from strategies import build_strategy, protocol, strategy_spec
+from strategies.base import FleetRun, ledger_row
+
+POLL_SECONDS = 0.5
+
+
+def serve(grid: Grid, config: RunConfig) -> dict[str, Any]:
+    """Run `config` on the nodes behind `grid`; returns the summary written to the run dir."""
+    started = time.perf_counter()
+    spec = strategy_spec(config.strategy)
+    run_log = RunLog(config.run_dir, fresh=True)
+    world = load_world(config, train_missing=True, progress=True)
+    cloud = cloud_models(world, spec.method, config, progress=True) if spec.sends_codes else None
+    run_log.write_config(
+        {
+            **config.to_mapping(),
+            "devices": world.devices,
+            "channels": world.prepared.channels.channels,
+            "fp32_bytes": world.prepared.channels.fp32_bytes,
+            "machine": machine_info(),
+        }
+    )
+    nodes = wait_for_nodes(grid, world.devices, config.node_wait)
+    partitions = map_partitions(grid, nodes, world, config, run_log)
+    frozen = None
+    if spec.sends_codes and config.init == "pretrained":
+        frozen = frozen_download_bytes(world, next(iter(partitions)))
+    run = FleetRun(config, world, partitions, run_log, frozen)
+    strategy = build_strategy(run, cloud)
+    rounds_started = time.perf_counter()
+    strategy.start(
+        grid,
+        strategy.initial_arrays(),
+        num_rounds=config.rounds,
+        timeout=config.round_timeout,
+    )
+    now = time.perf_counter()
+    summary = run_log.write_summary(
+        {
+            "strategy": config.strategy,
+            "dataset": config.dataset,
+            "backbone": config.backbone,
+            "devices": len(partitions),
+            "wall_s": round(now - started, 2),
+            "rounds_wall_s": round(now - rounds_started, 2),
+        }
+    )
+    log(
+        INFO,
+        "chord-fl: %s finished in %.1f s; results in %s",
+        config.strategy,
+        now - started,
+        run_log.dir,
+    )
+    return summary
+
+
+def wait_for_nodes(grid: Grid, expected: int, patience: float) -> list[int]:
+    """Node ids once `expected` have registered, or once none has joined for `patience` s.
+
+    Flower starts the ServerApp before simulated nodes exist, and a federation may hold fewer
+    nodes than the data set has users: then the run goes on with those present."""
+    count, last_change = -1, time.monotonic()
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= expected:
+            return nodes
+        if len(nodes) != count:
+            count, last_change = len(nodes), time.monotonic()
+        elif nodes and time.monotonic() - last_change >= patience:
+            log(
+                WARNING,
+                "chord-fl: %d SuperNodes for %d users; running with those present (simulate all "
+                'with --federation-config "num-supernodes=%d")',
+                len(nodes),
+                expected,
+                expected,
+            )
+            return nodes
+        time.sleep(POLL_SECONDS)
+
+
+def map_partitions(
+    grid: Grid, nodes: list[int], world: World, config: RunConfig, run_log: RunLog
+) -> dict[int, int]:
+    """Node id -> partition, from a QUERY round (node ids are random in every run)."""
+    messages = [
+        Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes
+    ]
+    sizes = {message.metadata.dst_node_id: protocol.message_bytes(message) for message in messages}
+    partitions: dict[int, int] = {}
+    rows = []
+    for reply in grid.send_and_receive(messages, timeout=config.round_timeout):
+        node = reply.metadata.src_node_id
+        partition, reason = (
+            (None, reply.error.reason)
+            if reply.has_error()
+            else protocol.read_partition(reply.content)
+        )
+        if partition is not None and not 0 <= partition < world.devices:
+            reason = f"partition {partition} has no user (the split has {world.devices})"
+        elif partition in partitions.values():
+            reason = f"partition {partition} is claimed by another node"
+        if reason:
+            log(WARNING, "chord-fl: node %d left out: %s", node, reason)
+            continue
+        partitions[node] = partition
+        rows.append(ledger_row(world, 0, node, partition, "down", "query", 0, sizes[node]))
+        size = protocol.message_bytes(reply)
+        rows.append(ledger_row(world, 0, node, partition, "up", "query", 0, size))
+    if not partitions:
+        raise ConfigError("no SuperNode answered the partition query")
+    run_log.append_ledger(rows)
+    return partitions
+
+
+def frozen_download_bytes(world: World, node: int) -> tuple[int, int]:
+    """Payload and message bytes of sending the frozen fp32 backbone to a device once."""
+    arrays = ArrayRecord(world.prepared.frozen.state_dict())
+    content = RecordDict({protocol.ARRAYS: arrays})
+    message = Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
+    return protocol.weights_nbytes(arrays), protocol.message_bytes(message)

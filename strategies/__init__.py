@@ -1,0 +1,56 @@
+"""Flower strategies: one registry from a strategy name to how it is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flwr.serverapp.strategy import Strategy
+
+from chord_fl.comparators import CHORD_VARIANTS, CloudModels
+from chord_fl.errors import ConfigError
+from strategies.base import FleetRun
+from strategies.chord import CodeStrategy
+from strategies.fedavg import LedgerFedAvg
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    method: str | None = None  # a code method of chord_fl.comparators; None: FedAvg
+    quantize_uniform: bool = False  # FedAvg only: devices quantize the aggregate to their budget
+
+    @property
+    def sends_codes(self) -> bool:
+        return self.method is not None
+
+
+STRATEGIES: dict[str, StrategySpec] = {
+    **{name: StrategySpec(method=name) for name in CHORD_VARIANTS},
+    "uniform": StrategySpec(method="uniform"),
+    "global-mp": StrategySpec(method="global"),
+    "random": StrategySpec(method="random"),
+    "fp32": StrategySpec(method="fp32"),
+    "fedavg": StrategySpec(),
+    "fedavg-uniform": StrategySpec(quantize_uniform=True),
+}
+
+
+def strategy_spec(name: str) -> StrategySpec:
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+def build_strategy(run: FleetRun, cloud: CloudModels | None) -> Strategy:
+    """The strategy the run config names; `cloud`: what `cloud_models` loaded for its method."""
+    spec = strategy_spec(run.config.strategy)
+    if spec.sends_codes:
+        if cloud is None:
+            raise ConfigError(f"{run.config.strategy} needs the cloud models")
+        return CodeStrategy(run=run, method=spec.method, cloud=cloud)
+    return LedgerFedAvg(
+        run=run,
+        quantize_uniform=spec.quantize_uniform,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        min_available_nodes=1,
+    )

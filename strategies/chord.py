@@ -1,0 +1,127 @@
+"""CHORD, its ablations and every baseline that sends precision codes (or nothing: fp32).
+
+Train phase: devices upload a profile and budget (budget alone for non-personalised methods);
+nothing is trained. `aggregate_train` runs the hypernetworks and allocation once for the round's
+whole batch. Evaluate phase: each device gets its own packed codes (the cheapest of full, delta
+against what it holds, and entropy-coded), quantizes its frozen weights and scores its target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from chord_fl.comparators import CHORD_VARIANTS, CloudModels, method_codes
+from chord_fl.quant.codec import encode_strategy
+from strategies import protocol
+from strategies.base import FleetMixin
+from strategies.protocol import Task
+
+
+class CodeStrategy(FleetMixin, Strategy):
+    def __init__(self, *, method: str, cloud: CloudModels, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.method = method
+        self.cloud = cloud
+        self.budgeted = method != "fp32"
+        self._codes: dict[int, np.ndarray] = {}  # this round's codes by node id
+        self._held: dict[int, np.ndarray] = {}  # codes each device confirmed: the delta base
+        self._asked: list[int] = []
+
+    @property
+    def personalised(self) -> bool:
+        return self.method in CHORD_VARIANTS
+
+    def initial_arrays(self) -> ArrayRecord:
+        return ArrayRecord()  # nothing but codes ever travels
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.method == "fp32":
+            return []
+        task = Task.PROFILE if self.personalised else Task.BUDGET
+        contents = {
+            node: RecordDict({protocol.CONFIG: protocol.instruction(server_round, task)})
+            for node in self.sample(server_round)
+        }
+        return self.send(server_round, contents, MessageType.TRAIN, "request", lambda _: 0)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        world = self.run.world
+        hidden = world.prepared.frozen.hidden_size if self.personalised else None
+        kind = "profile" if self.personalised else "budget"
+        channels = world.prepared.channels
+        floor = int(channels.fixed_bytes + channels.cost(world.prepared.table)[:, 0].sum())
+        uploads = {}
+        for node, reply in self.receive(server_round, replies, kind):
+            payload = protocol.upload_payload_bytes(hidden)
+            self.record_upload(server_round, node, reply, kind, payload)
+            limit = int(world.budgets[self.run.partitions[node]])
+            upload, reason = protocol.read_upload(reply.content, hidden, limit, floor)
+            if reason:
+                self.mark(server_round, node, "rejected", reason)
+            else:
+                uploads[node] = upload
+        # A fixed order (by partition) makes the batch, and so every code, repeatable.
+        nodes = sorted(uploads, key=self.run.partitions.__getitem__)
+        self._codes = {}
+        if not nodes:
+            return None, None
+        budgets = np.array([uploads[node][1] for node in nodes], dtype=np.int64)
+        profiles = (
+            np.stack([uploads[node][0] for node in nodes])
+            if self.personalised
+            else np.empty((len(nodes), 0), dtype=np.float16)
+        )
+        seed = int(
+            np.random.SeedSequence([self.run.config.seed, server_round]).generate_state(1)[0]
+        )
+        codes = method_codes(self.method, self.cloud, profiles, budgets, seed)
+        self._codes = dict(zip(nodes, codes, strict=True))
+        return None, MetricRecord({"devices": len(nodes)})
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.method == "fp32":
+            instruction = protocol.instruction(server_round, Task.FP32)
+            contents = {
+                node: RecordDict({protocol.CONFIG: instruction})
+                for node in self.sample(server_round)
+            }
+            self._asked = list(contents)
+            return self.send(server_round, contents, MessageType.EVALUATE, "request", lambda _: 0)
+        payloads = {
+            node: encode_strategy(codes, self._held.get(node))
+            for node, codes in self._codes.items()
+        }
+        contents = {
+            node: protocol.codes_content(server_round, payload)
+            for node, payload in payloads.items()
+        }
+        self._asked = list(contents)
+        return self.send(
+            server_round, contents, MessageType.EVALUATE, "codes", lambda node: len(payloads[node])
+        )
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.collect_reports(server_round, self._asked, replies)
+
+    def accept_report(self, round_: int, node: int, report: dict[str, float]) -> None:
+        if node in self._codes:
+            self._held[node] = self._codes[node]
+        super().accept_report(round_, node, report)
+
+    def mark(self, round_: int, node: int, status: str, reason: str = "") -> None:
+        # The device's state is unknown now: its next codes go in full.
+        self._held.pop(node, None)
+        super().mark(round_, node, status, reason)

@@ -1,0 +1,188 @@
+"""The wire: every record key, how each payload is packed into Flower records, how each reply is
+checked, and how many bytes a message takes. Server and client import their keys from here only.
+
+Small payloads (profile, budget, codes) travel as ConfigRecord bytes, the cheapest record for a
+few hundred bytes; weights travel as Flower's ArrayRecord.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+from chord_fl.hypernet.profile import PROFILE_DTYPE
+from chord_fl.runlog import CODE_COLUMNS, METRIC_COLUMNS
+
+CONFIG = "config"  # the cloud's instruction (Flower's FedAvg uses the same key)
+ARRAYS = "arrays"  # model weights (Flower's FedAvg default)
+UPLOAD = "upload"  # a device's profile and budget
+CODES = "codes"  # packed precision codes
+METRICS = "metrics"  # a device's report
+ROUND = "server-round"  # Flower's FedAvg writes this key itself
+TASK = "task"
+PROFILE = "profile"
+BUDGET = "budget"
+PAYLOAD = "payload"
+PARTITION = "partition-id"  # as in Flower's node_config
+NUM_EXAMPLES = "num-examples"  # FedAvg's weighting key
+TRAIN_MS = "train_ms"
+BUDGET_BYTES = 8  # a budget on the wire: one int64
+
+REPORT_KEYS = (*METRIC_COLUMNS, "model_bytes", "avg_bits", "adapt_ms")
+
+
+class Task(StrEnum):
+    """What the cloud asks a device to do in a message."""
+
+    PROFILE = "profile"  # upload profile and budget
+    BUDGET = "budget"  # upload the budget alone (non-personalised code strategies)
+    FIT = "fit"  # FedAvg local training
+    CODES = "codes"  # apply the attached codes, score the round target
+    FP32 = "fp32"  # score the round target with the frozen full-precision weights
+    WEIGHTS = "weights"  # score with the attached weights
+    WEIGHTS_UNIFORM = "weights-uniform"  # quantize the attached weights uniformly, then score
+
+
+# -- cloud to device ---------------------------------------------------------------------------
+
+
+def instruction(round_: int, task: Task) -> ConfigRecord:
+    return ConfigRecord({ROUND: round_, TASK: str(task)})
+
+
+def codes_content(round_: int, payload: bytes) -> RecordDict:
+    return RecordDict(
+        {CONFIG: instruction(round_, Task.CODES), CODES: ConfigRecord({PAYLOAD: payload})}
+    )
+
+
+def read_instruction(content: RecordDict) -> tuple[int, Task]:
+    config = content.config_records[CONFIG]
+    return int(config[ROUND]), Task(config[TASK])
+
+
+def read_codes(content: RecordDict) -> bytes:
+    return bytes(content.config_records[CODES][PAYLOAD])
+
+
+# -- device to cloud ---------------------------------------------------------------------------
+
+
+def partition_content(partition: int) -> RecordDict:
+    return RecordDict({CONFIG: ConfigRecord({PARTITION: int(partition)})})
+
+
+def upload_content(budget: int, profile: np.ndarray | None) -> RecordDict:
+    record = ConfigRecord({BUDGET: int(budget)})
+    if profile is not None:
+        record[PROFILE] = np.ascontiguousarray(profile, dtype=PROFILE_DTYPE).tobytes()
+    return RecordDict({UPLOAD: record})
+
+
+def report_content(report: dict[str, float]) -> RecordDict:
+    values = {key: float(value) for key, value in report.items()}
+    return RecordDict({METRICS: MetricRecord(values)})
+
+
+def fit_content(weights: dict[str, torch.Tensor], examples: int, train_ms: float) -> RecordDict:
+    metrics = MetricRecord({NUM_EXAMPLES: int(examples), TRAIN_MS: float(train_ms)})
+    return RecordDict({ARRAYS: ArrayRecord(weights), METRICS: metrics})
+
+
+# -- checking replies: each returns (value, None) or (None, reason) ----------------------------
+
+
+def read_partition(content: RecordDict) -> tuple[int | None, str | None]:
+    value = content.config_records.get(CONFIG, {}).get(PARTITION)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None, f"no valid {PARTITION!r} in the reply"
+    return value, None
+
+
+def read_upload(
+    content: RecordDict, hidden: int | None, max_budget: int, min_budget: int
+) -> tuple[tuple[np.ndarray | None, int] | None, str | None]:
+    """(profile, budget) of a device's upload; `hidden` None: no profile expected."""
+    record = content.config_records.get(UPLOAD)
+    if record is None:
+        return None, f"no {UPLOAD!r} record"
+    budget = record.get(BUDGET)
+    if isinstance(budget, bool) or not isinstance(budget, int):
+        return None, f"budget must be an integer, got {type(budget).__name__}"
+    if not min_budget <= budget <= max_budget:
+        return None, f"budget {budget} B outside the tier's range {min_budget}..{max_budget} B"
+    if hidden is None:
+        return (None, budget), None
+    raw = record.get(PROFILE)
+    expected = hidden * np.dtype(PROFILE_DTYPE).itemsize
+    if not isinstance(raw, bytes) or len(raw) != expected:
+        size = len(raw) if isinstance(raw, bytes) else type(raw).__name__
+        return None, f"profile must be {expected} bytes, got {size}"
+    profile = np.frombuffer(raw, dtype=PROFILE_DTYPE)
+    if not np.isfinite(profile).all():
+        return None, "profile has non-finite values"
+    return (profile, budget), None
+
+
+def read_report(content: RecordDict) -> tuple[dict[str, float] | None, str | None]:
+    record = content.metric_records.get(METRICS)
+    if record is None:
+        return None, f"no {METRICS!r} record"
+    missing = [key for key in REPORT_KEYS if key not in record]
+    if missing:
+        return None, f"report lacks {missing}"
+    report = {key: float(record[key]) for key in (*REPORT_KEYS, *CODE_COLUMNS) if key in record}
+    if not all(math.isfinite(value) for value in report.values()):
+        return None, "report has non-finite values"
+    return report, None
+
+
+def read_weights(
+    content: RecordDict, reference: dict[str, tuple[tuple[int, ...], str]]
+) -> tuple[int | None, str | None]:
+    """Check a FedAvg reply's weights against the global model's names, shapes and dtypes;
+    returns its example count."""
+    arrays = content.array_records.get(ARRAYS)
+    metrics = content.metric_records.get(METRICS)
+    if arrays is None or metrics is None or NUM_EXAMPLES not in metrics:
+        return None, f"a FedAvg reply needs {ARRAYS!r} and {METRICS!r} with {NUM_EXAMPLES!r}"
+    if len(content.array_records) != 1 or len(content.metric_records) != 1:
+        return None, "a FedAvg reply holds exactly one ArrayRecord and one MetricRecord"
+    if set(arrays) != set(reference):
+        return None, "weights do not match the model's tensors"
+    for name, (shape, dtype) in reference.items():
+        array = arrays[name]
+        if tuple(array.shape) != shape or array.dtype != dtype:
+            return None, f"{name}: expected {dtype}{list(shape)}, got {array.dtype}{array.shape}"
+        if not np.isfinite(array.numpy()).all():
+            return None, f"{name} has non-finite values"
+    examples = metrics[NUM_EXAMPLES]
+    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+        return None, f"{NUM_EXAMPLES} must be a positive integer"
+    return examples, None
+
+
+def weight_signature(arrays: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {name: (tuple(array.shape), array.dtype) for name, array in arrays.items()}
+
+
+def weights_nbytes(arrays: ArrayRecord) -> int:
+    """Payload bytes of the weights themselves (no .npy headers)."""
+    return int(
+        sum(math.prod(array.shape) * np.dtype(array.dtype).itemsize for array in arrays.values())
+    )
+
+
+def message_bytes(message: Message) -> int:
+    """Serialised size of a message: the sum of its deflated Flower objects."""
+    return int(sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values()))
+
+
+def upload_payload_bytes(hidden: int | None) -> int:
+    profile = 0 if hidden is None else hidden * np.dtype(PROFILE_DTYPE).itemsize
+    return BUDGET_BYTES + profile

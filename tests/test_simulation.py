@@ -1,0 +1,169 @@
+"""In-process Flower simulations on a small synthetic fleet: outputs, byte ledger, budgets and
+repeatability, checked against sizes and codes computed here independently of the strategies."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from chord_fl.comparators import method_codes
+from chord_fl.data import synthetic_interactions
+from chord_fl.hypernet.profile import PROFILE_DTYPE, encode_profiles
+from chord_fl.pretrain import pretrain
+from chord_fl.quant.codec import encode_strategy
+from chord_fl.runconfig import RunConfig
+from chord_fl.runlog import CLIENT_COLUMNS, LEDGER_COLUMNS, read_csv
+from chord_fl.train import TrainConfig
+from chord_fl.world import cloud_models, load_world
+from simulations.simulate import simulate
+
+ROUNDS = 2
+USERS = 16
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fleet")
+    data = root / "interactions.csv"
+    synthetic_interactions(num_users=USERS, num_items=40, seed=3).to_csv(data, index=False)
+    overrides = {
+        "dataset": str(data),
+        "rounds": ROUNDS,
+        "negatives": 10,
+        "hypernet-epochs": 1,
+        "output-dir": str(root / "runs"),
+        "checkpoint-dir": str(root / "checkpoints"),
+        "node-wait": 5.0,
+    }
+    config = RunConfig.from_mapping(overrides)
+    # A briefly trained backbone, so the one-time download of frozen weights is in the ledger.
+    train = TrainConfig(epochs=2, num_negatives=10)
+    pretrain(
+        str(data), "sasrec", None, ROUNDS, train, None, config.setup.checkpoint_path, None, False
+    )
+    return overrides
+
+
+@pytest.fixture(scope="module")
+def runs(base):
+    """Each strategy's run directory; chord twice with the same seed."""
+    out = {}
+    for name, strategy in (
+        ("chord", "chord"),
+        ("chord-again", "chord"),
+        ("fedavg", "fedavg"),
+        ("uniform", "uniform"),
+    ):
+        overrides = {**base, "strategy": strategy, "run-name": name}
+        simulate(overrides)
+        out[name] = RunConfig.from_mapping(overrides).run_dir
+    return out
+
+
+def _world(base):
+    config = RunConfig.from_mapping(base)
+    return config, load_world(config)
+
+
+def _state_bytes(world) -> int:
+    return sum(t.numel() * t.element_size() for t in world.prepared.frozen.state_dict().values())
+
+
+@pytest.mark.parametrize("name", ["chord", "fedavg", "uniform"])
+def test_outputs_have_every_column_and_one_row_per_device_and_round(runs, name):
+    run_dir = runs[name]
+    ledger, clients = read_csv(run_dir / "ledger.csv"), read_csv(run_dir / "clients.csv")
+    assert tuple(ledger[0]) == LEDGER_COLUMNS and tuple(clients[0]) == CLIENT_COLUMNS
+    assert Counter((r["round"], r["partition"]) for r in clients) == Counter(
+        {(str(r), str(p)): 1 for r in range(1, ROUNDS + 1) for p in range(USERS)}
+    )
+    assert {row["status"] for row in clients} == {"ok"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [entry["round"] for entry in summary["rounds"]] == [1, 2]
+    down = sum(int(r["message_bytes"]) for r in ledger if r["direction"] == "down")
+    assert summary["totals"]["downlink_message_bytes"] == down
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["strategy"] == summary["strategy"] and config["devices"] == USERS
+    assert all(int(r["message_bytes"]) >= int(r["payload_bytes"]) for r in ledger)
+
+
+def test_chord_codes_in_the_ledger_are_the_codes_computed_here(runs, base):
+    config, world = _world(base)
+    cloud = cloud_models(world, "chord", config)
+    ledger = read_csv(runs["chord"] / "ledger.csv")
+    clients = read_csv(runs["chord"] / "clients.csv")
+    cost = world.prepared.channels.cost(world.prepared.table)
+    hidden = world.prepared.frozen.hidden_size
+    held = None
+    for round_ in range(1, ROUNDS + 1):
+        windows = world.split.windows(round_)
+        profiles = np.stack([encode_profiles(world.prepared.frozen, [w])[0] for w in windows])
+        codes = method_codes("chord", cloud, profiles, world.budgets)
+        sent = {
+            int(r["partition"]): int(r["payload_bytes"])
+            for r in ledger
+            if int(r["round"]) == round_ and r["kind"] == "codes"
+        }
+        expected = {
+            p: len(encode_strategy(codes[p], None if held is None else held[p]))
+            for p in range(USERS)
+        }
+        assert sent == expected
+        uploads = [r for r in ledger if int(r["round"]) == round_ and r["kind"] == "profile"]
+        assert {int(r["payload_bytes"]) for r in uploads} == {
+            hidden * np.dtype(PROFILE_DTYPE).itemsize + 8
+        }
+        for row in (r for r in clients if int(r["round"]) == round_):
+            own = codes[int(row["partition"])]
+            counts = np.bincount(own, minlength=4)
+            assert [int(row[f"codes_{k}"]) for k in range(4)] == counts.tolist()
+            spent = world.prepared.channels.fixed_bytes + cost[np.arange(len(own)), own].sum()
+            assert int(row["model_bytes"]) == spent <= int(row["budget_bytes"])
+        held = codes
+
+
+def test_frozen_weights_are_downloaded_once_by_code_strategies_only(runs, base):
+    _, world = _world(base)
+    size = _state_bytes(world)
+    chord = [r for r in read_csv(runs["chord"] / "ledger.csv") if r["kind"] == "frozen-weights"]
+    assert sorted(int(r["partition"]) for r in chord) == list(range(USERS))
+    assert {(r["round"], int(r["payload_bytes"])) for r in chord} == {("0", size)}
+    fedavg = read_csv(runs["fedavg"] / "ledger.csv")
+    assert not [r for r in fedavg if r["kind"] == "frozen-weights"]
+    weights = [r for r in fedavg if r["kind"] == "weights"]
+    # Per round: weights down for training, up from every device, down again for evaluation.
+    assert len(weights) == 3 * USERS * ROUNDS
+    assert {int(r["payload_bytes"]) for r in weights} == {size}
+
+
+def test_uniform_devices_upload_only_their_budget_and_stay_within_it(runs):
+    ledger = read_csv(runs["uniform"] / "ledger.csv")
+    assert {int(r["payload_bytes"]) for r in ledger if r["kind"] == "budget"} == {8}
+    clients = read_csv(runs["uniform"] / "clients.csv")
+    assert all(int(r["model_bytes"]) <= int(r["budget_bytes"]) for r in clients)
+    # One precision per device: every channel that is kept shares one code.
+    assert all(sum(int(r[f"codes_{k}"]) > 0 for k in (1, 2, 3)) <= 1 for r in clients)
+
+
+def test_same_seed_gives_identical_codes_and_metrics(runs):
+    def stable(run_dir):
+        clients = [
+            {k: v for k, v in row.items() if k not in ("node_id", "adapt_ms")}
+            for row in read_csv(run_dir / "clients.csv")
+        ]
+        ledger = Counter(
+            (r["round"], r["partition"], r["direction"], r["kind"], r["payload_bytes"])
+            for r in read_csv(run_dir / "ledger.csv")
+        )
+        return clients, ledger
+
+    assert stable(runs["chord"]) == stable(runs["chord-again"])
+
+
+def test_fedavg_trains_on_devices_and_reports_its_training_time(runs):
+    clients = read_csv(runs["fedavg"] / "clients.csv")
+    assert all(float(r["avg_bits"]) == 32.0 and float(r["adapt_ms"]) > 0 for r in clients)
+    assert all(r["codes_0"] == "" for r in clients)
