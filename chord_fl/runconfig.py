@@ -21,7 +21,7 @@ from chord_fl.experiment import INITS, Setup
 from chord_fl.models import BACKBONES
 from chord_fl.pretrain import default_checkpoint
 
-_TYPES = {"str": str, "int": int, "float": float}
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,10 @@ class RunConfig:
     profile_window: int = 0
     round_timeout: float = 600.0
     node_wait: float = 20.0
+    offline: bool = False  # each device answers a round with its tier's availability
+    fail_rate: float = 0.0  # share of devices whose ClientApp raises in a round
+    slow_rate: float = 0.0  # share of devices answering after the round's timeout
+    resume: bool = False  # continue the run in run-dir after its last complete round
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -53,7 +57,9 @@ class RunConfig:
             expected = _TYPES[field.type]
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, field.name, float(value))
-            elif not isinstance(value, expected) or isinstance(value, bool):
+            elif not isinstance(value, expected) or (
+                expected is not bool and isinstance(value, bool)
+            ):
                 raise ConfigError(
                     f"run config {_key(field.name)!r} must be {expected.__name__}, got {value!r}"
                 )
@@ -69,6 +75,11 @@ class RunConfig:
         for name in ("local_lr", "round_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{_key(name)} must be > 0, got {getattr(self, name)}")
+        for name in ("fail_rate", "slow_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{_key(name)} must be in [0, 1], got {getattr(self, name)}")
+        if self.fail_rate + self.slow_rate > 1:
+            raise ConfigError("fail-rate + slow-rate must be <= 1")
         if self.profile_window < 0 or self.node_wait < 0:
             raise ConfigError("profile-window and node-wait must be >= 0")
         self.fleet  # noqa: B018 - a malformed tier file fails here, before any work

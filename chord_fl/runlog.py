@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from chord_fl.errors import ConfigError
+
 LEDGER_COLUMNS = (
     "round",
     "node_id",
@@ -36,6 +38,7 @@ KINDS = (
     "weights",  # fp32 model weights
     "metrics",  # a device's evaluation report
     "error",  # an error reply
+    "late",  # a reply that came after the round's deadline, discarded
 )
 METRIC_COLUMNS = (
     "hr@5",
@@ -61,7 +64,7 @@ CLIENT_COLUMNS = (
     *CODE_COLUMNS,
     "status",  # "ok", or why the device has no metrics this round
 )
-STATUSES = ("ok", "error", "rejected", "timeout")
+STATUSES = ("ok", "offline", "error", "rejected", "timeout")
 
 
 class RunLog:
@@ -78,12 +81,35 @@ class RunLog:
                 (self.dir / name).unlink(missing_ok=True)
         self.ledger_path = self.dir / "ledger.csv"
         self.clients_path = self.dir / "clients.csv"
+        self.meta: dict[str, Any] = {}  # written at the top of every summary
         for path, columns in (
             (self.ledger_path, LEDGER_COLUMNS),
             (self.clients_path, CLIENT_COLUMNS),
         ):
             if not path.exists():
                 _append(path, columns, [], header=True)
+
+    def completed_round(self) -> int:
+        """The last round whose client rows were written (0: none)."""
+        return max((int(row["round"]) for row in read_csv(self.clients_path)), default=0)
+
+    def truncate_after(self, round_: int) -> None:
+        """Drop rows of rounds after `round_`: what a crash left of an unfinished round."""
+        for path, columns in (
+            (self.ledger_path, LEDGER_COLUMNS),
+            (self.clients_path, CLIENT_COLUMNS),
+        ):
+            kept = [row for row in read_csv(path) if int(row["round"]) <= round_]
+            tmp = path.with_suffix(".tmp")
+            tmp.unlink(missing_ok=True)
+            _append(tmp, columns, kept, header=True)
+            tmp.replace(path)
+
+    def read_config(self) -> dict[str, Any]:
+        path = self.dir / "config.json"
+        if not path.exists():
+            raise ConfigError(f"{self.dir} holds no run to resume: {path} is missing")
+        return json.loads(path.read_text())
 
     def write_config(self, config: Mapping[str, Any]) -> None:
         _write_json(self.dir / "config.json", config)
@@ -94,8 +120,8 @@ class RunLog:
     def append_clients(self, rows: Iterable[Mapping[str, Any]]) -> None:
         _append(self.clients_path, CLIENT_COLUMNS, rows)
 
-    def write_summary(self, extra: Mapping[str, Any]) -> dict[str, Any]:
-        summary = {**extra, **summarize(self.dir)}
+    def write_summary(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        summary = {**self.meta, **(extra or {}), **summarize(self.dir)}
         _write_json(self.dir / "summary.json", summary)
         return summary
 

@@ -44,8 +44,12 @@ def _overrides(args: argparse.Namespace, strategy: str | None) -> dict[str, Any]
 
 
 def run_simulate(args: argparse.Namespace) -> dict[str, Any]:
-    from simulations.simulate import simulate
+    from simulations.simulate import resume_overrides, simulate
 
+    if args.resume:
+        if args.strategy or args.run_config:
+            raise ConfigError("--resume takes the run's own settings: drop --strategy/--run-config")
+        return simulate(resume_overrides(args.resume), args.num_supernodes)
     return simulate(_overrides(args, args.strategy), args.num_supernodes)
 
 
@@ -138,6 +142,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     simulate.add_argument("--strategy", choices=list(STRATEGIES))
     simulate.add_argument("--run-config", "-c", **run_config)
     simulate.add_argument("--num-supernodes", type=int, help="default: one per user")
+    simulate.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
     simulate.add_argument("--json", action="store_true", help="print the summary as JSON")
     simulate.set_defaults(run=run_simulate, show=_show_simulate)
 

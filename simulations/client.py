@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import functools
+import time
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
 from chord_fl.device import DeviceRuntime
-from chord_fl.quant.codec import pack_codes, unpack_codes
+from chord_fl.errors import ChordError
+from chord_fl.faults import ERROR, SLOW, device_fault
+from chord_fl.quant.codec import CodecError, pack_codes, unpack_codes
 from chord_fl.runconfig import RunConfig
 from chord_fl.world import load_world
 from strategies import protocol
 from strategies.protocol import Task
 
 HELD = "chord-held-codes"  # context.state record: the codes this device applied last
+
+
+class DeviceError(ChordError):
+    """A failure the device reports to the cloud as an error reply (not a crash)."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -26,17 +33,33 @@ def device_runtime(config: RunConfig) -> DeviceRuntime:
 def answer(
     runtime: DeviceRuntime, content: RecordDict, partition: int, state: RecordDict
 ) -> RecordDict:
+    """The reply to `content`, with the simulated seconds the phone took (wall time scaled by
+    its tier's speed). Raises DeviceError for codes that do not decode."""
+    started = time.perf_counter()
     round_, task = protocol.read_instruction(content)
+    fault = device_fault(runtime.config, round_, partition)
+    if fault == ERROR:
+        raise RuntimeError(f"injected fault: partition {partition} crashes in round {round_}")
+    reply = _work(runtime, content, round_, task, partition, state)
+    seconds = (time.perf_counter() - started) / runtime.world.tier(partition).speed
+    if fault == SLOW:
+        seconds += runtime.config.round_timeout  # answers after the round's deadline
+    return protocol.timed(reply, seconds)
+
+
+def _work(
+    runtime: DeviceRuntime,
+    content: RecordDict,
+    round_: int,
+    task: Task,
+    partition: int,
+    state: RecordDict,
+) -> RecordDict:
     if task in (Task.PROFILE, Task.BUDGET):
         profile = runtime.profile(partition, round_) if task is Task.PROFILE else None
         return protocol.upload_content(runtime.budget(partition), profile)
     if task is Task.CODES:
-        count = runtime.world.prepared.channels.channels
-        held = state.config_records.get(HELD)
-        base = unpack_codes(held[protocol.CODES], count) if held is not None else None
-        codes, report = runtime.apply_codes(partition, round_, protocol.read_codes(content), base)
-        state[HELD] = ConfigRecord({protocol.CODES: pack_codes(np.asarray(codes))})
-        return protocol.report_content(report.as_dict())
+        return _apply_codes(runtime, content, round_, partition, state)
     if task is Task.FP32:
         return protocol.report_content(runtime.evaluate_fp32(partition, round_).as_dict())
     weights = content.array_records[protocol.ARRAYS].to_torch_state_dict()
@@ -46,3 +69,19 @@ def answer(
     return protocol.report_content(
         runtime.evaluate_weights(weights, partition, round_, uniform).as_dict()
     )
+
+
+def _apply_codes(
+    runtime: DeviceRuntime, content: RecordDict, round_: int, partition: int, state: RecordDict
+) -> RecordDict:
+    count = runtime.world.prepared.channels.channels
+    held = state.config_records.get(HELD)
+    base = unpack_codes(held[protocol.CODES], count) if held is not None else None
+    try:
+        codes, report = runtime.apply_codes(partition, round_, protocol.read_codes(content), base)
+    except CodecError as exc:
+        # What this device holds no longer matches the cloud's view: ask for full codes.
+        state.config_records.pop(HELD, None)
+        raise DeviceError(f"codes rejected ({exc.reason}): {exc}") from exc
+    state[HELD] = ConfigRecord({protocol.CODES: pack_codes(np.asarray(codes))})
+    return protocol.report_content(report.as_dict())

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flwr.app import Context, Message
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
+from chord_fl.errors import ChordError
 from chord_fl.runconfig import RunConfig
 from simulations.client import answer, device_runtime
 from strategies import protocol
@@ -26,7 +28,11 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
 
     def respond(msg: Message, context: Context) -> Message:
         config = RunConfig.from_mapping({**context.run_config, **(overrides or {})})
-        content = answer(device_runtime(config), msg.content, partition_of(context), context.state)
+        try:
+            runtime = device_runtime(config)
+            content = answer(runtime, msg.content, partition_of(context), context.state)
+        except ChordError as exc:  # a reasoned refusal; any other exception is a crash
+            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(exc)), reply_to=msg)
         return Message(content, reply_to=msg)
 
     app.train()(respond)

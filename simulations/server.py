@@ -14,7 +14,7 @@ from flwr.serverapp import Grid
 from chord_fl.errors import ConfigError
 from chord_fl.machine import machine_info
 from chord_fl.runconfig import RunConfig
-from chord_fl.runlog import RunLog
+from chord_fl.runlog import RunLog, read_csv
 from chord_fl.world import World, cloud_models, load_world
 from strategies import build_strategy, protocol, strategy_spec
 from strategies.base import FleetRun, ledger_row
@@ -26,42 +26,43 @@ def serve(grid: Grid, config: RunConfig) -> dict[str, Any]:
     """Run `config` on the nodes behind `grid`; returns the summary written to the run dir."""
     started = time.perf_counter()
     spec = strategy_spec(config.strategy)
-    run_log = RunLog(config.run_dir, fresh=True)
+    run_log = RunLog(config.run_dir, fresh=not config.resume)
+    done = resume_point(run_log, config) if config.resume else 0
     world = load_world(config, train_missing=True, progress=True)
     cloud = cloud_models(world, spec.method, config, progress=True) if spec.sends_codes else None
-    run_log.write_config(
-        {
-            **config.to_mapping(),
-            "devices": world.devices,
-            "channels": world.prepared.channels.channels,
-            "fp32_bytes": world.prepared.channels.fp32_bytes,
-            "machine": machine_info(),
-        }
-    )
+    description = {
+        "devices": world.devices,
+        "channels": world.prepared.channels.channels,
+        "fp32_bytes": world.prepared.channels.fp32_bytes,
+        "machine": machine_info(),
+    }
+    run_log.write_config({**config.replace(resume=False).to_mapping(), **description})
+    run_log.meta = {"strategy": config.strategy, "dataset": config.dataset}
+    run_log.meta["backbone"] = config.backbone
     nodes = wait_for_nodes(grid, world.devices, config.node_wait)
     partitions = map_partitions(grid, nodes, world, config, run_log)
+    run_log.meta["devices"] = len(partitions)
     frozen = None
     if spec.sends_codes and config.init == "pretrained":
         frozen = frozen_download_bytes(world, next(iter(partitions)))
-    run = FleetRun(config, world, partitions, run_log, frozen)
+    holds = frozenset(
+        int(row["partition"])
+        for row in read_csv(run_log.ledger_path)
+        if row["kind"] == "frozen-weights"
+    )
+    run = FleetRun(config, world, partitions, run_log, frozen, done + 1, holds)
     strategy = build_strategy(run, cloud)
     rounds_started = time.perf_counter()
-    strategy.start(
-        grid,
-        strategy.initial_arrays(),
-        num_rounds=config.rounds,
-        timeout=config.round_timeout,
-    )
+    if done < config.rounds:
+        strategy.start(
+            grid,
+            strategy.initial_arrays(),
+            num_rounds=config.rounds - done,
+            timeout=config.round_timeout,
+        )
     now = time.perf_counter()
     summary = run_log.write_summary(
-        {
-            "strategy": config.strategy,
-            "dataset": config.dataset,
-            "backbone": config.backbone,
-            "devices": len(partitions),
-            "wall_s": round(now - started, 2),
-            "rounds_wall_s": round(now - rounds_started, 2),
-        }
+        {"wall_s": round(now - started, 2), "rounds_wall_s": round(now - rounds_started, 2)}
     )
     log(
         INFO,
@@ -71,6 +72,21 @@ def serve(grid: Grid, config: RunConfig) -> dict[str, Any]:
         run_log.dir,
     )
     return summary
+
+
+def resume_point(run_log: RunLog, config: RunConfig) -> int:
+    """The last complete round of the run being resumed; later rows are dropped."""
+    saved = run_log.read_config()
+    known = config.replace(resume=False).to_mapping()
+    changed = sorted(key for key in known if key in saved and saved[key] != known[key])
+    if changed:
+        raise ConfigError(
+            f"cannot resume {run_log.dir}: it was run with other settings for {changed}"
+        )
+    done = run_log.completed_round()
+    run_log.truncate_after(done)
+    log(INFO, "chord-fl: resuming %s after round %d of %d", run_log.dir, done, config.rounds)
+    return done
 
 
 def wait_for_nodes(grid: Grid, expected: int, patience: float) -> list[int]:
@@ -101,7 +117,8 @@ def wait_for_nodes(grid: Grid, expected: int, patience: float) -> list[int]:
 def map_partitions(
     grid: Grid, nodes: list[int], world: World, config: RunConfig, run_log: RunLog
 ) -> dict[int, int]:
-    """Node id -> partition, from a QUERY round (node ids are random in every run)."""
+    """Node id -> partition, from a QUERY round (node ids are random in every run); its ledger
+    rows are setup traffic, round 0, like the one-time download."""
     messages = [
         Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes
     ]

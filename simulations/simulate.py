@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from chord_fl.errors import ChordError
-from chord_fl.experiment import load_split
+from flwr.clientapp import ClientApp
+
+from chord_fl.errors import ChordError, ConfigError
 from chord_fl.runconfig import RunConfig
+from chord_fl.world import cloud_models, load_world
 from strategies import strategy_spec
 
 QUIET_ENV = {
@@ -20,29 +24,58 @@ QUIET_ENV = {
 }
 
 
-def simulate(overrides: Mapping[str, Any], num_supernodes: int | None = None) -> dict[str, Any]:
-    """Simulate one run; returns its summary. Every setting is checked before Ray starts."""
+def simulate(
+    overrides: Mapping[str, Any],
+    num_supernodes: int | None = None,
+    client_app: ClientApp | None = None,
+) -> dict[str, Any]:
+    """Simulate one run and return its summary.
+
+    Settings, data, checkpoints and budgets are all checked (and missing cloud models trained)
+    before Ray starts. `client_app` replaces the ClientApp (tests use it to play hostile devices).
+    """
     from flwr.simulation import run_simulation
 
     from simulations.client_app import make_client_app
     from simulations.server_app import make_server_app
 
     config = RunConfig.from_mapping(overrides)
-    strategy_spec(config.strategy)
-    devices = num_supernodes or len(load_split(config.setup))
+    spec = strategy_spec(config.strategy)
+    world = load_world(config, progress=True)
+    if spec.sends_codes:
+        cloud_models(world, spec.method, config, progress=True)
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     summary_path = config.run_dir / "summary.json"
-    summary_path.unlink(missing_ok=True)
+    started = time.time()
     run_simulation(
         server_app=make_server_app(config.to_mapping()),
-        client_app=make_client_app(config.to_mapping()),
-        num_supernodes=devices,
+        client_app=client_app or make_client_app(config.to_mapping()),
+        num_supernodes=num_supernodes or world.devices,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
             "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
         },
     )
-    if not summary_path.exists():
-        raise ChordError(f"the {config.strategy} run failed: no {summary_path} (see the log above)")
-    return json.loads(summary_path.read_text())
+    # The server writes wall_s only once the last round is done.
+    if not summary_path.exists() or summary_path.stat().st_mtime < started:
+        raise ChordError(
+            f"the {config.strategy} run failed: see the log above and {config.run_dir}"
+        )
+    summary = json.loads(summary_path.read_text())
+    if "wall_s" not in summary:
+        raise ChordError(f"the {config.strategy} run stopped early: see {config.run_dir}")
+    return summary
+
+
+def resume_overrides(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The run config of the run in `run_dir`, set to resume it."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise ConfigError(f"{run_dir} holds no run to resume: {path} is missing")
+    saved = json.loads(path.read_text())
+    known = RunConfig().to_mapping()
+    values = {key: value for key, value in saved.items() if key in known}
+    values.update({"resume": True, "output-dir": str(run_dir.parent), "run-name": run_dir.name})
+    return values

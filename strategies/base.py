@@ -19,6 +19,7 @@ from flwr.common import log
 
 from chord_fl.devices import transfer_seconds
 from chord_fl.errors import ChordError
+from chord_fl.faults import is_offline
 from chord_fl.runconfig import RunConfig
 from chord_fl.runlog import CLIENT_COLUMNS, CODE_COLUMNS, RunLog
 from chord_fl.world import World
@@ -39,6 +40,12 @@ class FleetRun:
     log: RunLog
     # Payload and message bytes of the one-time frozen-weights download; None: not needed.
     frozen_download: tuple[int, int] | None
+    first_round: int = 1  # > 1 when resuming
+    holds_frozen: frozenset[int] = frozenset()  # partitions that downloaded the weights already
+
+    def round_of(self, server_round: int) -> int:
+        """The run's round for Flower's loop counter (which restarts at 1 on resumption)."""
+        return server_round + self.first_round - 1
 
 
 def ledger_row(
@@ -75,7 +82,7 @@ class FleetMixin:
         self.run = run
         self._ledger: list[dict[str, Any]] = []
         self._clients: dict[int, dict[str, Any]] = {}  # node id -> this round's row
-        self._holds_frozen: set[int] = set()
+        self._holds_frozen: set[int] = set(run.holds_frozen)  # partitions
         self.train_ms: dict[int, float] = {}  # node id -> this round's local training time
 
     def summary(self) -> None:
@@ -96,8 +103,14 @@ class FleetMixin:
         by_partition = sorted(self.run.partitions.items(), key=lambda item: item[1])
         count = max(1, round(self.run.config.fraction * len(by_partition)))
         rng = np.random.default_rng([self.run.config.seed, round_, 0x73616D70])
-        chosen = np.sort(rng.choice(len(by_partition), size=count, replace=False))
-        return [by_partition[i][0] for i in chosen]
+        chosen = [by_partition[i] for i in np.sort(rng.choice(len(by_partition), count, False))]
+        online = []
+        for node, partition in chosen:
+            if is_offline(self.run.config, self.run.world.tier(partition), round_, partition):
+                self.mark(round_, node, "offline")
+            else:
+                online.append(node)
+        return online
 
     def send(
         self,
@@ -117,11 +130,11 @@ class FleetMixin:
         return messages
 
     def _record_download(self, node: int) -> None:
-        if self.run.frozen_download is None or node in self._holds_frozen:
-            return
-        self._holds_frozen.add(node)
-        payload, message = self.run.frozen_download
         partition = self.run.partitions[node]
+        if self.run.frozen_download is None or partition in self._holds_frozen:
+            return
+        self._holds_frozen.add(partition)
+        payload, message = self.run.frozen_download
         row = ledger_row(
             self.run.world, 0, node, partition, "down", "frozen-weights", payload, message
         )
@@ -130,9 +143,14 @@ class FleetMixin:
     # -- receiving ---------------------------------------------------------------------------
 
     def receive(
-        self, round_: int, replies: Iterable[Message], kind: str
+        self,
+        round_: int,
+        replies: Iterable[Message],
+        kind: str,
+        payload_bytes: Callable[[Message], int],
     ) -> list[tuple[int, Message]]:
-        """(node id, reply) for replies without an error; error replies are logged and marked."""
+        """(node id, reply) of the replies that came in time and without an error, each written
+        to the ledger; the others are logged, written as "error" or "late" and marked."""
         good = []
         for reply in replies:
             node = reply.metadata.src_node_id
@@ -143,13 +161,18 @@ class FleetMixin:
                 self._ledger_row(round_, node, "up", "error", 0, reply)
                 self.mark(round_, node, "error", reply.error.reason)
                 continue
-            good.append((node, reply))
+            seconds, reason = protocol.read_device_seconds(reply.content)
+            if reason:
+                self._ledger_row(round_, node, "up", kind, 0, reply)
+                self.mark(round_, node, "rejected", reason)
+            elif seconds > self.run.config.round_timeout:
+                # Arrived after the deadline: the cloud has moved on without it.
+                self._ledger_row(round_, node, "up", "late", 0, reply)
+                self.mark(round_, node, "timeout")
+            else:
+                self._ledger_row(round_, node, "up", kind, payload_bytes(reply), reply)
+                good.append((node, reply))
         return good
-
-    def record_upload(
-        self, round_: int, node: int, reply: Message, kind: str, payload: int
-    ) -> None:
-        self._ledger_row(round_, node, "up", kind, payload, reply)
 
     def mark(self, round_: int, node: int, status: str, reason: str = "") -> None:
         """Give a device this round's status; a reason is logged with the node."""
@@ -196,17 +219,14 @@ class FleetMixin:
         self, round_: int, sent: list[int], replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Check each device's report, write the round's rows and return the round's means."""
-        answered = set()
-        for node, reply in self.receive(round_, replies, "metrics"):
-            answered.add(node)
+        for node, reply in self.receive(round_, replies, "metrics", lambda _: 0):
             report, reason = protocol.read_report(reply.content)
-            self.record_upload(round_, node, reply, "metrics", 0)
             if reason:
                 self.mark(round_, node, "rejected", reason)
                 continue
             self.accept_report(round_, node, report)
         for node in sent:
-            if node not in answered and node not in self._clients:
+            if node not in self._clients:
                 self.mark(round_, node, "timeout", "no reply before the round's timeout")
         return self.end_round(round_)
 
@@ -228,11 +248,16 @@ class FleetMixin:
                 f"over its budget of {row['budget_bytes']} B"
             )
 
+    def save_state(self, round_: int) -> None:
+        """What a resumed run needs beyond the CSV files (FedAvg: the global weights)."""
+
     def end_round(self, round_: int) -> MetricRecord | None:
         """Append and flush the round's rows; return its means over devices that answered."""
         rows = sorted(self._clients.values(), key=lambda row: row["partition"])
+        self.save_state(round_)
         self.run.log.append_ledger(self._ledger)
         self.run.log.append_clients(rows)
+        self.run.log.write_summary()
         self._ledger, self._clients = [], {}
         ok = [row for row in rows if row["status"] == "ok"]
         if not ok:

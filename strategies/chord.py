@@ -42,31 +42,32 @@ class CodeStrategy(FleetMixin, Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        round_ = self.run.round_of(server_round)
         if self.method == "fp32":
             return []
         task = Task.PROFILE if self.personalised else Task.BUDGET
         contents = {
-            node: RecordDict({protocol.CONFIG: protocol.instruction(server_round, task)})
-            for node in self.sample(server_round)
+            node: RecordDict({protocol.CONFIG: protocol.instruction(round_, task)})
+            for node in self.sample(round_)
         }
-        return self.send(server_round, contents, MessageType.TRAIN, "request", lambda _: 0)
+        return self.send(round_, contents, MessageType.TRAIN, "request", lambda _: 0)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        round_ = self.run.round_of(server_round)
         world = self.run.world
         hidden = world.prepared.frozen.hidden_size if self.personalised else None
         kind = "profile" if self.personalised else "budget"
         channels = world.prepared.channels
         floor = int(channels.fixed_bytes + channels.cost(world.prepared.table)[:, 0].sum())
         uploads = {}
-        for node, reply in self.receive(server_round, replies, kind):
-            payload = protocol.upload_payload_bytes(hidden)
-            self.record_upload(server_round, node, reply, kind, payload)
+        payload = protocol.upload_payload_bytes(hidden)
+        for node, reply in self.receive(round_, replies, kind, lambda _: payload):
             limit = int(world.budgets[self.run.partitions[node]])
             upload, reason = protocol.read_upload(reply.content, hidden, limit, floor)
             if reason:
-                self.mark(server_round, node, "rejected", reason)
+                self.mark(round_, node, "rejected", reason)
             else:
                 uploads[node] = upload
         # A fixed order (by partition) makes the batch, and so every code, repeatable.
@@ -80,9 +81,7 @@ class CodeStrategy(FleetMixin, Strategy):
             if self.personalised
             else np.empty((len(nodes), 0), dtype=np.float16)
         )
-        seed = int(
-            np.random.SeedSequence([self.run.config.seed, server_round]).generate_state(1)[0]
-        )
+        seed = int(np.random.SeedSequence([self.run.config.seed, round_]).generate_state(1)[0])
         codes = method_codes(self.method, self.cloud, profiles, budgets, seed)
         self._codes = dict(zip(nodes, codes, strict=True))
         return None, MetricRecord({"devices": len(nodes)})
@@ -90,31 +89,30 @@ class CodeStrategy(FleetMixin, Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        round_ = self.run.round_of(server_round)
         if self.method == "fp32":
-            instruction = protocol.instruction(server_round, Task.FP32)
+            instruction = protocol.instruction(round_, Task.FP32)
             contents = {
-                node: RecordDict({protocol.CONFIG: instruction})
-                for node in self.sample(server_round)
+                node: RecordDict({protocol.CONFIG: instruction}) for node in self.sample(round_)
             }
             self._asked = list(contents)
-            return self.send(server_round, contents, MessageType.EVALUATE, "request", lambda _: 0)
+            return self.send(round_, contents, MessageType.EVALUATE, "request", lambda _: 0)
         payloads = {
             node: encode_strategy(codes, self._held.get(node))
             for node, codes in self._codes.items()
         }
         contents = {
-            node: protocol.codes_content(server_round, payload)
-            for node, payload in payloads.items()
+            node: protocol.codes_content(round_, payload) for node, payload in payloads.items()
         }
         self._asked = list(contents)
         return self.send(
-            server_round, contents, MessageType.EVALUATE, "codes", lambda node: len(payloads[node])
+            round_, contents, MessageType.EVALUATE, "codes", lambda node: len(payloads[node])
         )
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        return self.collect_reports(server_round, self._asked, replies)
+        return self.collect_reports(self.run.round_of(server_round), self._asked, replies)
 
     def accept_report(self, round_: int, node: int, report: dict[str, float]) -> None:
         if node in self._codes:

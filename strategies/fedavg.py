@@ -5,11 +5,14 @@ aggregated model uniformly to its budget before scoring (FedAvg followed by comp
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from chord_fl.errors import ConfigError
 from strategies import protocol
 from strategies.base import FleetMixin
 from strategies.protocol import Task
@@ -22,8 +25,13 @@ class LedgerFedAvg(FleetMixin, FedAvg):
         self.evaluate_task = Task.WEIGHTS_UNIFORM if quantize_uniform else Task.WEIGHTS
         self._signature: dict[str, tuple[tuple[int, ...], str]] = {}
         self._asked: list[int] = []
+        self._latest: ArrayRecord | None = None  # the global weights after this round
 
     def initial_arrays(self) -> ArrayRecord:
+        """The frozen backbone, or the global weights of the round a resumed run continues from."""
+        done = self.run.first_round - 1
+        if done:
+            return ArrayRecord(load_weights(weights_path(self.run.log.dir, done)))
         return ArrayRecord(self.run.world.prepared.frozen.state_dict())
 
     def _weights_to(
@@ -38,21 +46,22 @@ class LedgerFedAvg(FleetMixin, FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        round_ = self.run.round_of(server_round)
         self._signature = protocol.weight_signature(arrays)
-        self._asked = self.sample(server_round)
-        return self._weights_to(server_round, self._asked, arrays, Task.FIT, MessageType.TRAIN)
+        self._latest = arrays
+        self.train_ms.clear()
+        self._asked = self.sample(round_)
+        return self._weights_to(round_, self._asked, arrays, Task.FIT, MessageType.TRAIN)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        round_ = self.run.round_of(server_round)
         valid = []
-        for node, reply in self.receive(server_round, replies, "weights"):
-            examples, reason = protocol.read_weights(reply.content, self._signature)
-            arrays = reply.content.array_records.get(protocol.ARRAYS)
-            size = protocol.weights_nbytes(arrays) if arrays is not None else 0
-            self.record_upload(server_round, node, reply, "weights", size)
+        for node, reply in self.receive(round_, replies, "weights", _uploaded_bytes):
+            _, reason = protocol.read_weights(reply.content, self._signature)
             if reason:
-                self.mark(server_round, node, "rejected", reason)
+                self.mark(round_, node, "rejected", reason)
                 continue
             metrics = reply.content.metric_records[protocol.METRICS]
             self.train_ms[node] = float(metrics.get(protocol.TRAIN_MS, 0.0))
@@ -60,17 +69,45 @@ class LedgerFedAvg(FleetMixin, FedAvg):
         if not valid:
             return None, None
         # Summing in a fixed order (by partition) keeps the aggregate bit-for-bit repeatable.
-        return super().aggregate_train(server_round, [reply for _, reply in sorted(valid)])
+        arrays, metrics = super().aggregate_train(server_round, [r for _, r in sorted(valid)])
+        self._latest = arrays if arrays is not None else self._latest
+        return arrays, metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        round_ = self.run.round_of(server_round)
         self._asked = [node for node in self._asked if node in self.train_ms]
         return self._weights_to(
-            server_round, self._asked, arrays, self.evaluate_task, MessageType.EVALUATE
+            round_, self._asked, arrays, self.evaluate_task, MessageType.EVALUATE
         )
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        return self.collect_reports(server_round, self._asked, replies)
+        return self.collect_reports(self.run.round_of(server_round), self._asked, replies)
+
+    def save_state(self, round_: int) -> None:
+        if self._latest is not None:
+            save_weights(weights_path(self.run.log.dir, round_), self._latest.to_torch_state_dict())
+
+
+def _uploaded_bytes(reply: Message) -> int:
+    arrays = reply.content.array_records.get(protocol.ARRAYS)
+    return protocol.weights_nbytes(arrays) if arrays is not None else 0
+
+
+def weights_path(run_dir: Path, round_: int) -> Path:
+    return run_dir / f"global-weights-round-{round_}.pt"
+
+
+def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise ConfigError(f"cannot resume FedAvg: {path} is missing")
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -19,6 +19,7 @@ from chord_fl.hypernet.profile import PROFILE_DTYPE
 from chord_fl.runlog import CODE_COLUMNS, METRIC_COLUMNS
 
 CONFIG = "config"  # the cloud's instruction (Flower's FedAvg uses the same key)
+TIMING = "timing"  # every device reply: the simulated seconds the phone took
 ARRAYS = "arrays"  # model weights (Flower's FedAvg default)
 UPLOAD = "upload"  # a device's profile and budget
 CODES = "codes"  # packed precision codes
@@ -31,7 +32,9 @@ PAYLOAD = "payload"
 PARTITION = "partition-id"  # as in Flower's node_config
 NUM_EXAMPLES = "num-examples"  # FedAvg's weighting key
 TRAIN_MS = "train_ms"
+DEVICE_S = "device-s"
 BUDGET_BYTES = 8  # a budget on the wire: one int64
+MAX_NPY_HEADER = 4096  # an Array's bytes are an .npy header (128 B in practice) plus the data
 
 REPORT_KEYS = (*METRIC_COLUMNS, "model_bytes", "avg_bits", "adapt_ms")
 
@@ -94,7 +97,43 @@ def fit_content(weights: dict[str, torch.Tensor], examples: int, train_ms: float
     return RecordDict({ARRAYS: ArrayRecord(weights), METRICS: metrics})
 
 
+def timed(content: RecordDict, device_seconds: float) -> RecordDict:
+    """`content` with the simulated seconds the phone took to produce it."""
+    content[TIMING] = ConfigRecord({DEVICE_S: float(device_seconds)})
+    return content
+
+
 # -- checking replies: each returns (value, None) or (None, reason) ----------------------------
+
+
+def _unexpected(
+    content: RecordDict,
+    configs: tuple[str, ...] = (),
+    metrics: tuple[str, ...] = (),
+    arrays: tuple[str, ...] = (),
+) -> str | None:
+    """A reason when the reply's records are not exactly the expected ones (checked by name and
+    type only, so an oversized record is refused without being read)."""
+    expected = {**dict.fromkeys(configs, "ConfigRecord"), **dict.fromkeys(metrics, "MetricRecord")}
+    expected.update(dict.fromkeys(arrays, "ArrayRecord"))
+    found = {
+        **{k: "ConfigRecord" for k in content.config_records},
+        **{k: "MetricRecord" for k in content.metric_records},
+        **{k: "ArrayRecord" for k in content.array_records},
+    }
+    if found != expected:
+        return f"records {sorted(found.items())}, expected {sorted(expected.items())}"
+    return None
+
+
+def read_device_seconds(content: RecordDict) -> tuple[float | None, str | None]:
+    record = content.config_records.get(TIMING)
+    value = None if record is None else record.get(DEVICE_S)
+    if isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value):
+        return None, f"no finite {DEVICE_S!r} in a {TIMING!r} record"
+    if value < 0:
+        return None, f"{DEVICE_S} must be >= 0, got {value}"
+    return value, None
 
 
 def read_partition(content: RecordDict) -> tuple[int | None, str | None]:
@@ -108,9 +147,13 @@ def read_upload(
     content: RecordDict, hidden: int | None, max_budget: int, min_budget: int
 ) -> tuple[tuple[np.ndarray | None, int] | None, str | None]:
     """(profile, budget) of a device's upload; `hidden` None: no profile expected."""
-    record = content.config_records.get(UPLOAD)
-    if record is None:
-        return None, f"no {UPLOAD!r} record"
+    reason = _unexpected(content, configs=(UPLOAD, TIMING))
+    if reason:
+        return None, reason
+    record = content.config_records[UPLOAD]
+    allowed = {BUDGET} if hidden is None else {BUDGET, PROFILE}
+    if set(record) - allowed:
+        return None, f"unexpected upload keys {sorted(set(record) - allowed)}"
     budget = record.get(BUDGET)
     if isinstance(budget, bool) or not isinstance(budget, int):
         return None, f"budget must be an integer, got {type(budget).__name__}"
@@ -130,9 +173,13 @@ def read_upload(
 
 
 def read_report(content: RecordDict) -> tuple[dict[str, float] | None, str | None]:
-    record = content.metric_records.get(METRICS)
-    if record is None:
-        return None, f"no {METRICS!r} record"
+    reason = _unexpected(content, configs=(TIMING,), metrics=(METRICS,))
+    if reason:
+        return None, reason
+    record = content.metric_records[METRICS]
+    extra = set(record) - set(REPORT_KEYS) - set(CODE_COLUMNS)
+    if extra:
+        return None, f"unexpected report keys {sorted(extra)}"
     missing = [key for key in REPORT_KEYS if key not in record]
     if missing:
         return None, f"report lacks {missing}"
@@ -147,19 +194,24 @@ def read_weights(
 ) -> tuple[int | None, str | None]:
     """Check a FedAvg reply's weights against the global model's names, shapes and dtypes;
     returns its example count."""
-    arrays = content.array_records.get(ARRAYS)
-    metrics = content.metric_records.get(METRICS)
-    if arrays is None or metrics is None or NUM_EXAMPLES not in metrics:
-        return None, f"a FedAvg reply needs {ARRAYS!r} and {METRICS!r} with {NUM_EXAMPLES!r}"
-    if len(content.array_records) != 1 or len(content.metric_records) != 1:
-        return None, "a FedAvg reply holds exactly one ArrayRecord and one MetricRecord"
+    reason = _unexpected(content, configs=(TIMING,), metrics=(METRICS,), arrays=(ARRAYS,))
+    if reason:
+        return None, reason
+    arrays, metrics = content.array_records[ARRAYS], content.metric_records[METRICS]
+    if NUM_EXAMPLES not in metrics:
+        return None, f"a FedAvg reply needs {NUM_EXAMPLES!r}"
     if set(arrays) != set(reference):
         return None, "weights do not match the model's tensors"
+    # Shapes and dtypes first, from the metadata: an oversized array is refused unread.
     for name, (shape, dtype) in reference.items():
         array = arrays[name]
         if tuple(array.shape) != shape or array.dtype != dtype:
             return None, f"{name}: expected {dtype}{list(shape)}, got {array.dtype}{array.shape}"
-        if not np.isfinite(array.numpy()).all():
+        extra = len(array.data) - math.prod(shape) * np.dtype(dtype).itemsize
+        if not 0 <= extra <= MAX_NPY_HEADER:
+            return None, f"{name}: {len(array.data)} bytes do not match its shape"
+    for name in reference:
+        if not np.isfinite(arrays[name].numpy()).all():
             return None, f"{name} has non-finite values"
     examples = metrics[NUM_EXAMPLES]
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
