@@ -30,6 +30,29 @@ CHORD_VARIANTS = {
 METHODS = ("fp32", "uniform", "random", "global", *CHORD_VARIANTS)
 
 
+HYPERNET_CHUNK = 256
+
+
+@torch.no_grad()
+def hypernet_importance(
+    net: ChordHyperNet, profiles: np.ndarray, chunk: int = HYPERNET_CHUNK
+) -> np.ndarray:
+    """(D, C) importance, computed in zero-padded chunks of one fixed shape.
+
+    Matrix kernels choose their summation order by shape, so a batch of another size can change
+    a row in its last bits and flip a code at a tie; with one shape, a device's codes never
+    depend on which other devices share its round (a rejected device changes no one else's)."""
+    profiles = torch.from_numpy(np.asarray(profiles))
+    out = []
+    for start in range(0, len(profiles), chunk):
+        rows = profiles[start : start + chunk]
+        padding = rows.new_zeros((chunk - len(rows), rows.shape[1]))
+        out.append(net(torch.cat([rows, padding]))[: len(rows)])
+    if not out:
+        return np.empty((0, sum(head.channels for head in net.heads)))
+    return torch.cat(out).numpy()
+
+
 @dataclass
 class CloudModels:
     """What the cloud holds: the prepared frozen model, trained hypernetworks by method name, and
@@ -64,8 +87,7 @@ def method_codes(
     elif method in CHORD_VARIANTS:
         if method not in cloud.hypernets:
             raise ConfigError(f"no trained hypernetworks for {method!r}")
-        with torch.no_grad():
-            importance = cloud.hypernets[method](torch.from_numpy(profiles)).numpy()
+        importance = hypernet_importance(cloud.hypernets[method], profiles)
     else:
         raise ConfigError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     return issue_codes(prepared, importance, budgets)

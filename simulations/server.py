@@ -104,8 +104,8 @@ def wait_for_nodes(grid: Grid, expected: int, patience: float) -> list[int]:
         elif nodes and time.monotonic() - last_change >= patience:
             log(
                 WARNING,
-                "chord-fl: %d SuperNodes for %d users; running with those present (simulate all "
-                'with --federation-config "num-supernodes=%d")',
+                "chord-fl: %d SuperNodes for %d users; running with those present (simulation: "
+                '--federation-config "num-supernodes=%d"; deployment: start more SuperNodes)',
                 len(nodes),
                 expected,
                 expected,

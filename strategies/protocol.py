@@ -126,6 +126,10 @@ def _unexpected(
     return None
 
 
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def read_device_seconds(content: RecordDict) -> tuple[float | None, str | None]:
     record = content.config_records.get(TIMING)
     value = None if record is None else record.get(DEVICE_S)
@@ -183,9 +187,10 @@ def read_report(content: RecordDict) -> tuple[dict[str, float] | None, str | Non
     missing = [key for key in REPORT_KEYS if key not in record]
     if missing:
         return None, f"report lacks {missing}"
-    report = {key: float(record[key]) for key in (*REPORT_KEYS, *CODE_COLUMNS) if key in record}
-    if not all(math.isfinite(value) for value in report.values()):
-        return None, "report has non-finite values"
+    values = {key: record[key] for key in (*REPORT_KEYS, *CODE_COLUMNS) if key in record}
+    if not all(_is_finite_number(value) for value in values.values()):
+        return None, "report values must be finite numbers"
+    report = {key: float(value) for key, value in values.items()}
     return report, None
 
 

@@ -21,20 +21,31 @@ from strategies.protocol import (
     PROFILE,
     REPORT_KEYS,
     UPLOAD,
-    fit_content,
     message_bytes,
     partition_content,
     read_partition,
     read_report,
     read_upload,
     read_weights,
-    report_content,
-    upload_content,
+    timed,
     weight_signature,
     weights_nbytes,
 )
 
 MIN_BUDGET, MAX_BUDGET = 1_000, 50_000
+
+
+# What a device sends: each reply carries its timing record.
+def upload_content(budget, profile):
+    return timed(protocol.upload_content(budget, profile), 0.25)
+
+
+def report_content(report):
+    return timed(protocol.report_content(report), 0.25)
+
+
+def fit_content(weights, examples, train_ms):
+    return timed(protocol.fit_content(weights, examples, train_ms), 0.25)
 
 
 def _rejected(result):
@@ -88,7 +99,7 @@ def test_upload_without_a_record_is_rejected():
 
 @pytest.mark.parametrize("budget", [2_000.0, "2000", True, b"\x00"])
 def test_upload_with_a_non_integer_budget_is_rejected(budget):
-    content = RecordDict({UPLOAD: ConfigRecord({BUDGET: budget})})
+    content = timed(RecordDict({UPLOAD: ConfigRecord({BUDGET: budget})}), 0.25)
     reason = _rejected(read_upload(content, None, MAX_BUDGET, MIN_BUDGET))
     assert "integer" in reason
 

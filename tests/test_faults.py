@@ -1,0 +1,193 @@
+"""Faults and hostile devices in small in-process simulations: injected failures get the right
+status, bad replies are dropped without touching anyone else's codes, a corrupted downlink becomes
+an error reply and full codes next round."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+import ray.cloudpickle
+from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from chord_fl.comparators import method_codes
+from chord_fl.data import synthetic_interactions
+from chord_fl.faults import ERROR, SLOW, device_fault, is_offline
+from chord_fl.hypernet.profile import encode_profiles
+from chord_fl.quant.allocation import uniform_codes
+from chord_fl.quant.codec import encode_strategy
+from chord_fl.runconfig import RunConfig
+from chord_fl.runlog import read_csv
+from chord_fl.world import cloud_models, load_world
+from simulations.client import DeviceError, answer, device_runtime
+from simulations.simulate import simulate
+from strategies import protocol
+from strategies.protocol import Task
+
+# Ray workers cannot import this file: send its functions by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+USERS = 16
+ROUNDS = 2
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    data = root / "interactions.csv"
+    synthetic_interactions(num_users=USERS, num_items=40, seed=5).to_csv(data, index=False)
+    return {
+        "dataset": str(data),
+        "rounds": ROUNDS,
+        "init": "random",
+        "negatives": 10,
+        "hypernet-epochs": 1,
+        "output-dir": str(root / "runs"),
+        "checkpoint-dir": str(root / "checkpoints"),
+        "node-wait": 5.0,
+    }
+
+
+def _run(base, name, client_app=None, **changes):
+    overrides = {**base, "run-name": name, **changes}
+    simulate(overrides, client_app=client_app)
+    run_dir = RunConfig.from_mapping(overrides).run_dir
+    return read_csv(run_dir / "clients.csv"), read_csv(run_dir / "ledger.csv")
+
+
+def _payloads(ledger, round_):
+    return {
+        int(r["partition"]): int(r["payload_bytes"])
+        for r in ledger
+        if int(r["round"]) == round_ and r["kind"] == "codes"
+    }
+
+
+def test_injected_faults_get_their_status_and_returning_devices_full_codes(base):
+    changes = {"strategy": "uniform", "offline": True, "fail-rate": 0.2, "slow-rate": 0.2}
+    clients, ledger = _run(base, "faults", **changes)
+    config = RunConfig.from_mapping({**base, **changes})
+    world = load_world(config)
+    expected = {}
+    for round_ in range(1, ROUNDS + 1):
+        for partition in range(USERS):
+            fault = device_fault(config, round_, partition)
+            if is_offline(config, world.tier(partition), round_, partition):
+                status = "offline"
+            else:
+                status = {ERROR: "error", SLOW: "timeout", None: "ok"}[fault]
+            expected[(round_, partition)] = status
+    assert {(int(r["round"]), int(r["partition"])): r["status"] for r in clients} == expected
+    assert len(set(expected.values())) == 4  # the seed exercises every status
+    for row in clients:
+        values = [row[k] for k in ("ndcg@10", "hr@10", "model_bytes")]
+        assert (row["status"] == "ok") == all(v != "" and math.isfinite(float(v)) for v in values)
+    # Uniform codes never change: a device that held round 1's codes gets a tiny delta, one that
+    # missed round 1 gets its codes in full.
+    prepared = world.prepared
+    cost = prepared.channels.cost(prepared.table)
+    codes = uniform_codes(cost, world.budgets - prepared.channels.fixed_bytes)
+    for partition, size in _payloads(ledger, 2).items():
+        held = expected[(1, partition)] == "ok"
+        base_codes = codes[partition] if held else None
+        assert size == len(encode_strategy(codes[partition], base_codes))
+    assert [r for r in ledger if r["kind"] == "late"]  # slow replies are on the ledger
+
+
+def _bad_profile(content: RecordDict, kind: str) -> RecordDict:
+    upload = content.config_records[protocol.UPLOAD]
+    if kind == "nan":
+        upload[protocol.PROFILE] = np.full(
+            len(upload[protocol.PROFILE]) // 2, np.nan, np.float16
+        ).tobytes()
+    elif kind == "shape":
+        upload[protocol.PROFILE] = upload[protocol.PROFILE][:-6]
+    else:  # a 100 MB array riding along
+        content["junk"] = ArrayRecord({"x": Array(np.zeros(25_000_000, np.float32))})
+    return content
+
+
+def _corrupt_codes(content: RecordDict) -> RecordDict:
+    payload = bytearray(protocol.read_codes(content))
+    payload[-1] ^= 0xFF
+    content.config_records[protocol.CODES][protocol.PAYLOAD] = bytes(payload)
+    return content
+
+
+HOSTILE = {1: "nan", 2: "shape", 3: "oversized"}
+CORRUPTED = 4  # receives a damaged code payload in round 1
+
+
+def hostile_app(overrides) -> ClientApp:
+    """Devices 1-3 send bad uploads every round; device 4's round-1 codes arrive damaged."""
+    app = ClientApp()
+
+    def respond(msg: Message, context: Context) -> Message:
+        config = RunConfig.from_mapping({**overrides})
+        partition = int(context.node_config["partition-id"])
+        round_, task = protocol.read_instruction(msg.content)
+        content = msg.content
+        if partition == CORRUPTED and task is Task.CODES and round_ == 1:
+            content = _corrupt_codes(content)
+        try:
+            reply = answer(device_runtime(config), content, partition, context.state)
+        except DeviceError as exc:
+            return Message(Error(2, str(exc)), reply_to=msg)
+        if partition in HOSTILE and task is Task.PROFILE:
+            reply = _bad_profile(reply, HOSTILE[partition])
+        return Message(reply, reply_to=msg)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        partition = int(context.node_config["partition-id"])
+        return Message(protocol.partition_content(partition), reply_to=msg)
+
+    app.train()(respond)
+    app.evaluate()(respond)
+    return app
+
+
+def test_hostile_devices_are_dropped_and_change_no_one_elses_codes(base):
+    clean_clients, clean_ledger = _run(base, "clean", strategy="chord")
+    overrides = {**base, "strategy": "chord", "run-name": "hostile"}
+    clients, ledger = _run(
+        base,
+        "hostile",
+        hostile_app(RunConfig.from_mapping(overrides).to_mapping()),
+        strategy="chord",
+    )
+    status = {(int(r["round"]), int(r["partition"])): r["status"] for r in clients}
+    for round_ in range(1, ROUNDS + 1):
+        assert all(status[(round_, p)] == "rejected" for p in HOSTILE)
+    assert status[(1, CORRUPTED)] == "error"
+    assert status[(2, CORRUPTED)] == "ok"
+
+    def by_key(rows):
+        return {
+            (r["round"], r["partition"]): {
+                k: v for k, v in r.items() if k not in ("node_id", "adapt_ms")
+            }
+            for r in rows
+        }
+
+    clean, hostile = by_key(clean_clients), by_key(clients)
+    bystanders = [p for p in range(USERS) if p not in HOSTILE and p != CORRUPTED]
+    for round_ in range(1, ROUNDS + 1):
+        for p in bystanders:
+            assert hostile[(str(round_), str(p))] == clean[(str(round_), str(p))]
+        sizes, clean_sizes = _payloads(ledger, round_), _payloads(clean_ledger, round_)
+        assert {p: sizes[p] for p in bystanders} == {p: clean_sizes[p] for p in bystanders}
+    # The device that rejected its codes gets them in full next round, not as a delta.
+    config = RunConfig.from_mapping(overrides)
+    world = load_world(config)
+    cloud = cloud_models(world, "chord", config)
+    window = world.split.users[CORRUPTED].window(2)
+    profile = encode_profiles(world.prepared.frozen, [window])
+    codes = method_codes("chord", cloud, profile, world.budgets[[CORRUPTED]])[0]
+    assert _payloads(ledger, 2)[CORRUPTED] == len(encode_strategy(codes, None))
+    kinds = Counter(r["kind"] for r in ledger if int(r["partition"]) in HOSTILE)
+    assert kinds["codes"] == 0 and kinds["profile"] == len(HOSTILE) * ROUNDS

@@ -1,0 +1,74 @@
+"""A run killed mid-way and resumed ends with the clients.csv of an uninterrupted run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from chord_fl.data import synthetic_interactions
+from chord_fl.runconfig import RunConfig
+from chord_fl.runlog import read_csv
+from simulations.simulate import simulate
+
+ROUNDS = 3
+TIMING = ("node_id", "adapt_ms")  # node ids are new in every run; times are measured
+
+
+def _stable(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    """The simulation and every process it started (Ray's included) share its session."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def test_a_killed_fedavg_run_resumes_to_the_same_clients_csv(tmp_path):
+    """FedAvg, the strategy with state across rounds: the global weights."""
+    data = tmp_path / "interactions.csv"
+    synthetic_interactions(num_users=12, num_items=40, seed=7).to_csv(data, index=False)
+    base = {
+        "strategy": "fedavg",
+        "dataset": str(data),
+        "rounds": ROUNDS,
+        "init": "random",
+        "negatives": 10,
+        "hypernet-epochs": 1,
+        "local-epochs": 2,
+        "output-dir": str(tmp_path / "runs"),
+        "checkpoint-dir": str(tmp_path / "checkpoints"),
+        "node-wait": 5.0,
+    }
+    simulate({**base, "run-name": "whole"})
+    whole = read_csv(RunConfig.from_mapping(base).replace(run_name="whole").run_dir / "clients.csv")
+
+    stopped = RunConfig.from_mapping({**base, "run-name": "stopped"}).run_dir
+    pairs = " ".join(
+        f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+        for k, v in {**base, "run-name": "stopped"}.items()
+    )
+    command = [sys.executable, "-m", "simulations.cli", "simulate", "--run-config", pairs]
+    process = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 240
+        clients = stopped / "clients.csv"
+        while not (clients.exists() and len(read_csv(clients)) > 0):
+            assert process.poll() is None, "the run ended before it could be stopped"
+            assert time.monotonic() < deadline, "round 1 never finished"
+            time.sleep(0.2)
+    finally:
+        _kill_tree(process)
+    assert {row["round"] for row in read_csv(clients)} < {str(r) for r in range(1, ROUNDS + 1)}
+
+    from simulations.simulate import resume_overrides
+
+    simulate(resume_overrides(stopped))
+    assert _stable(read_csv(stopped / "clients.csv")) == _stable(whole)
