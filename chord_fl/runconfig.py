@@ -126,15 +126,16 @@ class RunConfig:
 
 
 def fleet_from_setting(tiers: str) -> Fleet:
-    """The `tiers` setting: empty (the built-in fleet), inline TOML text, or a TOML file path."""
+    """The `tiers` setting: empty (the built-in fleet), a TOML file path, or TOML text (it has
+    an `=`), e.g. `tier = [{name = "low", share = 1.0, ...}]` on one line."""
     if not tiers:
         return DEFAULT_FLEET
-    if "[[tier]]" in tiers:
-        try:
-            return load_fleet(tomllib.loads(tiers))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"run config 'tiers' is not valid TOML: {exc}") from exc
-    return load_fleet(tiers)
+    if "=" not in tiers:
+        return load_fleet(tiers)
+    try:
+        return load_fleet(tomllib.loads(tiers))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"run config 'tiers' is not valid TOML: {exc}") from exc
 
 
 def _key(name: str) -> str:

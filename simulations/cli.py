@@ -5,6 +5,7 @@ writes a table and plots, `plot` draws finished runs."""
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import time
@@ -19,19 +20,23 @@ from simulations.plots import plot_runs
 from simulations.report import comparison_rows, downlink_ratio_rows, write_table
 from strategies import STRATEGIES
 
+PAIR = re.compile(r"""\s*([^\s=]+)=('[^']*'|"[^"]*"|\S+)\s*""")
+
 
 def parse_run_config(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` pairs as `flwr run --run-config` takes them ('text' quotes optional)."""
+    """`key=value` pairs as `flwr run --run-config` takes them: a quoted value is text (and may
+    hold spaces, e.g. inline tiers), a bare one a number, a boolean or text."""
     values = {}
     for pair in pairs:
-        for item in pair.split():
-            key, sep, text = item.partition("=")
-            if not sep or not key:
-                raise ConfigError(f"expected KEY=VALUE in --run-config, got {item!r}")
-            if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-                values[key] = text[1:-1]
-            else:
-                values[key] = library.parse_literal(text)
+        position = 0
+        while position < len(pair.strip()):
+            match = PAIR.match(pair, position)
+            if match is None:
+                raise ConfigError(f"expected KEY=VALUE in --run-config, got {pair[position:]!r}")
+            key, text = match.groups()
+            quoted = text[0] in "'\"" and text[-1] == text[0] and len(text) >= 2
+            values[key] = text[1:-1] if quoted else library.parse_literal(text)
+            position = match.end()
     return values
 
 

@@ -4,6 +4,7 @@ an error reply and full codes next round."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections import Counter
@@ -191,3 +192,13 @@ def test_hostile_devices_are_dropped_and_change_no_one_elses_codes(base):
     assert _payloads(ledger, 2)[CORRUPTED] == len(encode_strategy(codes, None))
     kinds = Counter(r["kind"] for r in ledger if int(r["partition"]) in HOSTILE)
     assert kinds["codes"] == 0 and kinds["profile"] == len(HOSTILE) * ROUNDS
+
+
+def test_a_round_where_every_device_fails_is_reported_not_a_crash(base):
+    clients, ledger = _run(base, "all-fail", strategy="chord", **{"fail-rate": 1.0})
+    assert {r["status"] for r in clients} == {"error"} and len(clients) == USERS * ROUNDS
+    config = RunConfig.from_mapping({**base, "run-name": "all-fail"})
+    summary = json.loads((config.run_dir / "summary.json").read_text())
+    assert [r["error"] for r in summary["rounds"]] == [USERS] * ROUNDS
+    assert all(r["ndcg@10"] is None for r in summary["rounds"])
+    assert not [r for r in ledger if r["kind"] == "codes"]
