@@ -20,6 +20,7 @@ import torch
 
 from chord_fl.cloud import issue_codes, tier_budgets
 from chord_fl.data import load_dataset, make_split, pad_left
+from chord_fl.device import LOCAL_LOSS
 from chord_fl.devices import DEFAULT_FLEET, Fleet, Tier, assign_tiers
 from chord_fl.hypernet.networks import ChordHyperNet
 from chord_fl.hypernet.profile import encode_profiles
@@ -33,6 +34,7 @@ from chord_fl.quant.codec import (
     packed_bytes,
 )
 from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.runconfig import RunConfig
 
 
 def median_seconds(run, repeats: int) -> float:
@@ -53,7 +55,12 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--chunk", type=int, default=250, help="devices per hypernetwork batch")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--local-epochs", type=int, default=5, help="FedAvg local epochs")
+    parser.add_argument(
+        "--local-epochs",
+        type=int,
+        default=RunConfig().local_epochs,
+        help="FedAvg local epochs (default: the simulation's)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"machine: {machine_line()}")
@@ -99,12 +106,14 @@ def main() -> None:
     device = median_seconds(device_round, args.repeats * 4)
     local = seeded_backbone(args.backbone, data.num_items, seed=0)
     optimizer = torch.optim.Adam(local.parameters(), lr=1e-3)
-    train_seqs = torch.from_numpy(pad_left([user.window(1)], frozen.max_len + 1))
+    # As a FedAvg device trains in the simulation (chord_fl.device.DeviceRuntime.local_fit).
+    window = user.window(1)
+    train_seqs = torch.from_numpy(pad_left([window], min(frozen.max_len + 1, len(window))))
 
     def fedavg_round() -> None:
         local.train()
         for _ in range(args.local_epochs):
-            loss = local.training_loss(train_seqs, "ce")
+            loss = local.training_loss(train_seqs, LOCAL_LOSS)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

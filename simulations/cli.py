@@ -17,7 +17,7 @@ from chord_fl.errors import ChordError, ConfigError
 from chord_fl.machine import machine_line
 from chord_fl.runconfig import RunConfig
 from simulations.plots import plot_runs
-from simulations.report import comparison_rows, downlink_ratio_rows, write_table
+from simulations.report import comparison_rows, downlink_ratio_rows, read_summary, write_table
 from strategies import STRATEGIES
 
 PAIR = re.compile(r"""\s*([^\s=]+)=('[^']*'|"[^"]*"|\S+)\s*""")
@@ -84,15 +84,21 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     if not run_dirs:
         raise ChordError(f"every run failed: {', '.join(failed)}")
     out = Path(args.out or Path(config.output_dir) / "compare")
-    tables = [write_table(comparison_rows(list(run_dirs.values())), out / "compare")]
-    if "fedavg" in run_dirs and "chord" in run_dirs:
-        ratios = downlink_ratio_rows(run_dirs["fedavg"], run_dirs["chord"])
-        tables.append(write_table(ratios, out / "downlink-fedavg-over-chord"))
-    plots = plot_runs(list(run_dirs.values()), out)
+    report = write_report(list(run_dirs.values()), out)
     if failed:
         raise ChordError(f"runs failed: {', '.join(failed)} (tables of the others in {out})")
+    return {"runs": {name: str(path) for name, path in run_dirs.items()}, **report}
+
+
+def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
+    """The comparison table, FedAvg's downlink over CHORD's when both ran, and the plots."""
+    by_strategy = {read_summary(path)["strategy"]: path for path in run_dirs}
+    tables = [write_table(comparison_rows(run_dirs), out / "compare")]
+    if "fedavg" in by_strategy and "chord" in by_strategy:
+        ratios = downlink_ratio_rows(by_strategy["fedavg"], by_strategy["chord"])
+        tables.append(write_table(ratios, out / "downlink-fedavg-over-chord"))
+    plots = plot_runs(run_dirs, out)
     return {
-        "runs": {name: str(path) for name, path in run_dirs.items()},
         "tables": [str(path) for pair in tables for path in pair],
         "plots": [str(path) for path in plots],
         "machine": machine_line(),
@@ -101,7 +107,7 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_plot(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out or Path(args.run_dirs[0]).parent / "plots")
-    return {"plots": [str(path) for path in plot_runs(args.run_dirs, out)]}
+    return write_report([Path(path) for path in args.run_dirs], out)
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -158,7 +164,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("--json", action="store_true")
     compare.set_defaults(run=run_compare, show=_show_paths)
 
-    plot = commands.add_parser("plot", help="plot finished runs")
+    plot = commands.add_parser("plot", help="table and plots of finished runs")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", help="default: RUN_DIR/../plots")
     plot.add_argument("--json", action="store_true")

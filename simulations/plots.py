@@ -67,7 +67,12 @@ def _positive(values: np.ndarray) -> np.ndarray:
 
 
 def _tiers(runs: Sequence[_Run]) -> list[str]:
-    return list(dict.fromkeys(row["tier"] for run in runs for row in run.clients))
+    """Tiers from the smallest budget to the largest."""
+    budgets: dict[str, list[float]] = {}
+    for run in runs:
+        for row in run.clients:
+            budgets.setdefault(row["tier"], []).append(float(row["budget_bytes"]))
+    return sorted(budgets, key=lambda tier: float(np.mean(budgets[tier])))
 
 
 def _has_codes(row: dict[str, str]) -> bool:
@@ -154,10 +159,14 @@ def _code_shares(run: _Run, tiers: Sequence[str]) -> np.ndarray:
 
 def _plot_codes_by_tier(runs: Sequence[_Run], path: Path) -> Path:
     tiers = _tiers(runs)
+    columns = min(4, len(runs))
+    rows = -(-len(runs) // columns)
     fig, axes = plt.subplots(
-        1, len(runs), figsize=(1 + 4 * len(runs), 4.5), sharey=True, squeeze=False
+        rows, columns, figsize=(1 + 4 * columns, 4 * rows), sharey=True, squeeze=False
     )
-    for ax, run in zip(axes[0], runs, strict=True):
+    for ax in axes.flat[len(runs) :]:
+        ax.set_visible(False)
+    for ax, run in zip(axes.flat, runs, strict=False):
         shares = _code_shares(run, tiers)
         bottom = np.zeros(len(tiers))
         for code, label in enumerate(CODE_LABELS):
@@ -165,9 +174,11 @@ def _plot_codes_by_tier(runs: Sequence[_Run], path: Path) -> Path:
             bottom += np.nan_to_num(shares[:, code])
         ax.set_title(run.label)
         ax.set_xlabel("device tier")
-    axes[0][0].set_ylabel("share of channels")
-    axes[0][-1].legend(title="code", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for row in axes:
+        row[0].set_ylabel("share of channels")
+    axes[0][columns - 1].legend(title="code", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle("Precision codes per device tier")
+    fig.tight_layout()
     return _save(fig, path)
 
 

@@ -167,3 +167,16 @@ def test_fedavg_trains_on_devices_and_reports_its_training_time(runs):
     clients = read_csv(runs["fedavg"] / "clients.csv")
     assert all(float(r["avg_bits"]) == 32.0 and float(r["adapt_ms"]) > 0 for r in clients)
     assert all(r["codes_0"] == "" for r in clients)
+
+
+def test_plot_command_writes_the_table_ratio_and_figures(runs, tmp_path):
+    from simulations.cli import main
+
+    out = tmp_path / "report"
+    assert main(["plot", str(runs["chord"]), str(runs["fedavg"]), "--out", str(out)]) == 0
+    names = {path.name for path in out.iterdir()}
+    assert {"compare.md", "compare.csv", "bytes.png", "ndcg_vs_bytes.png"} <= names
+    ratios = read_csv(out / "downlink-fedavg-over-chord.csv")
+    assert [row["round"] for row in ratios][:ROUNDS] == [str(r) for r in range(1, ROUNDS + 1)]
+    # FedAvg's downlink carries the weights twice a round; CHORD's a few hundred bytes of codes.
+    assert all(float(row["downlink_payload_ratio"]) > 100 for row in ratios)
