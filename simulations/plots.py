@@ -97,7 +97,7 @@ def _plot_bytes(runs: Sequence[_Run], path: Path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("bytes")
-    axes[0].legend()
+    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 
@@ -118,7 +118,7 @@ def _plot_ndcg_vs_bytes(runs: Sequence[_Run], path: Path) -> Path:
     ax.set_ylabel("NDCG@10 (full ranking, mean over devices)")
     ax.set_title("Accuracy against communication")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 
@@ -142,7 +142,7 @@ def _plot_ndcg_by_tier(runs: Sequence[_Run], path: Path) -> Path:
     ax.set_xlabel("device tier")
     ax.set_ylabel("NDCG@10 (full ranking, mean over rounds)")
     ax.set_title("Accuracy per device tier")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 

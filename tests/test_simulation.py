@@ -178,5 +178,8 @@ def test_plot_command_writes_the_table_ratio_and_figures(runs, tmp_path):
     assert {"compare.md", "compare.csv", "bytes.png", "ndcg_vs_bytes.png"} <= names
     ratios = read_csv(out / "downlink-fedavg-over-chord.csv")
     assert [row["round"] for row in ratios][:ROUNDS] == [str(r) for r in range(1, ROUNDS + 1)]
-    # FedAvg's downlink carries the weights twice a round; CHORD's a few hundred bytes of codes.
-    assert all(float(row["downlink_payload_ratio"]) > 100 for row in ratios)
+    # FedAvg's downlink carries the weights twice a round; CHORD's a few hundred bytes of codes,
+    # after a one-time download of the frozen weights that shrinks the ratio of the totals.
+    per_round = [float(row["downlink_payload_ratio"]) for row in ratios[: ROUNDS + 1]]
+    assert min(per_round) > 100
+    assert 1 < float(ratios[-1]["downlink_payload_ratio"]) < min(per_round)
