@@ -78,7 +78,8 @@ def resume_point(run_log: RunLog, config: RunConfig) -> int:
     """The last complete round of the run being resumed; later rows are dropped."""
     saved = run_log.read_config()
     known = config.replace(resume=False).to_mapping()
-    changed = sorted(key for key in known if key in saved and saved[key] != known[key])
+    where = {"output-dir", "run-name"}  # they locate the run; the directory is the same one
+    changed = sorted(k for k in known if k in saved and k not in where and saved[k] != known[k])
     if changed:
         raise ConfigError(
             f"cannot resume {run_log.dir}: it was run with other settings for {changed}"

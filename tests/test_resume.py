@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from chord_fl.data import synthetic_interactions
 from chord_fl.runconfig import RunConfig
 from chord_fl.runlog import read_csv
@@ -72,3 +74,20 @@ def test_a_killed_fedavg_run_resumes_to_the_same_clients_csv(tmp_path):
 
     simulate(resume_overrides(stopped))
     assert _stable(read_csv(stopped / "clients.csv")) == _stable(whole)
+
+
+def test_resuming_checks_the_settings_but_not_where_the_run_lives(tmp_path):
+    from chord_fl.errors import ConfigError
+    from chord_fl.runlog import RunLog
+    from simulations.server import resume_point
+
+    original = RunConfig(output_dir="elsewhere")  # run-name empty: the default directory name
+    run_log = RunLog(tmp_path / "chord-run")
+    run_log.write_config({**original.to_mapping(), "devices": 3})
+    run_log.append_clients(
+        [{"round": r, "partition": p, "status": "ok"} for r in (1, 2) for p in range(3)]
+    )
+    resumed = original.replace(output_dir=str(tmp_path), run_name="chord-run", resume=True)
+    assert resume_point(run_log, resumed) == 2
+    with pytest.raises(ConfigError, match="seed"):
+        resume_point(run_log, resumed.replace(seed=1))
