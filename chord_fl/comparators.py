@@ -69,8 +69,10 @@ def method_codes(
     profiles: np.ndarray,
     budgets: np.ndarray,
     seed: int = 0,
+    device_ids: np.ndarray | None = None,
 ) -> np.ndarray | None:
-    """(D, C) codes of `method` for devices with (D, hidden) profiles and (D,) byte budgets."""
+    """(D, C) codes of `method` for devices with (D, hidden) profiles and (D,) byte budgets;
+    `device_ids` (default 0..D-1) key each device's random codes."""
     prepared = cloud.prepared
     devices, channels = len(budgets), prepared.channels.channels
     if method == "fp32":
@@ -79,7 +81,11 @@ def method_codes(
         cost = prepared.channels.cost(prepared.table)
         return uniform_codes(cost, np.asarray(budgets) - prepared.channels.fixed_bytes)
     if method == "random":
-        importance = np.random.default_rng([seed, 0x72616E64]).random((devices, channels))
+        # One stream per device: its codes never depend on which other devices share the batch.
+        ids = np.arange(devices) if device_ids is None else np.asarray(device_ids)
+        importance = np.array(
+            [np.random.default_rng([seed, int(i), 0x72616E64]).random(channels) for i in ids]
+        ).reshape(devices, channels)
     elif method == "global":
         if cloud.global_importance is None:
             raise ConfigError("the global strategy needs cloud-wide channel importance")

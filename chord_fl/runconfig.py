@@ -8,6 +8,7 @@ checks every value before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -80,8 +81,10 @@ class RunConfig:
                 raise ConfigError(f"{_key(name)} must be in [0, 1], got {getattr(self, name)}")
         if self.fail_rate + self.slow_rate > 1:
             raise ConfigError("fail-rate + slow-rate must be <= 1")
-        if self.profile_window < 0 or self.node_wait < 0:
-            raise ConfigError("profile-window and node-wait must be >= 0")
+        if self.profile_window < 0 or self.seed < 0:
+            raise ConfigError("profile-window and seed must be >= 0")
+        if not 0 <= self.node_wait < math.inf or not self.round_timeout < math.inf:
+            raise ConfigError("node-wait must be finite and >= 0, round-timeout finite")
         self.fleet  # noqa: B018 - a malformed tier file fails here, before any work
 
     @classmethod

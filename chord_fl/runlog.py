@@ -79,6 +79,8 @@ class RunLog:
         if fresh:
             for name in self.FILES:
                 (self.dir / name).unlink(missing_ok=True)
+            for state in self.dir.glob("global-weights-round-*.pt"):
+                state.unlink()
         self.ledger_path = self.dir / "ledger.csv"
         self.clients_path = self.dir / "clients.csv"
         self.meta: dict[str, Any] = {}  # written at the top of every summary
@@ -164,9 +166,8 @@ def summarize(run_dir: str | os.PathLike) -> dict[str, Any]:
     run_dir = Path(run_dir)
     ledger = read_csv(run_dir / "ledger.csv")
     clients = read_csv(run_dir / "clients.csv")
-    rounds = sorted(
-        {int(row["round"]) for row in clients} | {int(r["round"]) for r in ledger} - {0}
-    )
+    seen = {int(row["round"]) for row in clients} | {int(row["round"]) for row in ledger}
+    rounds = sorted(seen - {0})
     per_round = []
     for number in rounds:
         members = [row for row in clients if int(row["round"]) == number]

@@ -8,6 +8,7 @@ reads the data and the weights a single time.
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from chord_fl.checkpoint import load_hypernet, save_hypernet
 from chord_fl.cloud import tier_budgets
 from chord_fl.comparators import CHORD_VARIANTS, CloudModels
 from chord_fl.data import RoundSplit
-from chord_fl.devices import Fleet, Tier, assign_tiers
+from chord_fl.devices import Fleet, Tier, assign_tiers, fleet_to_toml
 from chord_fl.errors import ConfigError
 from chord_fl.experiment import Setup, global_importance, load_backbone, load_split
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
@@ -94,18 +95,22 @@ def cloud_models(
     cloud = CloudModels(world.prepared)
     stem = Path(config.setup.checkpoint_path).stem
     if method in CHORD_VARIANTS:
-        path = Path(config.checkpoint_dir) / f"{stem}-{method}.pt"
+        path = Path(config.checkpoint_dir) / f"{stem}-{method}{_training_tag(config)}.pt"
         if path.exists():
             net, _ = load_hypernet(path, world.prepared)
         else:
-            train = HyperTrainConfig(epochs=config.hypernet_epochs, seed=config.seed)
+            train = HyperTrainConfig(
+                epochs=config.hypernet_epochs,
+                seed=config.seed,
+                profile_window=config.profile_window,
+            )
             net, result = train_hypernet(
                 world.prepared, world.split, world.fleet, CHORD_VARIANTS[method], train, progress
             )
             save_hypernet(path, net, {"best_epoch": result.best_epoch, "variant": method})
         cloud.hypernets[method] = net.eval()
     elif method == "global":
-        path = Path(config.checkpoint_dir) / f"{stem}-global.npy"
+        path = Path(config.checkpoint_dir) / f"{stem}-global.npy"  # depends on data and seed only
         if path.exists():
             cloud.global_importance = np.load(path, allow_pickle=False)
         else:
@@ -115,3 +120,14 @@ def cloud_models(
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, cloud.global_importance, allow_pickle=False)
     return cloud
+
+
+def _training_tag(config: RunConfig) -> str:
+    """A suffix naming hypernetworks trained under other tiers, epochs or profile window, so
+    that no run silently reuses networks trained for another fleet; none for the defaults (the
+    file `chord-fl hypernet --epochs 4` writes)."""
+    settings = (fleet_to_toml(config.fleet), config.hypernet_epochs, config.profile_window)
+    defaults = RunConfig()
+    if settings == (fleet_to_toml(defaults.fleet), defaults.hypernet_epochs, 0):
+        return ""
+    return "-" + hashlib.sha256(repr(settings).encode()).hexdigest()[:10]

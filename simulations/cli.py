@@ -5,6 +5,7 @@ writes a table and plots, `plot` draws finished runs."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def parse_run_config(pairs: list[str]) -> dict[str, Any]:
     values = {}
     for pair in pairs:
         position = 0
-        while position < len(pair.strip()):
+        while position < len(pair.rstrip()):
             match = PAIR.match(pair, position)
             if match is None:
                 raise ConfigError(f"expected KEY=VALUE in --run-config, got {pair[position:]!r}")
@@ -52,14 +53,18 @@ def run_simulate(args: argparse.Namespace) -> dict[str, Any]:
     from simulations.simulate import resume_overrides, simulate
 
     if args.resume:
-        if args.strategy or args.run_config:
-            raise ConfigError("--resume takes the run's own settings: drop --strategy/--run-config")
-        return simulate(resume_overrides(args.resume), args.num_supernodes)
-    return simulate(_overrides(args, args.strategy), args.num_supernodes)
+        if args.strategy or args.run_config or args.config_json:
+            raise ConfigError("--resume takes the run's own settings: drop the other settings")
+        overrides, supernodes = resume_overrides(args.resume)
+        return simulate(overrides, args.num_supernodes or supernodes)
+    overrides = json.loads(args.config_json) if args.config_json else {}
+    return simulate({**overrides, **_overrides(args, args.strategy)}, args.num_supernodes)
 
 
 def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     base = _overrides(args, None)
+    if "run-name" in base or "strategy" in base:
+        raise ConfigError("compare names each run after its strategy: drop run-name/strategy")
     config = RunConfig.from_mapping(base)
     unknown = [name for name in args.strategies if name not in STRATEGIES]
     if unknown:
@@ -67,13 +72,8 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     run_dirs, failed = {}, []
     for name in args.strategies:
         # One process per strategy: Ray and the cached worlds start clean for each.
-        pairs = [
-            f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"
-            for key, value in base.items()
-        ]
         command = [sys.executable, "-m", "simulations.cli", "simulate", "--strategy", name]
-        if pairs:
-            command += ["--run-config", " ".join(pairs)]
+        command += ["--config-json", json.dumps(base)]
         started = time.perf_counter()
         print(f"== {name}", flush=True)
         if subprocess.run(command, check=False).returncode != 0:
@@ -154,6 +154,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     simulate.add_argument("--run-config", "-c", **run_config)
     simulate.add_argument("--num-supernodes", type=int, help="default: one per user")
     simulate.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    simulate.add_argument("--config-json", help=argparse.SUPPRESS)  # how compare passes settings
     simulate.add_argument("--json", action="store_true", help="print the summary as JSON")
     simulate.set_defaults(run=run_simulate, show=_show_simulate)
 

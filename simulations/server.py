@@ -20,16 +20,20 @@ from strategies import build_strategy, protocol, strategy_spec
 from strategies.base import FleetRun, ledger_row
 
 POLL_SECONDS = 0.5
+NO_NODES_SECONDS = 300.0  # a federation with no node at all: give up
 
 
 def serve(grid: Grid, config: RunConfig) -> dict[str, Any]:
     """Run `config` on the nodes behind `grid`; returns the summary written to the run dir."""
     started = time.perf_counter()
     spec = strategy_spec(config.strategy)
+    # Everything that can fail on bad settings runs before the run directory is touched.
+    world = load_world(config, train_missing=True, progress=True)
+    cloud = cloud_models(world, spec.method, config, progress=True) if spec.frozen_weights else None
+    if config.resume and not (config.run_dir / "config.json").exists():
+        raise ConfigError(f"{config.run_dir} holds no run to resume: config.json is missing")
     run_log = RunLog(config.run_dir, fresh=not config.resume)
     done = resume_point(run_log, config) if config.resume else 0
-    world = load_world(config, train_missing=True, progress=True)
-    cloud = cloud_models(world, spec.method, config, progress=True) if spec.sends_codes else None
     description = {
         "devices": world.devices,
         "channels": world.prepared.channels.channels,
@@ -43,7 +47,7 @@ def serve(grid: Grid, config: RunConfig) -> dict[str, Any]:
     partitions = map_partitions(grid, nodes, world, config, run_log)
     run_log.meta["devices"] = len(partitions)
     frozen = None
-    if spec.sends_codes and config.init == "pretrained":
+    if spec.frozen_weights and config.init == "pretrained":
         frozen = frozen_download_bytes(world, next(iter(partitions)))
     holds = frozenset(
         int(row["partition"])
@@ -102,6 +106,8 @@ def wait_for_nodes(grid: Grid, expected: int, patience: float) -> list[int]:
             return nodes
         if len(nodes) != count:
             count, last_change = len(nodes), time.monotonic()
+        elif not nodes and time.monotonic() - last_change >= max(patience, NO_NODES_SECONDS):
+            raise ConfigError(f"no SuperNode registered within {max(patience, NO_NODES_SECONDS)} s")
         elif nodes and time.monotonic() - last_change >= patience:
             log(
                 WARNING,
@@ -128,22 +134,29 @@ def map_partitions(
     rows = []
     for reply in grid.send_and_receive(messages, timeout=config.round_timeout):
         node = reply.metadata.src_node_id
-        partition, reason = (
-            (None, reply.error.reason)
-            if reply.has_error()
-            else protocol.read_partition(reply.content)
-        )
+        if reply.has_error():
+            partition, reason = None, f"error reply: {reply.error.reason}"
+        else:
+            partition, reason = protocol.read_partition(reply.content)
         if partition is not None and not 0 <= partition < world.devices:
-            reason = f"partition {partition} has no user (the split has {world.devices})"
-        elif partition in partitions.values():
-            reason = f"partition {partition} is claimed by another node"
-        if reason:
+            partition, reason = None, f"partition {partition} has no user ({world.devices} users)"
+        elif partition is not None and partition in partitions.values():
+            partition, reason = None, f"partition {partition} is claimed by another node"
+        if partition is None:
             log(WARNING, "chord-fl: node %d left out: %s", node, reason)
             continue
         partitions[node] = partition
         rows.append(ledger_row(world, 0, node, partition, "down", "query", 0, sizes[node]))
         size = protocol.message_bytes(reply)
         rows.append(ledger_row(world, 0, node, partition, "up", "query", 0, size))
+    silent = len(nodes) - len(partitions)
+    if silent:
+        log(
+            WARNING,
+            "chord-fl: %d of %d nodes take no part (see above, or no reply)",
+            silent,
+            len(nodes),
+        )
     if not partitions:
         raise ConfigError("no SuperNode answered the partition query")
     run_log.append_ledger(rows)

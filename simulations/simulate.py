@@ -42,7 +42,7 @@ def simulate(
     config = RunConfig.from_mapping(overrides)
     spec = strategy_spec(config.strategy)
     world = load_world(config, progress=True)
-    if spec.sends_codes:
+    if spec.frozen_weights:
         cloud_models(world, spec.method, config, progress=True)
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
@@ -68,8 +68,8 @@ def simulate(
     return summary
 
 
-def resume_overrides(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The run config of the run in `run_dir`, set to resume it."""
+def resume_overrides(run_dir: str | os.PathLike) -> tuple[dict[str, Any], int | None]:
+    """The run config of the run in `run_dir`, set to resume it, and its number of devices."""
     run_dir = Path(run_dir)
     path = run_dir / "config.json"
     if not path.exists():
@@ -78,4 +78,6 @@ def resume_overrides(run_dir: str | os.PathLike) -> dict[str, Any]:
     known = RunConfig().to_mapping()
     values = {key: value for key, value in saved.items() if key in known}
     values.update({"resume": True, "output-dir": str(run_dir.parent), "run-name": run_dir.name})
-    return values
+    summary = run_dir / "summary.json"
+    devices = json.loads(summary.read_text()).get("devices") if summary.exists() else None
+    return values, devices

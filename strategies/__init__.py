@@ -19,7 +19,8 @@ class StrategySpec:
     quantize_uniform: bool = False  # FedAvg only: devices quantize the aggregate to their budget
 
     @property
-    def sends_codes(self) -> bool:
+    def frozen_weights(self) -> bool:
+        """Devices hold the frozen backbone (every strategy but FedAvg's)."""
         return self.method is not None
 
 
@@ -43,14 +44,8 @@ def strategy_spec(name: str) -> StrategySpec:
 def build_strategy(run: FleetRun, cloud: CloudModels | None) -> Strategy:
     """The strategy the run config names; `cloud`: what `cloud_models` loaded for its method."""
     spec = strategy_spec(run.config.strategy)
-    if spec.sends_codes:
+    if spec.frozen_weights:
         if cloud is None:
             raise ConfigError(f"{run.config.strategy} needs the cloud models")
         return CodeStrategy(run=run, method=spec.method, cloud=cloud)
-    return LedgerFedAvg(
-        run=run,
-        quantize_uniform=spec.quantize_uniform,
-        min_train_nodes=1,
-        min_evaluate_nodes=1,
-        min_available_nodes=1,
-    )
+    return LedgerFedAvg(run=run, quantize_uniform=spec.quantize_uniform)

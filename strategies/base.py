@@ -27,7 +27,7 @@ from strategies import protocol
 
 
 class BudgetExceeded(ChordError):
-    """A device reported a model larger than its budget: a bug, so the run fails."""
+    """The cloud gave a device a model larger than its budget: a bug, so the run fails."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,9 @@ class FleetMixin:
         self._clients: dict[int, dict[str, Any]] = {}  # node id -> this round's row
         self._holds_frozen: set[int] = set(run.holds_frozen)  # partitions
         self.train_ms: dict[int, float] = {}  # node id -> this round's local training time
+        self._awaiting: list[int] = []  # nodes sent a message in the current phase
+        # Model bytes each device's codes take, computed here: a report must agree with it.
+        self.expected_bytes: dict[int, int] = {}
 
     def summary(self) -> None:
         config = self.run.config
@@ -122,6 +125,7 @@ class FleetMixin:
     ) -> list[Message]:
         """One message per node, each written to the ledger."""
         messages = []
+        self._awaiting = list(contents)
         for node, content in contents.items():
             message = Message(content=content, message_type=message_type, dst_node_id=node)
             self._record_download(node)
@@ -150,13 +154,16 @@ class FleetMixin:
         payload_bytes: Callable[[Message], int],
     ) -> list[tuple[int, Message]]:
         """(node id, reply) of the replies that came in time and without an error, each written
-        to the ledger; the others are logged, written as "error" or "late" and marked."""
+        to the ledger; the others are logged, written as "error" or "late" and marked, and a
+        node that was asked but never answered is marked "timeout"."""
         good = []
+        answered = set()
         for reply in replies:
             node = reply.metadata.src_node_id
             if node not in self.run.partitions:
                 log(WARNING, "round %d: reply from unknown node %d ignored", round_, node)
                 continue
+            answered.add(node)
             if reply.has_error():
                 self._ledger_row(round_, node, "up", "error", 0, reply)
                 self.mark(round_, node, "error", reply.error.reason)
@@ -172,6 +179,10 @@ class FleetMixin:
             else:
                 self._ledger_row(round_, node, "up", kind, payload_bytes(reply), reply)
                 good.append((node, reply))
+        for node in self._awaiting:
+            if node not in answered:
+                self.mark(round_, node, "timeout", "no reply before the round's timeout")
+        self._awaiting = []
         return good
 
     def mark(self, round_: int, node: int, status: str, reason: str = "") -> None:
@@ -215,19 +226,28 @@ class FleetMixin:
 
     # -- evaluation replies and the end of a round -----------------------------------------------
 
-    def collect_reports(
-        self, round_: int, sent: list[int], replies: Iterable[Message]
-    ) -> MetricRecord | None:
+    def expect(self, node: int, model_bytes: int, budget: int) -> None:
+        """Record the bytes `node`'s model will take; over its budget is a bug: the run fails."""
+        if self.budgeted and model_bytes > budget:
+            partition = self.run.partitions[node]
+            raise BudgetExceeded(
+                f"partition {partition} was given a model of {model_bytes} B, over its budget "
+                f"of {budget} B"
+            )
+        self.expected_bytes[node] = int(model_bytes)
+
+    def collect_reports(self, round_: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Check each device's report, write the round's rows and return the round's means."""
         for node, reply in self.receive(round_, replies, "metrics", lambda _: 0):
             report, reason = protocol.read_report(reply.content)
+            expected = self.expected_bytes.get(node)
+            if not reason and expected is not None and report["model_bytes"] != expected:
+                reason = f"reports {report['model_bytes']:.0f} B, its codes take {expected} B"
             if reason:
                 self.mark(round_, node, "rejected", reason)
-                continue
-            self.accept_report(round_, node, report)
-        for node in sent:
-            if node not in self._clients:
-                self.mark(round_, node, "timeout", "no reply before the round's timeout")
+            else:
+                self.accept_report(round_, node, report)
+        self.expected_bytes = {}
         return self.end_round(round_)
 
     def accept_report(self, round_: int, node: int, report: dict[str, float]) -> None:
@@ -241,12 +261,6 @@ class FleetMixin:
                 row[column] = int(row[column])
         row["status"] = "ok"
         self._clients[node] = row
-        if self.budgeted and row["model_bytes"] > row["budget_bytes"]:
-            self.end_round(round_)
-            raise BudgetExceeded(
-                f"round {round_}: partition {row['partition']} holds {row['model_bytes']} B, "
-                f"over its budget of {row['budget_bytes']} B"
-            )
 
     def save_state(self, round_: int) -> None:
         """What a resumed run needs beyond the CSV files (FedAvg: the global weights)."""
@@ -255,7 +269,8 @@ class FleetMixin:
         """Append and flush the round's rows; return its means over devices that answered."""
         rows = sorted(self._clients.values(), key=lambda row: row["partition"])
         self.save_state(round_)
-        self.run.log.append_ledger(self._ledger)
+        # By round and partition (stable), not by reply arrival: the same seed, the same file.
+        self.run.log.append_ledger(sorted(self._ledger, key=lambda r: (r["round"], r["partition"])))
         self.run.log.append_clients(rows)
         self.run.log.write_summary()
         self._ledger, self._clients = [], {}

@@ -30,7 +30,6 @@ class CodeStrategy(FleetMixin, Strategy):
         self.budgeted = method != "fp32"
         self._codes: dict[int, np.ndarray] = {}  # this round's codes by node id
         self._held: dict[int, np.ndarray] = {}  # codes each device confirmed: the delta base
-        self._asked: list[int] = []
 
     @property
     def personalised(self) -> bool:
@@ -59,8 +58,8 @@ class CodeStrategy(FleetMixin, Strategy):
         world = self.run.world
         hidden = world.prepared.frozen.hidden_size if self.personalised else None
         kind = "profile" if self.personalised else "budget"
-        channels = world.prepared.channels
-        floor = int(channels.fixed_bytes + channels.cost(world.prepared.table)[:, 0].sum())
+        cost = world.prepared.channels.cost(world.prepared.table)
+        floor = int(world.prepared.channels.fixed_bytes + cost[:, 0].sum())
         uploads = {}
         payload = protocol.upload_payload_bytes(hidden)
         for node, reply in self.receive(round_, replies, kind, lambda _: payload):
@@ -82,8 +81,13 @@ class CodeStrategy(FleetMixin, Strategy):
             else np.empty((len(nodes), 0), dtype=np.float16)
         )
         seed = int(np.random.SeedSequence([self.run.config.seed, round_]).generate_state(1)[0])
-        codes = method_codes(self.method, self.cloud, profiles, budgets, seed)
+        partitions = [self.run.partitions[node] for node in nodes]
+        codes = method_codes(self.method, self.cloud, profiles, budgets, seed, partitions)
         self._codes = dict(zip(nodes, codes, strict=True))
+        channels = world.prepared.channels
+        spent = channels.fixed_bytes + cost[np.arange(codes.shape[1]), codes].sum(axis=1)
+        for node, model_bytes, budget in zip(nodes, spent, budgets, strict=True):
+            self.expect(node, int(model_bytes), int(budget))
         return None, MetricRecord({"devices": len(nodes)})
 
     def configure_evaluate(
@@ -95,7 +99,6 @@ class CodeStrategy(FleetMixin, Strategy):
             contents = {
                 node: RecordDict({protocol.CONFIG: instruction}) for node in self.sample(round_)
             }
-            self._asked = list(contents)
             return self.send(round_, contents, MessageType.EVALUATE, "request", lambda _: 0)
         payloads = {
             node: encode_strategy(codes, self._held.get(node))
@@ -104,7 +107,6 @@ class CodeStrategy(FleetMixin, Strategy):
         contents = {
             node: protocol.codes_content(round_, payload) for node, payload in payloads.items()
         }
-        self._asked = list(contents)
         return self.send(
             round_, contents, MessageType.EVALUATE, "codes", lambda node: len(payloads[node])
         )
@@ -112,7 +114,7 @@ class CodeStrategy(FleetMixin, Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        return self.collect_reports(self.run.round_of(server_round), self._asked, replies)
+        return self.collect_reports(self.run.round_of(server_round), replies)
 
     def accept_report(self, round_: int, node: int, report: dict[str, float]) -> None:
         if node in self._codes:

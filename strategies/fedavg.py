@@ -7,12 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from chord_fl.errors import ConfigError
+from chord_fl.quant.allocation import uniform_codes
 from strategies import protocol
 from strategies.base import FleetMixin
 from strategies.protocol import Task
@@ -24,7 +26,7 @@ class LedgerFedAvg(FleetMixin, FedAvg):
         self.budgeted = quantize_uniform
         self.evaluate_task = Task.WEIGHTS_UNIFORM if quantize_uniform else Task.WEIGHTS
         self._signature: dict[str, tuple[tuple[int, ...], str]] = {}
-        self._asked: list[int] = []
+        self._weights_bytes = 0  # fp32 bytes of the global model: each direction's payload
         self._latest: ArrayRecord | None = None  # the global weights after this round
 
     def initial_arrays(self) -> ArrayRecord:
@@ -37,34 +39,34 @@ class LedgerFedAvg(FleetMixin, FedAvg):
     def _weights_to(
         self, round_: int, nodes: list[int], arrays: ArrayRecord, task: Task, message_type: str
     ) -> list[Message]:
-        size = protocol.weights_nbytes(arrays)
         instruction = protocol.instruction(round_, task)
         content = RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: instruction})
         contents = dict.fromkeys(nodes, content)
-        return self.send(round_, contents, message_type, "weights", lambda _: size)
+        return self.send(round_, contents, message_type, "weights", lambda _: self._weights_bytes)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         round_ = self.run.round_of(server_round)
         self._signature = protocol.weight_signature(arrays)
+        self._weights_bytes = protocol.weights_nbytes(arrays)
         self._latest = arrays
         self.train_ms.clear()
-        self._asked = self.sample(round_)
-        return self._weights_to(round_, self._asked, arrays, Task.FIT, MessageType.TRAIN)
+        return self._weights_to(round_, self.sample(round_), arrays, Task.FIT, MessageType.TRAIN)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         round_ = self.run.round_of(server_round)
         valid = []
-        for node, reply in self.receive(round_, replies, "weights", _uploaded_bytes):
-            _, reason = protocol.read_weights(reply.content, self._signature)
+        # A valid reply carries exactly the global model's bytes; an invalid one is refused.
+        uploaded = self.receive(round_, replies, "weights", lambda _: self._weights_bytes)
+        for node, reply in uploaded:
+            train_ms, reason = protocol.read_weights(reply.content, self._signature)
             if reason:
                 self.mark(round_, node, "rejected", reason)
                 continue
-            metrics = reply.content.metric_records[protocol.METRICS]
-            self.train_ms[node] = float(metrics.get(protocol.TRAIN_MS, 0.0))
+            self.train_ms[node] = train_ms
             valid.append((self.run.partitions[node], reply))
         if not valid:
             return None, None
@@ -77,24 +79,26 @@ class LedgerFedAvg(FleetMixin, FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         round_ = self.run.round_of(server_round)
-        self._asked = [node for node in self._asked if node in self.train_ms]
-        return self._weights_to(
-            round_, self._asked, arrays, self.evaluate_task, MessageType.EVALUATE
-        )
+        trained = list(self.train_ms)  # the devices whose training joined the aggregate
+        if self.budgeted:
+            cost = self.run.world.prepared.channels.cost(self.run.world.prepared.table)
+            fixed = self.run.world.prepared.channels.fixed_bytes
+            for node in trained:
+                budget = int(self.run.world.budgets[self.run.partitions[node]])
+                codes = uniform_codes(cost, np.array([budget - fixed]))[0]
+                self.expect(node, fixed + int(cost[np.arange(len(codes)), codes].sum()), budget)
+        return self._weights_to(round_, trained, arrays, self.evaluate_task, MessageType.EVALUATE)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        return self.collect_reports(self.run.round_of(server_round), self._asked, replies)
+        return self.collect_reports(self.run.round_of(server_round), replies)
 
     def save_state(self, round_: int) -> None:
-        if self._latest is not None:
-            save_weights(weights_path(self.run.log.dir, round_), self._latest.to_torch_state_dict())
-
-
-def _uploaded_bytes(reply: Message) -> int:
-    arrays = reply.content.array_records.get(protocol.ARRAYS)
-    return protocol.weights_nbytes(arrays) if arrays is not None else 0
+        if self._latest is None:
+            return
+        save_weights(weights_path(self.run.log.dir, round_), self._latest.to_torch_state_dict())
+        weights_path(self.run.log.dir, round_ - 1).unlink(missing_ok=True)  # resume needs the last
 
 
 def weights_path(run_dir: Path, round_: int) -> Path:

@@ -7,6 +7,7 @@ few hundred bytes; weights travel as Flower's ArrayRecord.
 
 from __future__ import annotations
 
+import io
 import math
 from enum import StrEnum
 
@@ -24,7 +25,7 @@ ARRAYS = "arrays"  # model weights (Flower's FedAvg default)
 UPLOAD = "upload"  # a device's profile and budget
 CODES = "codes"  # packed precision codes
 METRICS = "metrics"  # a device's report
-ROUND = "server-round"  # Flower's FedAvg writes this key itself
+ROUND = "server-round"  # the run's round (Flower's own counter restarts when resuming)
 TASK = "task"
 PROFILE = "profile"
 BUDGET = "budget"
@@ -188,8 +189,12 @@ def read_report(content: RecordDict) -> tuple[dict[str, float] | None, str | Non
     if missing:
         return None, f"report lacks {missing}"
     values = {key: record[key] for key in (*REPORT_KEYS, *CODE_COLUMNS) if key in record}
-    if not all(_is_finite_number(value) for value in values.values()):
-        return None, "report values must be finite numbers"
+    if not all(_is_finite_number(value) and value >= 0 for value in values.values()):
+        return None, "report values must be finite numbers >= 0"
+    if any(values[key] > 1 for key in METRIC_COLUMNS) or values["avg_bits"] > 32:
+        return None, "metrics must be in [0, 1] and avg_bits in [0, 32]"
+    if any(float(values[key]) != int(values[key]) for key in CODE_COLUMNS if key in values):
+        return None, "code counts must be whole numbers"
     report = {key: float(value) for key, value in values.items()}
     return report, None
 
@@ -197,14 +202,17 @@ def read_report(content: RecordDict) -> tuple[dict[str, float] | None, str | Non
 def read_weights(
     content: RecordDict, reference: dict[str, tuple[tuple[int, ...], str]]
 ) -> tuple[int | None, str | None]:
-    """Check a FedAvg reply's weights against the global model's names, shapes and dtypes;
-    returns its example count."""
+    """Check a FedAvg reply's weights against the global model's names, shapes and dtypes, and
+    its metrics; returns the device's training milliseconds."""
     reason = _unexpected(content, configs=(TIMING,), metrics=(METRICS,), arrays=(ARRAYS,))
     if reason:
         return None, reason
     arrays, metrics = content.array_records[ARRAYS], content.metric_records[METRICS]
-    if NUM_EXAMPLES not in metrics:
-        return None, f"a FedAvg reply needs {NUM_EXAMPLES!r}"
+    if set(metrics) != {NUM_EXAMPLES, TRAIN_MS}:
+        return (
+            None,
+            f"FedAvg reply metrics must be {NUM_EXAMPLES!r} and {TRAIN_MS!r}: {sorted(metrics)}",
+        )
     if set(arrays) != set(reference):
         return None, "weights do not match the model's tensors"
     # Shapes and dtypes first, from the metadata: an oversized array is refused unread.
@@ -215,13 +223,44 @@ def read_weights(
         extra = len(array.data) - math.prod(shape) * np.dtype(dtype).itemsize
         if not 0 <= extra <= MAX_NPY_HEADER:
             return None, f"{name}: {len(array.data)} bytes do not match its shape"
+        reason = _npy_reason(array.stype, array.data, shape, np.dtype(dtype))
+        if reason:
+            return None, f"{name}: {reason}"
     for name in reference:
         if not np.isfinite(arrays[name].numpy()).all():
             return None, f"{name} has non-finite values"
     examples = metrics[NUM_EXAMPLES]
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
         return None, f"{NUM_EXAMPLES} must be a positive integer"
-    return examples, None
+    train_ms = metrics[TRAIN_MS]
+    if not _is_finite_number(train_ms) or train_ms < 0:
+        return None, f"{TRAIN_MS} must be a finite number >= 0"
+    return float(train_ms), None
+
+
+def _npy_reason(stype: str, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+    """Why `data` is not the .npy serialisation its metadata claims, or None. A device could
+    declare one shape and dtype and send another; numpy would then read what the bytes say."""
+    if stype != "numpy.ndarray":
+        return f"array type {stype!r} is not numpy.ndarray"
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        header_shape, fortran_order, header_dtype = read_header(stream)
+    except Exception:  # any failure to parse untrusted bytes is a refusal
+        return "bytes are not a valid .npy array"
+    if tuple(header_shape) != shape or header_dtype != dtype or fortran_order:
+        return (
+            f"bytes hold {header_dtype}{list(header_shape)}, not the declared {dtype}{list(shape)}"
+        )
+    if len(data) != stream.tell() + math.prod(shape) * dtype.itemsize:
+        return "bytes do not match the declared size"
+    return None
 
 
 def weight_signature(arrays: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -41,12 +41,24 @@ METRIC_VALUES = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.lists(st.floats(allow_nan=True), max_size=3),
 )
-ARRAYS = st.builds(
+HONEST_ARRAYS = st.builds(
     lambda shape, dtype, fill: Array(np.full(shape, fill).astype(dtype)),
     st.lists(st.integers(0, 4), max_size=3).map(tuple),
     st.sampled_from(["float32", "float16", "int64", "uint8"]),
     st.floats(allow_nan=True, allow_infinity=True, width=16),
 )
+# Metadata that claims the model's shapes over bytes that may say anything else.
+SPOOFED_ARRAYS = st.builds(
+    lambda shape, stype, data: Array(dtype="float32", shape=shape, stype=stype, data=data),
+    st.sampled_from([(2, 3), (3,)]),
+    st.sampled_from(["numpy.ndarray", "torch.Tensor"]),
+    st.one_of(
+        st.binary(max_size=200),
+        st.builds(lambda n: Array(np.zeros(n, np.float64)).data, st.integers(0, 6)),
+        st.builds(lambda n: Array(np.zeros((n, 1), np.float32)).data, st.integers(0, 6)),
+    ),
+)
+ARRAYS = st.one_of(HONEST_ARRAYS, SPOOFED_ARRAYS)
 
 
 def _valid_records() -> dict[str, dict]:

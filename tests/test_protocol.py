@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from chord_fl.hypernet.profile import PROFILE_DTYPE
@@ -20,6 +20,7 @@ from strategies.protocol import (
     PARTITION,
     PROFILE,
     REPORT_KEYS,
+    TRAIN_MS,
     UPLOAD,
     message_bytes,
     partition_content,
@@ -215,7 +216,7 @@ def test_weight_signature_names_shapes_and_dtypes(signature):
 
 def test_fit_reply_with_matching_weights_is_accepted(signature):
     content = fit_content(_state(), 17, 12.5)
-    assert read_weights(content, signature) == (17, None)
+    assert read_weights(content, signature) == (12.5, None)
     arrays = content.array_records[ARRAYS]
     torch.testing.assert_close(arrays["embed.weight"].numpy(), _state()["embed.weight"].numpy())
 
@@ -341,3 +342,47 @@ def test_read_partition_rejects_missing_negative_or_non_int():
     _rejected(read_partition(RecordDict({CONFIG: ConfigRecord({PARTITION: True})})))
     _rejected(read_partition(RecordDict({CONFIG: ConfigRecord({PARTITION: 1.0})})))
     _rejected(read_partition(RecordDict({CONFIG: ConfigRecord({PARTITION: "3"})})))
+
+
+def _spoofed(data: bytes, stype: str = "numpy.ndarray") -> Array:
+    """What a hostile device can send: metadata that says float32[4, 3], any bytes."""
+    return Array(dtype="float32", shape=(4, 3), stype=stype, data=data)
+
+
+@pytest.mark.parametrize(
+    ("array", "why"),
+    [
+        (_spoofed(Array(np.zeros(6, np.float64)).data), "not the declared"),  # same size, float64
+        (_spoofed(Array(np.zeros((12, 1), np.float32)).data), "not the declared"),  # other shape
+        (_spoofed(bytes(176)), "not a valid .npy"),  # the right length of garbage
+        (_spoofed(Array(np.zeros((4, 3), np.float32)).data, "torch.Tensor"), "not numpy"),
+    ],
+)
+def test_weights_whose_bytes_contradict_their_metadata_are_refused(signature, array, why):
+    content = fit_content(_state(), 17, 1.0)
+    content.array_records[ARRAYS]["embed.weight"] = array
+    assert why in _rejected(read_weights(content, signature))
+
+
+@pytest.mark.parametrize(
+    ("metrics", "why"),
+    [
+        ({NUM_EXAMPLES: 3}, "must be"),  # no training time
+        ({NUM_EXAMPLES: 3, TRAIN_MS: 1.0, "extra": 1.0}, "must be"),
+        ({NUM_EXAMPLES: 3, TRAIN_MS: float("nan")}, "finite"),
+        ({NUM_EXAMPLES: 3, TRAIN_MS: [1.0, 2.0]}, "finite"),
+    ],
+)
+def test_fit_metrics_other_than_examples_and_time_are_refused(signature, metrics, why):
+    content = fit_content(_state(), 17, 1.0)
+    content[METRICS] = MetricRecord(metrics)
+    assert why in _rejected(read_weights(content, signature))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("hr@10", 1.5), ("model_bytes", -1.0), ("avg_bits", 40.0), ("codes_1", 2.5)],
+)
+def test_reports_out_of_range_are_refused(key, value):
+    report = {**dict.fromkeys(REPORT_KEYS, 0.5), "codes_1": 3.0, key: value}
+    _rejected(read_report(report_content(report)))

@@ -72,7 +72,8 @@ def test_a_killed_fedavg_run_resumes_to_the_same_clients_csv(tmp_path):
 
     from simulations.simulate import resume_overrides
 
-    simulate(resume_overrides(stopped))
+    overrides, devices = resume_overrides(stopped)
+    simulate(overrides, devices)
     assert _stable(read_csv(stopped / "clients.csv")) == _stable(whole)
 
 

@@ -49,6 +49,7 @@ class HyperTrainConfig:
     users_per_epoch: int = 2000  # large data sets: a fresh random subset of users each epoch
     select_metric: str = "ndcg@10"
     seed: int = 0
+    profile_window: int = 0  # items the device's profile encodes (0: the backbone's max_len)
 
     def __post_init__(self) -> None:
         require_positive(
@@ -150,7 +151,8 @@ def train_hypernet(
     validation_windows = [split.users[i].window(VALIDATION) for i in validation_users]
     validation_targets = split.targets(VALIDATION)[validation_users]
     validation_budgets = budgets[assign_tiers(fleet, len(split), config.seed)][validation_users]
-    validation_profiles = torch.from_numpy(encode_profiles(frozen, validation_windows))
+    window = config.profile_window or None
+    validation_profiles = torch.from_numpy(encode_profiles(frozen, validation_windows, window))
 
     hypernet = ChordHyperNet(frozen, prepared.channels, frozen.hidden_size, net_config)
     optimizer = torch.optim.Adam(hypernet.parameters(), lr=config.lr)
@@ -176,7 +178,7 @@ def train_hypernet(
         for begin in range(0, len(order), config.batch_users):
             users = order[begin : begin + config.batch_users]
             windows, targets = _training_examples(histories, users, config.positions, rng)
-            profiles = torch.from_numpy(encode_profiles(frozen, windows))
+            profiles = torch.from_numpy(encode_profiles(frozen, windows, window))
             tiers = rng.choice(len(shares), size=len(users), p=shares)
             channel_budget = budgets[tiers] - prepared.channels.fixed_bytes
             loss = relaxation.loss(
