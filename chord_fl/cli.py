@@ -228,10 +228,12 @@ def _print_hypernet(report: dict[str, Any]) -> None:
 Extension = Callable[[argparse._SubParsersAction], None]
 
 
-def build_parser(extensions: tuple[Extension, ...] = ()) -> argparse.ArgumentParser:
+def build_parser(
+    extensions: tuple[Extension, ...] = (), description: str | None = None
+) -> argparse.ArgumentParser:
     """The library's commands, plus those each extension adds (the Flower commands live in
     `simulations.cli`, so this package never imports Flower)."""
-    parser = argparse.ArgumentParser(prog="chord-fl", description=__doc__)
+    parser = argparse.ArgumentParser(prog="chord-fl", description=description or __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for extend in extensions:
         extend(commands)
@@ -292,8 +294,12 @@ def build_parser(extensions: tuple[Extension, ...] = ()) -> argparse.ArgumentPar
     return parser
 
 
-def main(argv: list[str] | None = None, extensions: tuple[Extension, ...] = ()) -> int:
-    args = build_parser(extensions).parse_args(argv)
+def main(
+    argv: list[str] | None = None,
+    extensions: tuple[Extension, ...] = (),
+    description: str | None = None,
+) -> int:
+    args = build_parser(extensions, description).parse_args(argv)
     try:
         report = args.run(args)
     except ChordError as exc:

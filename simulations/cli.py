@@ -173,7 +173,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return library.main(argv, (add_commands,))
+    return library.main(argv, (add_commands,), __doc__)
 
 
 if __name__ == "__main__":
