@@ -16,7 +16,6 @@ from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from chord_fl.comparators import method_codes
-from chord_fl.data import synthetic_interactions
 from chord_fl.faults import ERROR, SLOW, device_fault, is_offline
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.quant.allocation import uniform_codes
@@ -37,20 +36,8 @@ ROUNDS = 2
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults")
-    data = root / "interactions.csv"
-    synthetic_interactions(num_users=USERS, num_items=40, seed=5).to_csv(data, index=False)
-    return {
-        "dataset": str(data),
-        "rounds": ROUNDS,
-        "init": "random",
-        "negatives": 10,
-        "hypernet-epochs": 1,
-        "output-dir": str(root / "runs"),
-        "checkpoint-dir": str(root / "checkpoints"),
-        "node-wait": 5.0,
-    }
+def base(tmp_path_factory, small_fleet):
+    return small_fleet(tmp_path_factory.mktemp("faults"), USERS, 5, ROUNDS, init="random")
 
 
 def _run(base, name, client_app=None, **changes):

@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from chord_fl.data import synthetic_interactions
 from chord_fl.runconfig import RunConfig
 from chord_fl.runlog import read_csv
 from simulations.simulate import simulate
@@ -31,22 +30,10 @@ def _kill_tree(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
-def test_a_killed_fedavg_run_resumes_to_the_same_clients_csv(tmp_path):
+def test_a_killed_fedavg_run_resumes_to_the_same_clients_csv(tmp_path, small_fleet):
     """FedAvg, the strategy with state across rounds: the global weights."""
-    data = tmp_path / "interactions.csv"
-    synthetic_interactions(num_users=12, num_items=40, seed=7).to_csv(data, index=False)
-    base = {
-        "strategy": "fedavg",
-        "dataset": str(data),
-        "rounds": ROUNDS,
-        "init": "random",
-        "negatives": 10,
-        "hypernet-epochs": 1,
-        "local-epochs": 2,
-        "output-dir": str(tmp_path / "runs"),
-        "checkpoint-dir": str(tmp_path / "checkpoints"),
-        "node-wait": 5.0,
-    }
+    base = small_fleet(tmp_path, 12, 7, ROUNDS, strategy="fedavg", init="random")
+    base["local-epochs"] = 2
     simulate({**base, "run-name": "whole"})
     whole = read_csv(RunConfig.from_mapping(base).replace(run_name="whole").run_dir / "clients.csv")
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from chord_fl.comparators import method_codes
-from chord_fl.data import synthetic_interactions
 from chord_fl.hypernet.profile import PROFILE_DTYPE, encode_profiles
 from chord_fl.pretrain import pretrain
 from chord_fl.quant.codec import encode_strategy
@@ -25,25 +24,14 @@ USERS = 16
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
+def base(tmp_path_factory, small_fleet):
     root = tmp_path_factory.mktemp("fleet")
-    data = root / "interactions.csv"
-    synthetic_interactions(num_users=USERS, num_items=40, seed=3).to_csv(data, index=False)
-    overrides = {
-        "dataset": str(data),
-        "rounds": ROUNDS,
-        "negatives": 10,
-        "hypernet-epochs": 1,
-        "output-dir": str(root / "runs"),
-        "checkpoint-dir": str(root / "checkpoints"),
-        "node-wait": 5.0,
-    }
+    overrides = small_fleet(root, USERS, 3, ROUNDS)
+    data = overrides["dataset"]
     config = RunConfig.from_mapping(overrides)
     # A briefly trained backbone, so the one-time download of frozen weights is in the ledger.
     train = TrainConfig(epochs=2, num_negatives=10)
-    pretrain(
-        str(data), "sasrec", None, ROUNDS, train, None, config.setup.checkpoint_path, None, False
-    )
+    pretrain(data, "sasrec", None, ROUNDS, train, None, config.setup.checkpoint_path, None, False)
     return overrides
 
 
