@@ -44,6 +44,7 @@ def runs(base):
         ("chord-again", "chord"),
         ("fedavg", "fedavg"),
         ("uniform", "uniform"),
+        ("fedavg-uniform", "fedavg-uniform"),
     ):
         overrides = {**base, "strategy": strategy, "run-name": name}
         simulate(overrides)
@@ -125,6 +126,14 @@ def test_frozen_weights_are_downloaded_once_by_code_strategies_only(runs, base):
     # Per round: weights down for training, up from every device, down again for evaluation.
     assert len(weights) == 3 * USERS * ROUNDS
     assert {int(r["payload_bytes"]) for r in weights} == {size}
+
+
+def test_fedavg_uniform_devices_hold_the_size_the_cloud_computed_within_budget(runs):
+    clients = read_csv(runs["fedavg-uniform"] / "clients.csv")
+    # A device reporting other bytes than the cloud computed for its budget would be rejected.
+    assert {r["status"] for r in clients} == {"ok"}
+    assert all(int(r["model_bytes"]) <= int(r["budget_bytes"]) for r in clients)
+    assert all(float(r["avg_bits"]) < 32 for r in clients)
 
 
 def test_uniform_devices_upload_only_their_budget_and_stay_within_it(runs):
