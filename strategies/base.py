@@ -126,10 +126,14 @@ class FleetMixin:
         """One message per node, each written to the ledger."""
         messages = []
         self._awaiting = list(contents)
+        shared: dict[int, int] = {}  # id(content) -> its serialised bytes, computed once
         for node, content in contents.items():
             message = Message(content=content, message_type=message_type, dst_node_id=node)
             self._record_download(node)
-            self._ledger_row(round_, node, "down", kind, payload_bytes(node), message)
+            if id(content) not in shared:
+                shared[id(content)] = protocol.content_bytes(content)
+            size = protocol.message_bytes(message, shared[id(content)])
+            self._ledger_row(round_, node, "down", kind, payload_bytes(node), message, size)
             messages.append(message)
         return messages
 
@@ -216,9 +220,16 @@ class FleetMixin:
         return row
 
     def _ledger_row(
-        self, round_: int, node: int, direction: str, kind: str, payload: int, message: Message
+        self,
+        round_: int,
+        node: int,
+        direction: str,
+        kind: str,
+        payload: int,
+        message: Message,
+        size: int | None = None,
     ) -> None:
-        size = protocol.message_bytes(message)
+        size = protocol.message_bytes(message) if size is None else size
         partition = self.run.partitions[node]
         self._ledger.append(
             ledger_row(self.run.world, round_, node, partition, direction, kind, payload, size)

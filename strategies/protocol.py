@@ -274,9 +274,21 @@ def weights_nbytes(arrays: ArrayRecord) -> int:
     )
 
 
-def message_bytes(message: Message) -> int:
-    """Serialised size of a message: the sum of its deflated Flower objects."""
-    return int(sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values()))
+def message_bytes(message: Message, content_bytes: int | None = None) -> int:
+    """Serialised size of a message: the sum of its deflated Flower objects. `content_bytes`,
+    the size of its content's objects, saves serialising content shared by many messages (the
+    same weights to every FedAvg device) once per message."""
+    if content_bytes is None:
+        return _deflated_bytes(message)
+    return len(message.deflate()) + content_bytes
+
+
+def _deflated_bytes(obj: object) -> int:
+    return int(sum(len(item.deflate()) for item in get_all_nested_objects(obj).values()))
+
+
+def content_bytes(content: RecordDict) -> int:
+    return _deflated_bytes(content)
 
 
 def upload_payload_bytes(hidden: int | None) -> int:

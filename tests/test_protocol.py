@@ -386,3 +386,11 @@ def test_fit_metrics_other_than_examples_and_time_are_refused(signature, metrics
 def test_reports_out_of_range_are_refused(key, value):
     report = {**dict.fromkeys(REPORT_KEYS, 0.5), "codes_1": 3.0, key: value}
     _rejected(read_report(report_content(report)))
+
+
+def test_message_bytes_with_the_content_measured_once_equals_the_full_count(task_identity):
+    content = fit_content(_state(), 17, 1.0)
+    shared = protocol.content_bytes(content)
+    for node in (1, 2**40):
+        message = Message(content=content, dst_node_id=node, message_type="train")
+        assert message_bytes(message, shared) == message_bytes(message)

@@ -14,7 +14,7 @@ from chord_fl.hypernet.profile import PROFILE_DTYPE, encode_profiles
 from chord_fl.pretrain import pretrain
 from chord_fl.quant.codec import encode_strategy
 from chord_fl.runconfig import RunConfig
-from chord_fl.runlog import CLIENT_COLUMNS, LEDGER_COLUMNS, read_csv
+from chord_fl.runlog import CLIENT_COLUMNS, KINDS, LEDGER_COLUMNS, read_csv
 from chord_fl.train import TrainConfig
 from chord_fl.world import cloud_models, load_world
 from simulations.simulate import simulate
@@ -77,6 +77,7 @@ def test_outputs_have_every_column_and_one_row_per_device_and_round(runs, name):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["strategy"] == summary["strategy"] and config["devices"] == USERS
     assert all(int(r["message_bytes"]) >= int(r["payload_bytes"]) for r in ledger)
+    assert {r["kind"] for r in ledger} <= set(KINDS)
 
 
 def test_chord_codes_in_the_ledger_are_the_codes_computed_here(runs, base):
