@@ -4,7 +4,11 @@ For each data set and backbone: the frozen backbone (leave-one-out cloud split),
 sensitivity for the global strategy, then per seed the hypernetworks of CHORD and its ablations
 (trained on histories, selected on validation targets), then for each budget every method's codes
 for every evaluated device, scored on the test targets. Each result row is appended to a JSON-lines
-file at once; the table (mean and standard deviation over seeds) is printed from that file.
+file at once; the table (mean and standard deviation over seeds) is printed from that file. Every
+CHORD variant is also compared with every other method device by device (NDCG@10, per-device
+differences averaged over seeds, with their standard error over devices) in a second file,
+`<results>-paired.jsonl`: the same users score every method, so the paired difference is far
+less noisy than the gap between two means.
 
     python benchmarks/accuracy.py --datasets ml-100k --backbones sasrec caser --bits 2 3 4
 """
@@ -42,6 +46,33 @@ def single_tier(bits: float) -> Fleet:
     return Fleet((Tier(f"{bits:g}-bit", 1.0, 1e6, 1e6, 1.0, 1.0, avg_bits=bits),))
 
 
+def paired_path(results: Path) -> Path:
+    return results.with_name(f"{results.stem}-paired{results.suffix}")
+
+
+def paired_rows(ndcg: dict[tuple[float, str], list[dict[str, np.ndarray]]]) -> list[dict]:
+    """Each CHORD variant minus each non-CHORD method at the same budget: per-device NDCG@10
+    differences averaged over seeds, then their mean and standard error over devices.
+
+    `ndcg[bits, method]` holds one {protocol: per-device NDCG@10} per seed, in seed order."""
+    rows = []
+    for (bits, method), ours in ndcg.items():
+        if method not in CHORD_VARIANTS:
+            continue
+        for (other_bits, other), theirs in ndcg.items():
+            if other_bits != bits or other in CHORD_VARIANTS:
+                continue
+            row: dict = {"budget_bits": bits, "method": method, "versus": other}
+            row["seeds"] = len(ours)
+            for protocol in ours[0]:
+                pairs = zip(ours, theirs, strict=True)
+                differences = np.mean([a[protocol] - b[protocol] for a, b in pairs], axis=0)
+                error = differences.std(ddof=1) / np.sqrt(len(differences))
+                row[protocol] = {"difference": float(differences.mean()), "standard_error": error}
+            rows.append(row)
+    return rows
+
+
 def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) -> None:
     setup = Setup(dataset, backbone, args.data_dir, rounds=1, init=args.init)
     split = load_split(setup)
@@ -52,6 +83,7 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
     negatives = evaluation_negatives(split, 100, seed=0)[users]
     profiles = encode_profiles(prepared.frozen, windows)
     cloud = CloudModels(prepared, global_importance=global_importance(prepared, split))
+    ndcg: dict[tuple[float, str], list[dict[str, np.ndarray]]] = defaultdict(list)
     for seed in args.seeds:
         torch.manual_seed(seed)
         train_seconds = {}
@@ -67,9 +99,10 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
             budgets = np.full(len(users), tier_budgets(single_tier(bits), prepared.channels)[0])
             for method in args.methods:
                 start = time.perf_counter()
-                row = evaluate_method(
+                row, per_device = evaluate_method(
                     method, cloud, windows, targets, profiles, budgets, negatives, seed
                 )
+                ndcg[bits, method].append({p: m["ndcg@10"] for p, m in per_device.items()})
                 row.update(
                     dataset=dataset,
                     backbone=backbone,
@@ -89,6 +122,10 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
                     f"sampled {row['sampled']['ndcg@10']:.4f} ({row['avg_bits']:.2f} bits)",
                     flush=True,
                 )
+    for row in paired_rows(ndcg):
+        row.update(dataset=dataset, backbone=backbone, init=args.init, users=len(users))
+        row.update(pruned_items=args.pruned_items, machine=machine_line())
+        append_row(paired_path(results), row)
 
 
 def table(rows: list[dict]) -> str:
@@ -146,6 +183,32 @@ def compact_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def paired_table(rows: list[dict]) -> str:
+    """The latest paired comparison per setting: difference ± standard error (z)."""
+    latest = {}
+    for row in rows:
+        key = (row["dataset"], row["backbone"], row["init"], row["budget_bits"], row["method"])
+        latest[(*key, row["versus"])] = row
+    lines = [
+        "| data set / backbone / init | budget | CHORD variant minus | seeds | devices | "
+        "NDCG@10 full: difference ± s.e. (z) | sampled |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(latest):
+        row = latest[key]
+        cells = []
+        for protocol in ("full", "sampled"):
+            difference = row[protocol]["difference"]
+            error = row[protocol]["standard_error"]
+            z = f"{difference / error:+.1f}" if error else "-"
+            cells.append(f"{difference:+.4f} ± {error:.4f} ({z})")
+        lines.append(
+            f"| {' / '.join(key[:3])} | {key[3]:g} bits | {key[4]} minus {key[5]} | "
+            f"{row['seeds']} | {row['users']} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["ml-100k"])
@@ -173,6 +236,9 @@ def main() -> None:
     print(f"\nTest targets, mean ± std over seeds ({results}):\n")
     print(table(rows))
     print(f"\nNDCG@10 on test targets, mean over seeds (n = seeds):\n\n{compact_table(rows)}")
+    paired = read_rows(paired_path(results))
+    if paired:
+        print(f"\nPaired NDCG@10 differences on the same devices:\n\n{paired_table(paired)}")
 
 
 if __name__ == "__main__":

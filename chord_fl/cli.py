@@ -154,7 +154,7 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
     cloud = CloudModels(prepared, {args.variant: net})
     windows = split.windows(1)
     profiles = encode_profiles(prepared.frozen, windows)
-    test = evaluate_method(
+    test, _ = evaluate_method(
         args.variant, cloud, windows, split.targets(1), profiles, budgets, negatives, args.seed
     )
     report = {

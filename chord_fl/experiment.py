@@ -109,14 +109,16 @@ def evaluate_method(
     budgets: np.ndarray,
     negatives: np.ndarray,
     seed: int = 0,
-) -> dict[str, Any]:
-    """One method at the given budgets: mean metrics under both protocols, bits and bytes used.
+) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+    """One method at the given budgets: a row of mean metrics under both protocols with the bits
+    and bytes used, and the per-device metrics behind it (for paired comparisons).
 
     `profiles` are the devices' uploads for `windows` (encode once, evaluate every method)."""
     prepared = cloud.prepared
     codes = method_codes(method, cloud, profiles, budgets, seed)
+    per_device = evaluate_codes(prepared, windows, targets, codes, negatives)
     row: dict[str, Any] = {"method": method}
-    for protocol, metrics in evaluate_codes(prepared, windows, targets, codes, negatives).items():
+    for protocol, metrics in per_device.items():
         row[protocol] = {name: float(values.mean()) for name, values in metrics.items()}
     channels = prepared.channels
     if codes is None:
@@ -130,4 +132,4 @@ def evaluate_method(
             raise AssertionError(f"{method} exceeded a budget: this is a bug")
         row["model_bytes"] = float(spent.mean())
     row["budget_bytes"] = float(np.mean(budgets))
-    return row
+    return row, per_device

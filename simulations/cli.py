@@ -18,7 +18,13 @@ from chord_fl.errors import ChordError, ConfigError
 from chord_fl.machine import machine_line
 from chord_fl.runconfig import RunConfig
 from simulations.plots import plot_runs
-from simulations.report import comparison_rows, downlink_ratio_rows, read_summary, write_table
+from simulations.report import (
+    comparison_rows,
+    downlink_ratio_rows,
+    paired_rows,
+    read_summary,
+    write_table,
+)
 from strategies import STRATEGIES
 
 PAIR = re.compile(r"""\s*([^\s=]+)=('[^']*'|"[^"]*"|\S+)\s*""")
@@ -97,6 +103,11 @@ def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
     if "fedavg" in by_strategy and "chord" in by_strategy:
         ratios = downlink_ratio_rows(by_strategy["fedavg"], by_strategy["chord"])
         tables.append(write_table(ratios, out / "downlink-fedavg-over-chord"))
+    if "chord" in by_strategy and len(by_strategy) > 1:
+        others = [path for name, path in by_strategy.items() if name != "chord"]
+        tables.append(
+            write_table(paired_rows(by_strategy["chord"], others), out / "paired-vs-chord")
+        )
     plots = plot_runs(run_dirs, out)
     return {
         "tables": [str(path) for pair in tables for path in pair],

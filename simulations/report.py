@@ -13,7 +13,7 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from statistics import fmean
+from statistics import fmean, stdev
 from typing import Any
 
 from chord_fl.errors import ConfigError
@@ -23,6 +23,7 @@ RunDir = str | os.PathLike
 DIRECTIONS = {"down": "downlink", "up": "uplink"}
 SIZES = ("payload", "message")
 COMPARED_METRICS = ("ndcg@10", "hr@10", "sampled_ndcg@10", "sampled_hr@10")
+PAIRED_METRICS = ("ndcg@10", "sampled_ndcg@10")
 
 
 def _require(run_dir: RunDir, name: str) -> Path:
@@ -140,6 +141,43 @@ def downlink_ratio_rows(reference_dir: RunDir, other_dir: RunDir) -> list[dict[s
     return rows
 
 
+def _device_means(run_dir: RunDir, metric: str) -> dict[tuple[str, str], float]:
+    """(round, partition) -> the device's metric, for devices that answered."""
+    return {
+        (row["round"], row["partition"]): float(row[metric])
+        for row in read_clients(run_dir)
+        if row["status"] == "ok" and row[metric] != ""
+    }
+
+
+def paired_rows(reference_dir: RunDir, other_dirs: Sequence[RunDir]) -> list[dict[str, Any]]:
+    """The reference run minus each other run, device by device: mean and standard error.
+
+    Both runs score the same devices on the same targets, so the difference per device removes
+    the spread between users that dominates each run's own mean. The unit is the device (its
+    rounds averaged, over the rounds where both runs have its metrics), since one device's rounds
+    are not independent.
+    """
+    reference = read_summary(reference_dir)["strategy"]
+    rows = []
+    for other_dir in other_dirs:
+        row: dict[str, Any] = {"strategy": read_summary(other_dir)["strategy"]}
+        for metric in PAIRED_METRICS:
+            ours, theirs = _device_means(reference_dir, metric), _device_means(other_dir, metric)
+            by_device: dict[str, list[float]] = defaultdict(list)
+            for key in ours.keys() & theirs.keys():
+                by_device[key[1]].append(ours[key] - theirs[key])
+            differences = [fmean(values) for values in by_device.values()]
+            row["devices"] = len(differences)
+            mean = fmean(differences) if differences else None
+            error = stdev(differences) / len(differences) ** 0.5 if len(differences) > 1 else None
+            row[f"{reference}_minus_{metric}"] = mean
+            row[f"{metric}_standard_error"] = error
+            row[f"{metric}_z"] = mean / error if mean is not None and error else None
+        rows.append(row)
+    return rows
+
+
 def _cell(column: str, value: Any) -> str:
     if value is None:
         return "-"
@@ -147,7 +185,7 @@ def _cell(column: str, value: Any) -> str:
         return str(value).replace("|", r"\|")  # a bare pipe would split the cell
     if "bytes" in column:
         return f"{value:,.0f}"
-    if column.endswith("ratio"):
+    if column.endswith(("ratio", "_z")):
         return f"{value:.2f}"
     if "@" in column:
         return f"{value:.4f}"

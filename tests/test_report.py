@@ -6,7 +6,7 @@ import pytest
 from chord_fl.errors import ConfigError
 from chord_fl.runlog import CODE_COLUMNS, METRIC_COLUMNS, RunLog
 from simulations.plots import plot_runs
-from simulations.report import comparison_rows, downlink_ratio_rows, write_table
+from simulations.report import comparison_rows, downlink_ratio_rows, paired_rows, write_table
 
 TIERS = {1: "low", 2: "high"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -199,6 +199,20 @@ def test_downlink_ratios_per_round_and_in_total(fedavg, chord):
         assert row["downlink_message_ratio"] == pytest.approx(ref_message / message)
     # The one-time download outweighs two rounds of codes: CHORD sends more in total here.
     assert rows[-1]["downlink_payload_ratio"] < 1 < rows[-2]["downlink_payload_ratio"]
+
+
+def test_paired_differences_by_hand(fedavg, chord):
+    (row,) = paired_rows(chord, [fedavg])
+    # Device 0 is compared in round 1 only (FedAvg failed it in round 2): 0.25 - 0.2 = 0.05.
+    # Device 1: (0.35 - 0.4 + 0.5 - 0.6) / 2 = -0.075. Mean -0.0125; standard error
+    # stdev(0.05, -0.075) / sqrt(2) = 0.0625. Sampled metrics are full + 0.1: the same differences.
+    assert row["strategy"] == "fedavg" and row["devices"] == 2
+    for metric in ("ndcg@10", "sampled_ndcg@10"):
+        assert row[f"chord_minus_{metric}"] == pytest.approx(-0.0125)
+        assert row[f"{metric}_standard_error"] == pytest.approx(0.0625)
+        assert row[f"{metric}_z"] == pytest.approx(-0.2)
+    (same,) = paired_rows(chord, [chord])
+    assert same["chord_minus_ndcg@10"] == 0 and same["ndcg@10_z"] is None
 
 
 def test_write_table_markdown_and_csv(fedavg, chord, tmp_path):

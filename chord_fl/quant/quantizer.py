@@ -58,13 +58,14 @@ def quantize_rows(
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
     """(n, K) unsigned values < 2^bits -> (n, ceil(K * bits / 8)) uint8, little-endian bit order."""
     n, k = values.shape
-    if 8 % bits == 0:  # whole values per byte: shift and add (the common, fast case)
+    if 8 % bits == 0:  # whole values per byte: OR shifted strided slices (the common, fast case)
         per_byte = 8 // bits
         padded = np.zeros((n, -(-k // per_byte) * per_byte), dtype=np.uint8)
         padded[:, :k] = values
-        shifts = np.arange(0, 8, bits, dtype=np.uint8)
-        grouped = padded.reshape(n, -1, per_byte) << shifts
-        return np.bitwise_or.reduce(grouped, axis=2).astype(np.uint8)
+        packed = padded[:, ::per_byte].copy()
+        for slot in range(1, per_byte):
+            packed |= padded[:, slot::per_byte] << np.uint8(slot * bits)
+        return packed
     planes = (values[:, :, None] >> np.arange(bits, dtype=np.uint8)) & 1  # (n, K, bits)
     return np.packbits(planes.reshape(n, k * bits).astype(np.uint8), axis=1, bitorder="little")
 
@@ -96,6 +97,7 @@ class PackedTensor:
         return int(sum(array.nbytes for array in stored))
 
     def dequantize(self, table: CodeTable) -> torch.Tensor:
+        """The tensor as stored: what a device that kept only this packed form would run."""
         group = self.group
         codes = unpack_codes(self.codes.tobytes(), group.channels)
         rows = np.zeros((group.channels, group.elements), dtype=np.float32)
@@ -175,10 +177,18 @@ class PreparedModel:
             self._levels[group.name] = by_bits
             errors.append(torch.stack(group_errors, dim=1))
         self.errors = torch.cat(errors).numpy().astype(np.float64)  # (C, Q) squared error
+        # Dequantizing a strategy is then one gather per tensor (the device's hot path); the
+        # packed form `quantize` also builds dequantizes to exactly these rows.
+        self._candidates = {g.name: self._dequantized_candidates(g) for g in self.channels.groups}
+        self._channel_index = {g.name: torch.arange(g.channels) for g in self.channels.groups}
         self._work = copy.deepcopy(frozen).eval()
 
     def candidate_rows(self, group: ChannelGroup) -> torch.Tensor:
-        """(Q, C_l, K_l) dequantized rows of `group` at every code (code 0: zeros)."""
+        """(Q, C_l, K_l) dequantized rows of `group` at every code (code 0: zeros); shared, so
+        read-only."""
+        return self._candidates[group.name]
+
+    def _dequantized_candidates(self, group: ChannelGroup) -> torch.Tensor:
         rows = torch.zeros(len(self.table.bits), group.channels, group.elements)
         for code, bits in enumerate(self.table.bits):
             if bits:
@@ -216,9 +226,12 @@ class PreparedModel:
         tensors = {}
         with torch.no_grad():
             for group in self.channels.groups:
-                tensor = self._pack(group, codes[group.codes])
-                params[group.name].copy_(tensor.dequantize(self.table))
-                tensors[group.name] = tensor
+                group_codes = codes[group.codes]
+                tensors[group.name] = self._pack(group, group_codes)
+                # int64, because torch reads a uint8 index as a mask.
+                code_index = torch.from_numpy(group_codes.astype(np.int64))
+                rows = self._candidates[group.name][code_index, self._channel_index[group.name]]
+                params[group.name].copy_(rows_to_tensor(rows, group))
         model.unavailable = self.unavailable_items(codes)
         return QuantizedModel(model.eval(), tensors, self.channels, self.table, codes)
 
