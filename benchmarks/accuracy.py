@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from results_file import append_row, read_rows
 
+from chord_fl.cli import parse_literal
 from chord_fl.cloud import tier_budgets
 from chord_fl.comparators import CHORD_VARIANTS, METHODS, CloudModels
 from chord_fl.devices import DEFAULT_FLEET, Fleet, Tier
+from chord_fl.errors import ConfigError
 from chord_fl.experiment import (
     INITS,
     Setup,
@@ -89,7 +91,9 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
         train_seconds = {}
         for method in args.methods:
             if method in CHORD_VARIANTS:
-                config = HyperTrainConfig(epochs=args.hypernet_epochs, seed=seed)
+                config = HyperTrainConfig(
+                    epochs=args.hypernet_epochs, seed=seed, **args.hypernet_options
+                )
                 net, fit = train_hypernet(
                     prepared, split, DEFAULT_FLEET, CHORD_VARIANTS[method], config
                 )
@@ -113,6 +117,7 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
                     users=len(users),
                     eval_seconds=round(time.perf_counter() - start, 2),
                     hypernet_seconds=round(train_seconds.get(method, 0.0), 2),
+                    hypernet_options=args.hypernet_options,
                     machine=machine_line(),
                 )
                 append_row(results, row)
@@ -209,6 +214,24 @@ def paired_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def hypernet_options(parser: argparse.ArgumentParser, pairs: list[str]) -> dict:
+    fields = set(HyperTrainConfig.__dataclass_fields__) - {"epochs", "seed"}
+    options = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        key = key.replace("-", "_")
+        if key not in fields or not value:
+            parser.error(
+                f"--hypernet {pair!r}: expected KEY=VALUE with KEY one of {sorted(fields)}"
+            )
+        options[key] = parse_literal(value)
+    try:
+        HyperTrainConfig(**options)  # a bad value fails here, before anything is trained
+    except (ConfigError, TypeError) as error:
+        parser.error(f"--hypernet: {error}")
+    return options
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["ml-100k"])
@@ -220,11 +243,19 @@ def main() -> None:
     parser.add_argument("--pruned-items", choices=("exclude", "zero"), default="exclude")
     parser.add_argument("--hypernet-epochs", type=int, default=4)
     parser.add_argument("--eval-users", type=int, default=1000, help="test users per data set")
+    parser.add_argument(
+        "--hypernet",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="hypernetwork training options (HyperTrainConfig fields), e.g. objective=distill",
+    )
     parser.add_argument("--data-dir")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--results", default="benchmarks/results/accuracy.jsonl")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
+    args.hypernet_options = hypernet_options(parser, args.hypernet)
     if args.threads:
         torch.set_num_threads(args.threads)
     results = Path(args.results)

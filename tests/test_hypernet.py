@@ -71,8 +71,22 @@ def test_relaxed_codes_spend_the_budget_and_pass_gradients(prepared):
     # Flat importances: nothing is worth more bytes, and the relaxation never overspends.
     flat = soft_codes(torch.full((1, prepared.channels.channels), 1e-3), error, cost, budget[-1:])
     assert (flat * cost).sum() <= budget[-1] * 1.001
-    spent.sum().backward()
-    assert importance.grad is not None and importance.grad.abs().sum() > 0
+
+    def gradients(implicit: bool) -> tuple[float, float]:
+        """|d spent / d importance| and |d P(top code) / d importance|."""
+        leaf = importance.detach().requires_grad_()
+        relaxed = soft_codes(leaf, error, cost, budget, implicit=implicit)
+        (spent,) = torch.autograd.grad((relaxed * cost).sum(), leaf, retain_graph=True)
+        (top,) = torch.autograd.grad(relaxed[..., -1].sum(), leaf)
+        return spent.abs().sum().item(), top.abs().sum().item()
+
+    # With the multiplier held constant the gradient sees precision as free; differentiated
+    # implicitly, the binding budget holds to first order and only its split moves.
+    constant_spent, constant_top = gradients(implicit=False)
+    implicit_spent, implicit_top = gradients(implicit=True)
+    assert constant_top > 0 and implicit_top > 0
+    assert implicit_spent < 1e-3 * implicit_top * cost.max().item()
+    assert constant_spent > 100 * implicit_spent
 
 
 def test_sensitivity_and_evaluation_agree_with_the_frozen_model(prepared):
@@ -102,12 +116,48 @@ def test_issued_codes_fit_every_budget(prepared):
     ).all()
 
 
-def test_chord_end_to_end_beats_random_codes_on_synthetic_data():
+def synthetic_backbone():
     data = synthetic_dataset(seed=2, num_users=150, num_items=80)
     split = make_split(data, rounds=1)
     backbone = build_backbone("sasrec", data.num_items, hidden=16, max_len=20)
     fit(backbone, split, TrainConfig(epochs=15, lr=5e-3, num_negatives=20, patience=15), False)
-    prepared = PreparedModel(backbone.eval())
+    return split, backbone.eval()
+
+
+def test_training_options_distill_implicit_budget_and_frozen_item_head():
+    with pytest.raises(ConfigError, match="objective"):
+        HyperTrainConfig(objective="mse")
+    split, backbone = synthetic_backbone()
+    prepared = PreparedModel(backbone)
+    config = HyperTrainConfig(
+        epochs=1,
+        eval_users=50,
+        users_per_epoch=64,
+        objective="distill",
+        implicit_budget=True,
+        freeze_item_head=True,
+    )
+    torch.manual_seed(config.seed)
+    untrained = ChordHyperNet(backbone, prepared.channels, backbone.hidden_size).state_dict()
+    net, result = train_hypernet(prepared, split, DEFAULT_FLEET, config=config, progress=False)
+    assert np.isfinite(result.history[1]["loss"]) and result.history[1]["loss"] >= 0  # a KL
+    item_head = prepared.channels.groups.index(prepared.item_group)
+    # Whichever epoch selection keeps, the item head is the initialisation and nothing else is.
+    trained = ChordHyperNet(backbone, prepared.channels, backbone.hidden_size)
+    trained.load_state_dict(untrained)
+    moved = {}
+    for name, value in net.state_dict().items():
+        moved[name] = not torch.equal(value, trained.state_dict()[name])
+    assert not any(moved[n] for n in moved if n.startswith(f"heads.{item_head}."))
+    assert not any(p.requires_grad for p in net.heads[item_head].parameters())
+    assert all(p.requires_grad for p in net.heads[item_head - 1].parameters())
+    if result.best_epoch > 0:
+        assert any(moved.values())
+
+
+def test_chord_end_to_end_beats_random_codes_on_synthetic_data():
+    split, backbone = synthetic_backbone()
+    prepared = PreparedModel(backbone)
     net, result = train_hypernet(
         prepared,
         split,

@@ -3,8 +3,11 @@
 The allocator minimises sum_c imp_c * err_c(q_c) subject to sum_c cost_c(q_c) <= budget. Its
 Lagrangian splits per channel: each channel picks the code minimising imp_c err_c(q) + mu cost_c(q).
 Relaxed, each channel gets a softmax over codes of -(imp err + mu cost) / temperature, with mu set
-by bisection so that the expected cost meets the budget. Gradients flow to the importances only
-(mu is treated as a constant, as in a dual step).
+by bisection so that the expected cost meets the budget. By default gradients flow to the
+importances only (mu is treated as a constant, as in a dual step), so the gradient sees extra
+precision as free; with `implicit=True` they also flow through mu, by implicit differentiation of
+the budget constraint: raising some channels' importance raises mu and lowers every other
+channel's expected precision, as the hard allocator would.
 """
 
 from __future__ import annotations
@@ -51,7 +54,22 @@ def soft_codes(
     cost: torch.Tensor,
     budget: torch.Tensor,
     temperature: float = 1.0,
+    implicit: bool = False,
 ) -> torch.Tensor:
     """(B, C, Q) differentiable code probabilities that spend about `budget` bytes each."""
     mu = budget_multiplier(importance.detach(), error, cost, budget, temperature)
+    probabilities = _probabilities(importance, error, cost, mu, temperature)
+    if not implicit:
+        return probabilities
+    spent = (probabilities * cost).sum((-1, -2))
+    with torch.no_grad():
+        # d spent / d mu = -(1/T) sum_c Var_q(cost), under the current probabilities.
+        mean = (probabilities * cost).sum(-1)
+        variance = (probabilities * cost**2).sum(-1) - mean**2
+        slope = -variance.sum(-1) / temperature
+        binding = (mu > 0) & (slope < 0)
+        safe_slope = torch.where(binding, slope, torch.ones_like(slope))
+    # Equal to mu in value; its gradient is d mu / d importance = -(d spent / d importance) / slope.
+    step = (spent - spent.detach()) / safe_slope
+    mu = mu - torch.where(binding, step, torch.zeros_like(step))
     return _probabilities(importance, error, cost, mu, temperature)

@@ -32,6 +32,7 @@ from chord_fl.quant.channels import rows_to_tensor
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.train import FitResult
 
+OBJECTIVES = ("next-item", "distill")
 EXCLUDED_PENALTY = 20.0  # logits; exp(-20) ~ 2e-9, so an excluded item's probability vanishes
 
 
@@ -50,6 +51,14 @@ class HyperTrainConfig:
     select_metric: str = "ndcg@10"
     seed: int = 0
     profile_window: int = 0  # items the device's profile encodes (0: the backbone's max_len)
+    # "next-item": cross-entropy of the history's next item; "distill": KL divergence from the
+    # frozen fp32 model's distribution over all items for the same window.
+    objective: str = "next-item"
+    # Differentiate the budget multiplier implicitly (`relax.soft_codes`).
+    implicit_budget: bool = False
+    # Keep the item table's head at its initialisation: the frozen model's own relevance of each
+    # item to the profile.
+    freeze_item_head: bool = False
 
     def __post_init__(self) -> None:
         require_positive(
@@ -57,11 +66,13 @@ class HyperTrainConfig:
         )
         if self.lr <= 0 or self.temperature <= 0:
             raise ConfigError("lr and temperature must be > 0")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}")
         if self.select_metric not in METRICS:
             raise ConfigError(f"select_metric must be one of {', '.join(METRICS)}")
 
 
-class _Relaxation:
+class Relaxation:
     """Everything about the frozen model that a training step reuses: costs, errors, levels."""
 
     def __init__(self, prepared: PreparedModel) -> None:
@@ -80,7 +91,9 @@ class _Relaxation:
         config: HyperTrainConfig,
     ) -> torch.Tensor:
         budget = torch.tensor(channel_budget, dtype=torch.float32)
-        probabilities = soft_codes(importance, self.error, self.cost, budget, config.temperature)
+        probabilities = soft_codes(
+            importance, self.error, self.cost, budget, config.temperature, config.implicit_budget
+        )
         hard = None
         if config.straight_through:
             hard = issue_codes(
@@ -89,6 +102,10 @@ class _Relaxation:
                 channel_budget + self.prepared.channels.fixed_bytes,
             )
         frozen = self.prepared.frozen
+        teacher = None
+        if config.objective == "distill":
+            with torch.no_grad():  # column 0 is padding (-inf in both models)
+                teacher = F.log_softmax(frozen(seqs)[:, 1:], dim=1)
         losses = []
         for row in range(len(seqs)):
             weights = {}
@@ -111,13 +128,19 @@ class _Relaxation:
                     hard_pruned = torch.from_numpy(hard[row, item_group.codes] == 0).float()
                     pruned = hard_pruned + pruned - pruned.detach()
                 scores = scores - EXCLUDED_PENALTY * pruned
-            losses.append(F.cross_entropy(scores, targets[row : row + 1]))
+            if teacher is None:
+                losses.append(F.cross_entropy(scores, targets[row : row + 1]))
+            else:
+                student = F.log_softmax(scores[:, 1:], dim=1)
+                losses.append(
+                    F.kl_div(student, teacher[row : row + 1], log_target=True, reduction="sum")
+                )
         spent = (probabilities * self.cost).sum((1, 2))
         overspend = F.relu(spent / budget.clamp_min(1.0) - 1.0).mean()
         return torch.stack(losses).mean() + config.budget_penalty * overspend
 
 
-def _training_examples(
+def training_examples(
     histories: list[np.ndarray], users: np.ndarray, positions: int, rng: np.random.Generator
 ) -> tuple[list[np.ndarray], np.ndarray]:
     windows, targets = [], []
@@ -141,7 +164,7 @@ def train_hypernet(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     frozen = prepared.frozen.eval().requires_grad_(False)
-    relaxation = _Relaxation(prepared)
+    relaxation = Relaxation(prepared)
     budgets = tier_budgets(fleet, prepared.channels)
     shares = np.array([tier.share for tier in fleet.tiers], dtype=np.float64)
     shares /= shares.sum()
@@ -155,7 +178,11 @@ def train_hypernet(
     validation_profiles = torch.from_numpy(encode_profiles(frozen, validation_windows, window))
 
     hypernet = ChordHyperNet(frozen, prepared.channels, frozen.hidden_size, net_config)
-    optimizer = torch.optim.Adam(hypernet.parameters(), lr=config.lr)
+    if config.freeze_item_head and prepared.item_group is not None:
+        item_head = prepared.channels.groups.index(prepared.item_group)
+        hypernet.heads[item_head].requires_grad_(False)
+    trained = [parameter for parameter in hypernet.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.Adam(trained, lr=config.lr)
 
     def validate() -> float:
         hypernet.eval()
@@ -177,7 +204,7 @@ def train_hypernet(
         losses = []
         for begin in range(0, len(order), config.batch_users):
             users = order[begin : begin + config.batch_users]
-            windows, targets = _training_examples(histories, users, config.positions, rng)
+            windows, targets = training_examples(histories, users, config.positions, rng)
             profiles = torch.from_numpy(encode_profiles(frozen, windows, window))
             tiers = rng.choice(len(shares), size=len(users), p=shares)
             channel_budget = budgets[tiers] - prepared.channels.fixed_bytes

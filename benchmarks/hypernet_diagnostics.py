@@ -1,0 +1,164 @@
+"""Why hypernetwork training does not improve on its initialisation: measured, step by step.
+
+1. Relaxation against allocator: at the untrained hypernetworks' importances, how far the relaxed
+   code probabilities used for gradients are from the hard codes the allocator issues (entropy,
+   agreement of the most probable code, probability of the issued code), per temperature; and
+   whether the gradient sees the budget (the gradient of expected spending with respect to the
+   importances, with the multiplier held constant or differentiated implicitly).
+2. Training settings side by side, each from the same initialisation and the same batches: the
+   training loss, the share of item rows the issued codes prune, the share of training targets
+   among them, and validation NDCG@10 (full ranking, every user) before and after the steps.
+
+    python benchmarks/hypernet_diagnostics.py --dataset ml-100k --backbone sasrec --steps 60
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
+from chord_fl.data.split import VALIDATION, pad_left
+from chord_fl.devices import DEFAULT_FLEET, assign_tiers
+from chord_fl.experiment import Setup, load_backbone, load_split
+from chord_fl.hypernet.networks import ChordHyperNet
+from chord_fl.hypernet.profile import encode_profiles
+from chord_fl.hypernet.relax import soft_codes
+from chord_fl.hypernet.training import HyperTrainConfig, Relaxation, training_examples
+from chord_fl.machine import machine_line
+from chord_fl.quant.quantizer import PreparedModel
+
+SETTINGS = {
+    "default": {},
+    "implicit budget": {"implicit_budget": True},
+    "temperature 0.01": {"temperature": 0.01},
+    "distill": {"objective": "distill"},
+    "frozen item head": {"freeze_item_head": True},
+    "all four": {
+        "implicit_budget": True,
+        "temperature": 0.01,
+        "objective": "distill",
+        "freeze_item_head": True,
+    },
+}
+
+
+def relaxation_report(relaxation: Relaxation, importance: torch.Tensor, budgets: np.ndarray):
+    prepared = relaxation.prepared
+    hard = torch.from_numpy(issue_codes(prepared, importance.numpy(), budgets).astype(np.int64))
+    channel_budget = torch.tensor(budgets - prepared.channels.fixed_bytes, dtype=torch.float32)
+    for temperature in (1.0, 0.1, 0.01):
+        p = soft_codes(importance, relaxation.error, relaxation.cost, channel_budget, temperature)
+        entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
+        agree = (p.argmax(-1) == hard).float().mean()
+        issued = p.gather(-1, hard[..., None]).mean()
+        print(
+            f"  temperature {temperature:<5g} entropy {entropy:.3f} nats "
+            f"(uniform {np.log(4):.3f}), "
+            f"most probable code = issued code for {agree:.1%} of channels, "
+            f"probability of the issued code {issued:.3f}"
+        )
+    for implicit in (False, True):
+        leaf = importance.clone().requires_grad_()
+        p = soft_codes(leaf, relaxation.error, relaxation.cost, channel_budget, 1.0, implicit)
+        (spent,) = torch.autograd.grad((p * relaxation.cost).sum(), leaf, retain_graph=True)
+        (top,) = torch.autograd.grad(p[..., -1].sum(), leaf)
+        print(
+            f"  multiplier {'implicit' if implicit else 'constant'}: |d spent / d importance| = "
+            f"{spent.abs().sum():.3g} bytes against |d P(8-bit) / d importance| = "
+            f"{top.abs().sum():.3g}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--backbone", default="sasrec")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--report-every", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=HyperTrainConfig().lr)
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {machine_line()}")
+
+    setup = Setup(args.dataset, args.backbone, args.data_dir, rounds=1)
+    split = load_split(setup)
+    prepared = PreparedModel(load_backbone(setup, split))
+    frozen = prepared.frozen.eval().requires_grad_(False)
+    relaxation = Relaxation(prepared)
+    budgets = tier_budgets(DEFAULT_FLEET, prepared.channels)
+    device_budgets = budgets[assign_tiers(DEFAULT_FLEET, len(split), 0)]
+    validation_windows = split.windows(VALIDATION)
+    validation_targets = split.targets(VALIDATION)
+    validation_profiles = torch.from_numpy(encode_profiles(frozen, validation_windows))
+
+    def validation_ndcg(net: ChordHyperNet) -> float:
+        with torch.no_grad():
+            codes = issue_codes(prepared, net(validation_profiles).numpy(), device_budgets)
+        metrics = evaluate_codes(prepared, validation_windows, validation_targets, codes)
+        return float(metrics["full"]["ndcg@10"].mean())
+
+    torch.manual_seed(0)
+    initial = ChordHyperNet(frozen, prepared.channels, frozen.hidden_size).eval()
+    print(f"\n1. Relaxation against allocator ({args.dataset}, {args.backbone}, untrained):")
+    with torch.no_grad():
+        importance = initial(validation_profiles[:256])
+    relaxation_report(relaxation, importance, device_budgets[:256])
+
+    print(f"\n2. {args.steps} training steps of 32 users each, lr {args.lr}, same batches:")
+    start = validation_ndcg(initial)
+    item_group = prepared.item_group
+    item_head = prepared.channels.groups.index(item_group)
+    shares = np.array([tier.share for tier in DEFAULT_FLEET.tiers])
+    histories = split.histories()
+    for name in args.settings:
+        config = replace(HyperTrainConfig(lr=args.lr), **SETTINGS[name])
+        net = ChordHyperNet(frozen, prepared.channels, frozen.hidden_size)
+        net.load_state_dict(initial.state_dict())
+        if config.freeze_item_head:
+            net.heads[item_head].requires_grad_(False)
+        trainable = [p for p in net.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(trainable, lr=config.lr)
+        rng = np.random.default_rng(0)
+        print(f"  {name}:")
+        for step in range(1, args.steps + 1):
+            users = rng.permutation(len(histories))[: config.batch_users]
+            windows, targets = training_examples(histories, users, config.positions, rng)
+            profiles = torch.from_numpy(encode_profiles(frozen, windows))
+            tiers = rng.choice(len(shares), size=len(users), p=shares / shares.sum())
+            channel_budget = (budgets[tiers] - prepared.channels.fixed_bytes).astype(np.float64)
+            net.train()
+            importance = net(profiles)
+            seqs = torch.from_numpy(pad_left(windows, frozen.max_len))
+            loss = relaxation.loss(
+                importance, channel_budget, seqs, torch.from_numpy(targets), config
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step % args.report_every == 0:
+                codes = issue_codes(
+                    prepared,
+                    importance.detach().numpy(),
+                    channel_budget + prepared.channels.fixed_bytes,
+                )
+                item_codes = codes[:, item_group.codes]
+                pruned_targets = (item_codes[np.arange(len(targets)), targets] == 0).mean()
+                print(
+                    f"    step {step:>4}: loss {loss.item():.4f}, item rows pruned "
+                    f"{(item_codes == 0).mean():.1%}, training targets pruned {pruned_targets:.1%}"
+                )
+        print(
+            f"    validation NDCG@10 (full, {len(validation_targets)} users): "
+            f"{start:.4f} untrained -> {validation_ndcg(net.eval()):.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
