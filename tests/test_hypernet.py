@@ -124,12 +124,23 @@ def synthetic_backbone():
     return split, backbone.eval()
 
 
+def train_quietly(prepared, split, **options):
+    config = HyperTrainConfig(**options)
+    return train_hypernet(prepared, split, DEFAULT_FLEET, config=config, progress=False)
+
+
 def test_training_options_distill_implicit_budget_and_frozen_item_head():
     with pytest.raises(ConfigError, match="objective"):
         HyperTrainConfig(objective="mse")
+    with pytest.raises(ConfigError, match="epochs"):
+        HyperTrainConfig(epochs=-1)
     split, backbone = synthetic_backbone()
     prepared = PreparedModel(backbone)
-    config = HyperTrainConfig(
+    torch.manual_seed(HyperTrainConfig().seed)  # as train_hypernet seeds its initialisation
+    untrained = ChordHyperNet(backbone, prepared.channels, backbone.hidden_size).state_dict()
+    net, result = train_quietly(
+        prepared,
+        split,
         epochs=1,
         eval_users=50,
         users_per_epoch=64,
@@ -137,34 +148,27 @@ def test_training_options_distill_implicit_budget_and_frozen_item_head():
         implicit_budget=True,
         freeze_item_head=True,
     )
-    torch.manual_seed(config.seed)
-    untrained = ChordHyperNet(backbone, prepared.channels, backbone.hidden_size).state_dict()
-    net, result = train_hypernet(prepared, split, DEFAULT_FLEET, config=config, progress=False)
     assert np.isfinite(result.history[1]["loss"]) and result.history[1]["loss"] >= 0  # a KL
     item_head = prepared.channels.groups.index(prepared.item_group)
-    # Whichever epoch selection keeps, the item head is the initialisation and nothing else is.
-    trained = ChordHyperNet(backbone, prepared.channels, backbone.hidden_size)
-    trained.load_state_dict(untrained)
-    moved = {}
-    for name, value in net.state_dict().items():
-        moved[name] = not torch.equal(value, trained.state_dict()[name])
+    # Whichever epoch selection keeps, the item head is the initialisation.
+    moved = {
+        name: not torch.equal(value, untrained[name]) for name, value in net.state_dict().items()
+    }
     assert not any(moved[n] for n in moved if n.startswith(f"heads.{item_head}."))
     assert not any(p.requires_grad for p in net.heads[item_head].parameters())
     assert all(p.requires_grad for p in net.heads[item_head - 1].parameters())
     if result.best_epoch > 0:
         assert any(moved.values())
+    # No epochs: the untrained initialisation, validated once.
+    initial, fit0 = train_quietly(prepared, split, epochs=0, eval_users=50)
+    assert [h["epoch"] for h in fit0.history] == [0]
+    assert all(torch.equal(v, untrained[k]) for k, v in initial.state_dict().items())
 
 
 def test_chord_end_to_end_beats_random_codes_on_synthetic_data():
     split, backbone = synthetic_backbone()
     prepared = PreparedModel(backbone)
-    net, result = train_hypernet(
-        prepared,
-        split,
-        DEFAULT_FLEET,
-        config=HyperTrainConfig(epochs=2, eval_users=150),
-        progress=False,
-    )
+    net, result = train_quietly(prepared, split, epochs=2, eval_users=150)
     assert [h["epoch"] for h in result.history] == [0, 1, 2]
     assert np.isfinite(result.history[-1]["loss"])
     cloud = CloudModels(prepared, {"chord": net})

@@ -62,8 +62,12 @@ class HyperTrainConfig:
 
     def __post_init__(self) -> None:
         require_positive(
-            self, "epochs", "batch_users", "positions", "patience", "eval_users", "users_per_epoch"
+            self, "batch_users", "positions", "patience", "eval_users", "users_per_epoch"
         )
+        if self.epochs < 0:
+            raise ConfigError(
+                f"epochs must be >= 0 (0: the untrained initialisation), got {self.epochs}"
+            )
         if self.lr <= 0 or self.temperature <= 0:
             raise ConfigError("lr and temperature must be > 0")
         if self.objective not in OBJECTIVES:
