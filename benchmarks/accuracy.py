@@ -16,6 +16,7 @@ less noisy than the gap between two means.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -69,7 +70,9 @@ def paired_rows(ndcg: dict[tuple[float, str], list[dict[str, np.ndarray]]]) -> l
             for protocol in ours[0]:
                 pairs = zip(ours, theirs, strict=True)
                 differences = np.mean([a[protocol] - b[protocol] for a, b in pairs], axis=0)
-                error = differences.std(ddof=1) / np.sqrt(len(differences))
+                error = None
+                if len(differences) > 1:
+                    error = float(differences.std(ddof=1) / np.sqrt(len(differences)))
                 row[protocol] = {"difference": float(differences.mean()), "standard_error": error}
             rows.append(row)
     return rows
@@ -129,7 +132,8 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
                 )
     for row in paired_rows(ndcg):
         row.update(dataset=dataset, backbone=backbone, init=args.init, users=len(users))
-        row.update(pruned_items=args.pruned_items, machine=machine_line())
+        row.update(pruned_items=args.pruned_items, hypernet_options=args.hypernet_options)
+        row["machine"] = machine_line()
         append_row(paired_path(results), row)
 
 
@@ -193,9 +197,10 @@ def paired_table(rows: list[dict]) -> str:
     latest = {}
     for row in rows:
         key = (row["dataset"], row["backbone"], row["init"], row["budget_bits"], row["method"])
-        latest[(*key, row["versus"])] = row
+        setting = (row["pruned_items"], json.dumps(row.get("hypernet_options", {}), sort_keys=True))
+        latest[(*key, row["versus"], *setting)] = row
     lines = [
-        "| data set / backbone / init | budget | CHORD variant minus | seeds | devices | "
+        "| data set / backbone / init / setting | budget | CHORD variant minus | seeds | devices | "
         "NDCG@10 full: difference ± s.e. (z) | sampled |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -205,10 +210,14 @@ def paired_table(rows: list[dict]) -> str:
         for protocol in ("full", "sampled"):
             difference = row[protocol]["difference"]
             error = row[protocol]["standard_error"]
-            z = f"{difference / error:+.1f}" if error else "-"
-            cells.append(f"{difference:+.4f} ± {error:.4f} ({z})")
+            if error:
+                cells.append(f"{difference:+.4f} ± {error:.4f} ({difference / error:+.1f})")
+            else:
+                cells.append(f"{difference:+.4f}")
+        options = ", ".join(f"{k}={v}" for k, v in row.get("hypernet_options", {}).items())
+        setting = " / ".join(filter(None, (*key[:3], row["pruned_items"], options)))
         lines.append(
-            f"| {' / '.join(key[:3])} | {key[3]:g} bits | {key[4]} minus {key[5]} | "
+            f"| {setting} | {key[3]:g} bits | {key[4]} minus {key[5]} | "
             f"{row['seeds']} | {row['users']} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -27,7 +28,12 @@ from chord_fl.experiment import Setup, load_backbone, load_split
 from chord_fl.hypernet.networks import ChordHyperNet
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.relax import soft_codes
-from chord_fl.hypernet.training import HyperTrainConfig, Relaxation, training_examples
+from chord_fl.hypernet.training import (
+    HyperTrainConfig,
+    Relaxation,
+    item_head_index,
+    training_examples,
+)
 from chord_fl.machine import machine_line
 from chord_fl.quant.quantizer import PreparedModel
 
@@ -46,7 +52,9 @@ SETTINGS = {
 }
 
 
-def relaxation_report(relaxation: Relaxation, importance: torch.Tensor, budgets: np.ndarray):
+def relaxation_report(
+    relaxation: Relaxation, importance: torch.Tensor, budgets: np.ndarray
+) -> None:
     prepared = relaxation.prepared
     hard = torch.from_numpy(issue_codes(prepared, importance.numpy(), budgets).astype(np.int64))
     channel_budget = torch.tensor(budgets - prepared.channels.fixed_bytes, dtype=torch.float32)
@@ -71,6 +79,33 @@ def relaxation_report(relaxation: Relaxation, importance: torch.Tensor, budgets:
             f"{spent.abs().sum():.3g} bytes against |d P(8-bit) / d importance| = "
             f"{top.abs().sum():.3g}"
         )
+
+
+def batch_step(
+    net: ChordHyperNet,
+    optimizer: torch.optim.Optimizer,
+    relaxation: Relaxation,
+    config: HyperTrainConfig,
+    batch: tuple[list[np.ndarray], np.ndarray, np.ndarray],
+    update: bool,
+) -> tuple[float, float]:
+    """One batch: its loss (after an update step when `update`) and the share of its targets
+    whose item row the issued codes prune."""
+    prepared = relaxation.prepared
+    frozen = prepared.frozen
+    windows, targets, channel_budget = batch
+    net.train(update)
+    importance = net(torch.from_numpy(encode_profiles(frozen, windows)))
+    seqs = torch.from_numpy(pad_left(windows, frozen.max_len))
+    loss = relaxation.loss(importance, channel_budget, seqs, torch.from_numpy(targets), config)
+    if update:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    total = channel_budget + prepared.channels.fixed_bytes
+    codes = issue_codes(prepared, importance.detach().numpy(), total)
+    pruned = codes[:, prepared.item_group.codes][np.arange(len(targets)), targets] == 0
+    return loss.item(), float(pruned.mean())
 
 
 def main() -> None:
@@ -111,49 +146,45 @@ def main() -> None:
         importance = initial(validation_profiles[:256])
     relaxation_report(relaxation, importance, device_budgets[:256])
 
-    print(f"\n2. {args.steps} training steps of 32 users each, lr {args.lr}, same batches:")
+    print(
+        f"\n2. {args.steps} training steps, lr {args.lr}, the same batches for every setting; each "
+        f"line averages {args.report_every} batches (step 0: the untrained hypernetworks on the "
+        f"first {args.report_every}, without updates):"
+    )
     start = validation_ndcg(initial)
-    item_group = prepared.item_group
-    item_head = prepared.channels.groups.index(item_group)
+    item_head = item_head_index(prepared)
     shares = np.array([tier.share for tier in DEFAULT_FLEET.tiers])
     histories = split.histories()
+    defaults = HyperTrainConfig(lr=args.lr)
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(args.steps):
+        users = rng.permutation(len(histories))[: defaults.batch_users]
+        windows, targets = training_examples(histories, users, defaults.positions, rng)
+        tiers = rng.choice(len(shares), size=len(users), p=shares / shares.sum())
+        channel_budget = (budgets[tiers] - prepared.channels.fixed_bytes).astype(np.float64)
+        batches.append((windows, targets, channel_budget))
     for name in args.settings:
-        config = replace(HyperTrainConfig(lr=args.lr), **SETTINGS[name])
+        config = replace(defaults, **SETTINGS[name])
         net = ChordHyperNet(frozen, prepared.channels, frozen.hidden_size)
         net.load_state_dict(initial.state_dict())
         if config.freeze_item_head:
             net.heads[item_head].requires_grad_(False)
-        trainable = [p for p in net.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(trainable, lr=config.lr)
-        rng = np.random.default_rng(0)
+        optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=args.lr)
         print(f"  {name}:")
-        for step in range(1, args.steps + 1):
-            users = rng.permutation(len(histories))[: config.batch_users]
-            windows, targets = training_examples(histories, users, config.positions, rng)
-            profiles = torch.from_numpy(encode_profiles(frozen, windows))
-            tiers = rng.choice(len(shares), size=len(users), p=shares / shares.sum())
-            channel_budget = (budgets[tiers] - prepared.channels.fixed_bytes).astype(np.float64)
-            net.train()
-            importance = net(profiles)
-            seqs = torch.from_numpy(pad_left(windows, frozen.max_len))
-            loss = relaxation.loss(
-                importance, channel_budget, seqs, torch.from_numpy(targets), config
+        block = args.report_every
+        run_batch = partial(batch_step, net, optimizer, relaxation, config)
+        blocks = [(0, [run_batch(batch, update=False) for batch in batches[:block]])]
+        for first in range(0, args.steps, block):
+            blocks.append(
+                (first + block, [run_batch(b, True) for b in batches[first : first + block]])
             )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if step % args.report_every == 0:
-                codes = issue_codes(
-                    prepared,
-                    importance.detach().numpy(),
-                    channel_budget + prepared.channels.fixed_bytes,
-                )
-                item_codes = codes[:, item_group.codes]
-                pruned_targets = (item_codes[np.arange(len(targets)), targets] == 0).mean()
-                print(
-                    f"    step {step:>4}: loss {loss.item():.4f}, item rows pruned "
-                    f"{(item_codes == 0).mean():.1%}, training targets pruned {pruned_targets:.1%}"
-                )
+        for step, results in blocks:
+            losses, pruned = zip(*results, strict=True)
+            print(
+                f"    step {step:>4}: loss {np.mean(losses):.4f}, training targets pruned "
+                f"{np.mean(pruned):.1%} of {len(pruned) * config.batch_users}"
+            )
         print(
             f"    validation NDCG@10 (full, {len(validation_targets)} users): "
             f"{start:.4f} untrained -> {validation_ndcg(net.eval()):.4f}"

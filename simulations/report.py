@@ -168,7 +168,7 @@ def paired_rows(reference_dir: RunDir, other_dirs: Sequence[RunDir]) -> list[dic
             for key in ours.keys() & theirs.keys():
                 by_device[key[1]].append(ours[key] - theirs[key])
             differences = [fmean(values) for values in by_device.values()]
-            row["devices"] = len(differences)
+            row[f"{metric}_devices"] = len(differences)
             mean = fmean(differences) if differences else None
             error = stdev(differences) / len(differences) ** 0.5 if len(differences) > 1 else None
             row[f"{reference}_minus_{metric}"] = mean

@@ -10,7 +10,7 @@ from chord_fl.errors import ConfigError
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.relax import soft_codes
-from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
+from chord_fl.hypernet.training import HyperTrainConfig, item_head_index, train_hypernet
 from chord_fl.models import build_backbone, seeded_backbone
 from chord_fl.quant.allocation import codes_cost
 from chord_fl.quant.quantizer import PreparedModel
@@ -149,7 +149,7 @@ def test_training_options_distill_implicit_budget_and_frozen_item_head():
         freeze_item_head=True,
     )
     assert np.isfinite(result.history[1]["loss"]) and result.history[1]["loss"] >= 0  # a KL
-    item_head = prepared.channels.groups.index(prepared.item_group)
+    item_head = item_head_index(prepared)
     # Whichever epoch selection keeps, the item head is the initialisation.
     moved = {
         name: not torch.equal(value, untrained[name]) for name, value in net.state_dict().items()
@@ -159,6 +159,9 @@ def test_training_options_distill_implicit_budget_and_frozen_item_head():
     assert all(p.requires_grad for p in net.heads[item_head - 1].parameters())
     if result.best_epoch > 0:
         assert any(moved.values())
+    with pytest.raises(ConfigError, match="item table"):
+        by_columns = PreparedModel(backbone, embedding_axis=1)
+        train_quietly(by_columns, split, epochs=1, eval_users=50, freeze_item_head=True)
     # No epochs: the untrained initialisation, validated once.
     initial, fit0 = train_quietly(prepared, split, epochs=0, eval_users=50)
     assert [h["epoch"] for h in fit0.history] == [0]

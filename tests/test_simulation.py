@@ -175,7 +175,7 @@ def test_plot_command_writes_the_table_ratio_and_figures(runs, tmp_path):
     names = {path.name for path in out.iterdir()}
     assert {"compare.md", "compare.csv", "bytes.png", "ndcg_vs_bytes.png"} <= names
     (paired,) = read_csv(out / "paired-vs-chord.csv")
-    assert paired["strategy"] == "fedavg" and int(paired["devices"]) > 1
+    assert paired["strategy"] == "fedavg" and int(paired["ndcg@10_devices"]) > 1
     ratios = read_csv(out / "downlink-fedavg-over-chord.csv")
     assert [row["round"] for row in ratios][:ROUNDS] == [str(r) for r in range(1, ROUNDS + 1)]
     # FedAvg's downlink carries the weights twice a round; CHORD's a few hundred bytes of codes,

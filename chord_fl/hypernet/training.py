@@ -56,8 +56,8 @@ class HyperTrainConfig:
     objective: str = "next-item"
     # Differentiate the budget multiplier implicitly (`relax.soft_codes`).
     implicit_budget: bool = False
-    # Keep the item table's head at its initialisation: the frozen model's own relevance of each
-    # item to the profile.
+    # Keep the item table's head (all its levels) at its initialisation, the frozen model's own
+    # relevance of each item to the profile; the layer level can still rescale it as a whole.
     freeze_item_head: bool = False
 
     def __post_init__(self) -> None:
@@ -156,6 +156,14 @@ def training_examples(
     return windows, np.asarray(targets, dtype=np.int64)
 
 
+def item_head_index(prepared: PreparedModel) -> int:
+    """Position of the item table (rows = items) among the quantized tensors and their heads."""
+    for index, group in enumerate(prepared.channels.groups):
+        if group.name == prepared.frozen.output_table and group.channel_axis == 0:
+            return index
+    raise ConfigError("the item table is not quantized by rows (embedding_axis 1): no item head")
+
+
 def train_hypernet(
     prepared: PreparedModel,
     split: RoundSplit,
@@ -182,9 +190,8 @@ def train_hypernet(
     validation_profiles = torch.from_numpy(encode_profiles(frozen, validation_windows, window))
 
     hypernet = ChordHyperNet(frozen, prepared.channels, frozen.hidden_size, net_config)
-    if config.freeze_item_head and prepared.item_group is not None:
-        item_head = prepared.channels.groups.index(prepared.item_group)
-        hypernet.heads[item_head].requires_grad_(False)
+    if config.freeze_item_head:
+        hypernet.heads[item_head_index(prepared)].requires_grad_(False)
     trained = [parameter for parameter in hypernet.parameters() if parameter.requires_grad]
     optimizer = torch.optim.Adam(trained, lr=config.lr)
 
