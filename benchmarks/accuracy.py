@@ -41,6 +41,7 @@ from chord_fl.experiment import (
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
 from chord_fl.machine import machine_line
+from chord_fl.metrics import mean_and_standard_error
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.train import evaluation_negatives
 
@@ -70,10 +71,8 @@ def paired_rows(ndcg: dict[tuple[float, str], list[dict[str, np.ndarray]]]) -> l
             for protocol in ours[0]:
                 pairs = zip(ours, theirs, strict=True)
                 differences = np.mean([a[protocol] - b[protocol] for a, b in pairs], axis=0)
-                error = None
-                if len(differences) > 1:
-                    error = float(differences.std(ddof=1) / np.sqrt(len(differences)))
-                row[protocol] = {"difference": float(differences.mean()), "standard_error": error}
+                mean, error = mean_and_standard_error(differences)
+                row[protocol] = {"difference": mean, "standard_error": error}
             rows.append(row)
     return rows
 

@@ -6,6 +6,8 @@ ties (common once channels are pruned) never flatter a model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -35,3 +37,11 @@ def per_user_metrics(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, n
 
 def mean_metrics(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:
     return {name: float(values.mean()) for name, values in per_user_metrics(ranks, ks).items()}
+
+
+def mean_and_standard_error(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and standard error of the mean (None where undefined: no values, or only one)."""
+    array = np.asarray(values, dtype=np.float64)
+    mean = float(array.mean()) if array.size else None
+    error = float(array.std(ddof=1) / np.sqrt(array.size)) if array.size > 1 else None
+    return mean, error

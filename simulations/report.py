@@ -13,10 +13,11 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from statistics import fmean, stdev
+from statistics import fmean
 from typing import Any
 
 from chord_fl.errors import ConfigError
+from chord_fl.metrics import mean_and_standard_error
 from chord_fl.runlog import read_csv
 
 RunDir = str | os.PathLike
@@ -169,8 +170,7 @@ def paired_rows(reference_dir: RunDir, other_dirs: Sequence[RunDir]) -> list[dic
                 by_device[key[1]].append(ours[key] - theirs[key])
             differences = [fmean(values) for values in by_device.values()]
             row[f"{metric}_devices"] = len(differences)
-            mean = fmean(differences) if differences else None
-            error = stdev(differences) / len(differences) ** 0.5 if len(differences) > 1 else None
+            mean, error = mean_and_standard_error(differences)
             row[f"{reference}_minus_{metric}"] = mean
             row[f"{metric}_standard_error"] = error
             row[f"{metric}_z"] = mean / error if mean is not None and error else None

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 
-from chord_fl.data import synthetic_interactions
 from chord_fl.runlog import read_csv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -244,9 +243,7 @@ def _healthy(port: int) -> bool:
 # -- the test ------------------------------------------------------------------------------------
 
 
-def test_two_chord_rounds_on_a_real_superlink_and_three_supernodes(tmp_path, cluster):
-    data = tmp_path / "interactions.csv"
-    synthetic_interactions(num_users=12, num_items=40, seed=0).to_csv(data, index=False)
+def test_two_chord_rounds_on_a_real_superlink_and_three_supernodes(tmp_path, cluster, small_fleet):
     link_port, *node_ports = _free_ports(1 + DEVICES)
 
     (Path(cluster.env["FLWR_HOME"]) / "config.toml").write_text(
@@ -254,17 +251,9 @@ def test_two_chord_rounds_on_a_real_superlink_and_three_supernodes(tmp_path, clu
         f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
     )
     # Absolute paths: the ServerApp runs under the SuperLink, in its working directory.
-    overrides = {
-        "dataset": str(data),
-        "init": "random",
-        "rounds": ROUNDS,
-        "negatives": 10,
-        "hypernet-epochs": 1,
-        "output-dir": str(tmp_path / "runs"),
-        "checkpoint-dir": str(tmp_path / "ck"),
-        "node-wait": 3,
-        "run-name": RUN_NAME,
-    }
+    overrides = small_fleet(
+        tmp_path, 12, 0, ROUNDS, init="random", **{"node-wait": 3, "run-name": RUN_NAME}
+    )
     run_config = tmp_path / "run-config.toml"  # a file: no quoting trouble with odd paths
     run_config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in overrides.items()))
 

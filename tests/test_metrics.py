@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from chord_fl.metrics import mean_metrics, per_user_metrics, pessimistic_ranks
+from chord_fl.metrics import (
+    mean_and_standard_error,
+    mean_metrics,
+    per_user_metrics,
+    pessimistic_ranks,
+)
 
 
 def test_ranks_count_ties_against_the_target():
@@ -30,3 +35,10 @@ def test_hit_rate_and_ndcg_by_hand():
     assert means["hr@10"] == pytest.approx(5 / 6)
     assert means["ndcg@10"] == pytest.approx(np.mean(expected_ndcg10))
     assert list(means) == ["hr@5", "hr@10", "ndcg@5", "ndcg@10"]
+
+
+def test_mean_and_standard_error():
+    assert mean_and_standard_error([]) == (None, None)
+    assert mean_and_standard_error([0.25]) == (0.25, None)
+    mean, error = mean_and_standard_error([0.05, -0.075])
+    assert mean == pytest.approx(-0.0125) and error == pytest.approx(0.0625)
