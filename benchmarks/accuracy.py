@@ -27,22 +27,22 @@ from results_file import append_row, read_rows
 
 from chord_fl.cli import parse_literal
 from chord_fl.cloud import tier_budgets
-from chord_fl.comparators import CHORD_VARIANTS, METHODS, CloudModels
-from chord_fl.devices import DEFAULT_FLEET, Fleet, Tier
 from chord_fl.errors import ConfigError
 from chord_fl.experiment import (
     INITS,
     Setup,
     evaluate_method,
-    global_importance,
     load_backbone,
     load_split,
 )
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
 from chord_fl.machine import machine_line
+from chord_fl.methods import CHORD_VARIANTS, METHODS, Cloud
 from chord_fl.metrics import mean_and_standard_error
 from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.sensitivity import global_sensitivity
+from chord_fl.tiers import DEFAULT_FLEET, Fleet, Tier
 from chord_fl.train import evaluation_negatives
 
 
@@ -86,7 +86,8 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
     targets = split.targets(1)[users]
     negatives = evaluation_negatives(split, 100, seed=0)[users]
     profiles = encode_profiles(prepared.frozen, windows)
-    cloud = CloudModels(prepared, global_importance=global_importance(prepared, split))
+    importance = global_sensitivity(prepared.frozen, prepared.channels, split)
+    cloud = Cloud(prepared, global_importance=importance)
     ndcg: dict[tuple[float, str], list[dict[str, np.ndarray]]] = defaultdict(list)
     for seed in args.seeds:
         torch.manual_seed(seed)

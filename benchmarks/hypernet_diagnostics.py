@@ -23,7 +23,6 @@ import torch
 
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data.split import VALIDATION, pad_left
-from chord_fl.devices import DEFAULT_FLEET, assign_tiers
 from chord_fl.experiment import Setup, load_backbone, load_split
 from chord_fl.hypernet.networks import ChordHyperNet
 from chord_fl.hypernet.profile import encode_profiles
@@ -35,7 +34,9 @@ from chord_fl.hypernet.training import (
     training_examples,
 )
 from chord_fl.machine import machine_line
+from chord_fl.quant.budget import channel_budget
 from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.tiers import DEFAULT_FLEET, assign_tiers
 
 SETTINGS = {
     "default": {},
@@ -57,9 +58,9 @@ def relaxation_report(
 ) -> None:
     prepared = relaxation.prepared
     hard = torch.from_numpy(issue_codes(prepared, importance.numpy(), budgets).astype(np.int64))
-    channel_budget = torch.tensor(budgets - prepared.channels.fixed_bytes, dtype=torch.float32)
+    left = torch.tensor(channel_budget(prepared.channels, budgets), dtype=torch.float32)
     for temperature in (1.0, 0.1, 0.01):
-        p = soft_codes(importance, relaxation.error, relaxation.cost, channel_budget, temperature)
+        p = soft_codes(importance, relaxation.error, relaxation.cost, left, temperature)
         entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
         agree = (p.argmax(-1) == hard).float().mean()
         issued = p.gather(-1, hard[..., None]).mean()
@@ -71,7 +72,7 @@ def relaxation_report(
         )
     for implicit in (False, True):
         leaf = importance.clone().requires_grad_()
-        p = soft_codes(leaf, relaxation.error, relaxation.cost, channel_budget, 1.0, implicit)
+        p = soft_codes(leaf, relaxation.error, relaxation.cost, left, 1.0, implicit)
         (spent,) = torch.autograd.grad((p * relaxation.cost).sum(), leaf, retain_graph=True)
         (top,) = torch.autograd.grad(p[..., -1].sum(), leaf)
         print(
@@ -93,16 +94,16 @@ def batch_step(
     whose item row the issued codes prune."""
     prepared = relaxation.prepared
     frozen = prepared.frozen
-    windows, targets, channel_budget = batch
+    windows, targets, left = batch
     net.train(update)
     importance = net(torch.from_numpy(encode_profiles(frozen, windows)))
     seqs = torch.from_numpy(pad_left(windows, frozen.max_len))
-    loss = relaxation.loss(importance, channel_budget, seqs, torch.from_numpy(targets), config)
+    loss = relaxation.loss(importance, left, seqs, torch.from_numpy(targets), config)
     if update:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    total = channel_budget + prepared.channels.fixed_bytes
+    total = left + prepared.channels.fixed_bytes
     codes = issue_codes(prepared, importance.detach().numpy(), total)
     pruned = codes[:, prepared.item_group.codes][np.arange(len(targets)), targets] == 0
     return loss.item(), float(pruned.mean())
@@ -162,8 +163,8 @@ def main() -> None:
         users = rng.permutation(len(histories))[: defaults.batch_users]
         windows, targets = training_examples(histories, users, defaults.positions, rng)
         tiers = rng.choice(len(shares), size=len(users), p=shares / shares.sum())
-        channel_budget = (budgets[tiers] - prepared.channels.fixed_bytes).astype(np.float64)
-        batches.append((windows, targets, channel_budget))
+        left = channel_budget(prepared.channels, budgets[tiers])
+        batches.append((windows, targets, left))
     for name in args.settings:
         config = replace(defaults, **SETTINGS[name])
         net = ChordHyperNet(frozen, prepared.channels, frozen.hidden_size)

@@ -20,8 +20,8 @@ import torch
 
 from chord_fl.cloud import issue_codes, tier_budgets
 from chord_fl.data import load_dataset, make_split, pad_left
-from chord_fl.device import LOCAL_LOSS
-from chord_fl.devices import DEFAULT_FLEET, Fleet, Tier, assign_tiers
+from chord_fl.federation.phone import LOCAL_LOSS
+from chord_fl.federation.runconfig import RunConfig
 from chord_fl.hypernet.networks import ChordHyperNet
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.machine import machine_line
@@ -34,7 +34,7 @@ from chord_fl.quant.codec import (
     packed_bytes,
 )
 from chord_fl.quant.quantizer import PreparedModel
-from chord_fl.runconfig import RunConfig
+from chord_fl.tiers import DEFAULT_FLEET, Fleet, Tier, assign_tiers
 
 
 def median_seconds(run, repeats: int) -> float:
@@ -106,7 +106,7 @@ def main() -> None:
     device = median_seconds(device_round, args.repeats * 4)
     local = seeded_backbone(args.backbone, data.num_items, seed=0)
     optimizer = torch.optim.Adam(local.parameters(), lr=1e-3)
-    # As a FedAvg device trains in the simulation (chord_fl.device.DeviceRuntime.local_fit).
+    # As a FedAvg device trains in the simulation (chord_fl.federation.phone.Phone.local_fit).
     window = user.window(1)
     train_seqs = torch.from_numpy(pad_left([window], min(frozen.max_len + 1, len(window))))
 

@@ -5,6 +5,7 @@ Loading uses `torch.load(..., weights_only=True)`, which accepts tensors and pla
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -16,6 +17,7 @@ from chord_fl.errors import DataError
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
 from chord_fl.models import SequentialRecommender, build_backbone, describe
 from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.tiers import Fleet, fleet_to_toml
 
 
 def _save(path: str | Path, description: dict, module: torch.nn.Module, meta: dict) -> Path:
@@ -79,3 +81,24 @@ def load_hypernet(
     net = ChordHyperNet(frozen, prepared.channels, frozen.hidden_size, config)
     _restore(path, net, payload["state_dict"])
     return net.eval(), payload["meta"]
+
+
+def hypernet_settings(
+    backbone: str, variant: HyperNetConfig, fleet: Fleet, training: Any
+) -> dict[str, Any]:
+    """Everything that shapes trained hypernetworks, as plain data: the frozen backbone's identity
+    (`Setup.backbone_identity`), the network, the fleet it was trained for, the training config."""
+    return {
+        "backbone": backbone,
+        "hypernet": asdict(variant),
+        "fleet": fleet_to_toml(fleet),
+        "training": asdict(training),
+    }
+
+
+def hypernet_cache_path(directory: str | Path, stem: str, settings: dict[str, Any]) -> Path:
+    """Where hypernetworks trained under `settings` are cached: the name carries a hash of every
+    setting, so no command reuses networks trained under other settings (the settings are also
+    recorded inside the file)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(directory) / f"{stem}-{digest}.pt"

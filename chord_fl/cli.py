@@ -12,21 +12,21 @@ from typing import Any
 
 import torch
 
-from chord_fl.checkpoint import save_hypernet
+from chord_fl.checkpoint import hypernet_cache_path, hypernet_settings, save_hypernet
 from chord_fl.cloud import tier_budgets
-from chord_fl.comparators import CHORD_VARIANTS, CloudModels
 from chord_fl.data import load_dataset, make_split
 from chord_fl.data.sources import DATA_DIR_ENV, DATASETS, FORMATS
-from chord_fl.devices import DEFAULT_FLEET, assign_tiers, load_fleet
 from chord_fl.errors import ChordError
 from chord_fl.evaluation import PROTOCOLS
 from chord_fl.experiment import INITS, Setup, evaluate_method, load_backbone, load_split
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
+from chord_fl.methods import CHORD_VARIANTS, Cloud
 from chord_fl.metrics import METRICS
 from chord_fl.models import BACKBONES, LOSSES
 from chord_fl.pretrain import BASELINES, pretrain
 from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.tiers import DEFAULT_FLEET, assign_tiers, load_fleet
 from chord_fl.train import TrainConfig, evaluation_negatives
 
 
@@ -148,10 +148,13 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
     net, result = train_hypernet(
         prepared, split, fleet, CHORD_VARIANTS[args.variant], config, not args.no_progress
     )
-    out = Path(args.out or f"checkpoints/{Path(setup.checkpoint_path).stem}-{args.variant}.pt")
+    identity = setup.backbone_identity(split.num_items)
+    settings = hypernet_settings(identity, CHORD_VARIANTS[args.variant], fleet, config)
+    stem = f"{Path(setup.checkpoint_path).stem}-{args.variant}"
+    out = Path(args.out or hypernet_cache_path(args.checkpoint_dir, stem, settings))
     budgets = tier_budgets(fleet, prepared.channels)[assign_tiers(fleet, len(split), args.seed)]
     negatives = evaluation_negatives(split, args.negatives, args.seed)
-    cloud = CloudModels(prepared, {args.variant: net})
+    cloud = Cloud(prepared, {args.variant: net})
     windows = split.windows(1)
     profiles = encode_profiles(prepared.frozen, windows)
     test, _ = evaluate_method(
@@ -168,6 +171,7 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
         "history": result.history,
         "test_round_1": test,
         "checkpoint": str(out),
+        "settings": settings,
     }
     save_hypernet(out, net, report)
     return report
@@ -288,7 +292,13 @@ def build_parser(
     hyper.add_argument("--seed", type=int, default=0)
     hyper.add_argument("--negatives", type=int, default=100, help="sampled-protocol negatives")
     hyper.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    hyper.add_argument("--out", help="hypernetwork checkpoint path")
+    hyper.add_argument(
+        "--checkpoint-dir",
+        default="checkpoints",
+        help="where the cached hypernetworks go, named by a hash of their settings "
+        "(the simulation finds them there when its settings match)",
+    )
+    hyper.add_argument("--out", help="hypernetwork checkpoint path (default: in --checkpoint-dir)")
     hyper.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     hyper.set_defaults(run=run_hypernet, show=_print_hypernet)
     return parser

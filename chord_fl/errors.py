@@ -18,3 +18,7 @@ def require_positive(config: object, *names: str) -> None:
     for name in names:
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(config, name)}")
+
+
+class BudgetExceeded(ChordError):
+    """A model was issued over its device's byte budget: a bug, so the run stops."""

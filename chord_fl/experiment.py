@@ -4,6 +4,7 @@ regenerated from a seed), the prepared quantizer and the global importance."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,14 @@ from typing import Any
 import numpy as np
 
 from chord_fl.checkpoint import load_checkpoint
-from chord_fl.cloud import channel_sensitivity, evaluate_codes
-from chord_fl.comparators import CloudModels, method_codes
+from chord_fl.cloud import evaluate_codes, evaluate_models
 from chord_fl.data import RoundSplit, load_dataset, make_split
 from chord_fl.errors import ConfigError
+from chord_fl.methods import FP32, UNIFORM, Cloud, method, method_codes, uniform_widths
 from chord_fl.models import SequentialRecommender, seeded_backbone
 from chord_fl.pretrain import default_checkpoint, pretrain
-from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.quant.budget import check_within_budget, coded_bytes
+from chord_fl.quant.uniform import quantize_uniform
 from chord_fl.train import TrainConfig
 
 INITS = ("pretrained", "random")
@@ -43,6 +45,13 @@ class Setup:
     @property
     def data_options(self) -> dict[str, Any]:
         return {"fmt": self.fmt, "user_min": self.user_min, "item_min": self.item_min}
+
+    def backbone_identity(self, num_items: int) -> str:
+        """What names the frozen backbone: a trained one is its checkpoint's bytes, a seeded one
+        its recipe."""
+        if self.init == "random":
+            return f"random:{self.backbone}:{num_items}:{self.seed}"
+        return "sha256:" + hashlib.sha256(self.checkpoint_path.read_bytes()).hexdigest()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -87,22 +96,9 @@ def load_split(setup: Setup) -> RoundSplit:
     )
 
 
-def global_importance(
-    prepared: PreparedModel, split: RoundSplit, max_users: int = 2000, seed: int = 0
-) -> np.ndarray:
-    """(C,) mean squared-gradient sensitivity over (up to `max_users`) training users' last
-    history step: one non-personalised strategy for everyone."""
-    rng = np.random.default_rng([seed, 0x676C6F62])
-    users = np.sort(rng.permutation(len(split))[:max_users])
-    histories = [split.users[i].history for i in users]
-    windows = [h[:-1] for h in histories]
-    targets = np.array([h[-1] for h in histories])
-    return channel_sensitivity(prepared.frozen, prepared.channels, windows, targets).mean(axis=0)
-
-
 def evaluate_method(
-    method: str,
-    cloud: CloudModels,
+    name: str,
+    cloud: Cloud,
     windows: list[np.ndarray],
     targets: np.ndarray,
     profiles: np.ndarray,
@@ -115,21 +111,38 @@ def evaluate_method(
 
     `profiles` are the devices' uploads for `windows` (encode once, evaluate every method)."""
     prepared = cloud.prepared
-    codes = method_codes(method, cloud, profiles, budgets, seed)
-    per_device = evaluate_codes(prepared, windows, targets, codes, negatives)
-    row: dict[str, Any] = {"method": method}
-    for protocol, metrics in per_device.items():
-        row[protocol] = {name: float(values.mean()) for name, values in metrics.items()}
     channels = prepared.channels
-    if codes is None:
-        row["avg_bits"], row["model_bytes"] = 32.0, float(channels.fp32_bytes)
+    budgets = np.asarray(budgets)
+    gives = method(name).gives
+    if gives == FP32:
+        per_device = evaluate_codes(prepared, windows, targets, None, negatives)
+        spent = np.full(len(budgets), channels.fp32_bytes)
+        bits = np.full(len(budgets), 32.0)
+    elif gives == UNIFORM:
+        widths = uniform_widths(channels, budgets)
+        spent, bits = np.empty(len(budgets), np.int64), np.empty(len(budgets))
+        groups = []
+        for width in sorted(set(widths)):
+            members = np.array([i for i, w in enumerate(widths) if w == width])
+            model = quantize_uniform(prepared.frozen, channels, *width)
+            spent[members], bits[members] = model.nbytes, model.avg_bits
+            groups.append((model.model, members))
+        per_device = evaluate_models(groups, windows, targets, negatives)
     else:
-        bits = prepared.table.array[codes]
-        row["avg_bits"] = float((bits * channels.elements()).sum(1).mean() / channels.weights)
-        cost = channels.cost(prepared.table)
-        spent = cost[np.arange(codes.shape[1]), codes].sum(1) + channels.fixed_bytes
-        if (spent > budgets).any():
-            raise AssertionError(f"{method} exceeded a budget: this is a bug")
-        row["model_bytes"] = float(spent.mean())
+        codes = method_codes(name, cloud, profiles, budgets, seed)
+        per_device = evaluate_codes(prepared, windows, targets, codes, negatives)
+        spent = coded_bytes(channels, prepared.table, codes)
+        bits = (prepared.table.array[codes] * channels.elements()).sum(1) / channels.weights
+    if gives != FP32:
+        check_within_budget(spent, budgets, [f"{name}, device {i}" for i in range(len(spent))])
+    row: dict[str, Any] = {"method": name}
+    for protocol, metrics in per_device.items():
+        row[protocol] = {metric: float(values.mean()) for metric, values in metrics.items()}
+    row["avg_bits"] = float(np.mean(bits))
+    row["model_bytes"] = float(np.mean(spent))
     row["budget_bytes"] = float(np.mean(budgets))
+    if gives == UNIFORM:
+        row["uniform_widths"] = sorted(
+            {f"{b}-bit/{'tensor' if t else 'channel'}" for b, t in widths}
+        )
     return row, per_device

@@ -15,8 +15,8 @@ from typing import Any
 
 from chord_fl import cli as library
 from chord_fl.errors import ChordError, ConfigError
+from chord_fl.federation.runconfig import RunConfig
 from chord_fl.machine import machine_line
-from chord_fl.runconfig import RunConfig
 from simulations.plots import plot_runs
 from simulations.report import (
     comparison_rows,
@@ -25,7 +25,7 @@ from simulations.report import (
     read_summary,
     write_table,
 )
-from strategies import STRATEGIES
+from strategies.registry import STRATEGIES
 
 PAIR = re.compile(r"""\s*([^\s=]+)=('[^']*'|"[^"]*"|\S+)\s*""")
 

@@ -8,12 +8,12 @@ import time
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
-from chord_fl.device import DeviceRuntime
 from chord_fl.errors import ChordError
-from chord_fl.faults import ERROR, SLOW, device_fault
+from chord_fl.federation.faults import ERROR, SLOW, device_fault
+from chord_fl.federation.phone import Phone
+from chord_fl.federation.runconfig import RunConfig
+from chord_fl.federation.world import load_world
 from chord_fl.quant.codec import CodecError, pack_codes, unpack_codes
-from chord_fl.runconfig import RunConfig
-from chord_fl.world import load_world
 from strategies import protocol
 from strategies.protocol import Task
 
@@ -25,14 +25,12 @@ class DeviceError(ChordError):
 
 
 @functools.lru_cache(maxsize=1)
-def device_runtime(config: RunConfig) -> DeviceRuntime:
+def device_runtime(config: RunConfig) -> Phone:
     """One runtime per worker process: data and frozen weights are read once."""
-    return DeviceRuntime(load_world(config, train_missing=False), config)
+    return Phone(load_world(config, train_missing=False), config)
 
 
-def answer(
-    runtime: DeviceRuntime, content: RecordDict, partition: int, state: RecordDict
-) -> RecordDict:
+def answer(runtime: Phone, content: RecordDict, partition: int, state: RecordDict) -> RecordDict:
     """The reply to `content`, with the simulated seconds the phone took (wall time scaled by
     its tier's speed). Raises DeviceError for codes that do not decode."""
     started = time.perf_counter()
@@ -48,7 +46,7 @@ def answer(
 
 
 def _work(
-    runtime: DeviceRuntime,
+    runtime: Phone,
     content: RecordDict,
     round_: int,
     task: Task,
@@ -60,6 +58,14 @@ def _work(
         return protocol.upload_content(runtime.budget(partition), profile)
     if task is Task.CODES:
         return _apply_codes(runtime, content, round_, partition, state)
+    if task is Task.UNIFORM:
+        try:
+            bits, per_tensor = protocol.read_uniform(content)
+        except ValueError as exc:
+            raise DeviceError(f"uniform instruction rejected: {exc}") from exc
+        return protocol.report_content(
+            runtime.apply_uniform(partition, round_, bits, per_tensor).as_dict()
+        )
     if task is Task.FP32:
         return protocol.report_content(runtime.evaluate_fp32(partition, round_).as_dict())
     weights = content.array_records[protocol.ARRAYS].to_torch_state_dict()
@@ -72,7 +78,7 @@ def _work(
 
 
 def _apply_codes(
-    runtime: DeviceRuntime, content: RecordDict, round_: int, partition: int, state: RecordDict
+    runtime: Phone, content: RecordDict, round_: int, partition: int, state: RecordDict
 ) -> RecordDict:
     count = runtime.world.prepared.channels.channels
     held = state.config_records.get(HELD)

@@ -11,7 +11,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from chord_fl.errors import ChordError
-from chord_fl.runconfig import RunConfig
+from chord_fl.federation.runconfig import RunConfig
 from simulations.client import answer, device_runtime
 from strategies import protocol
 

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from chord_fl.errors import ConfigError
-from chord_fl.runlog import CODE_COLUMNS
+from chord_fl.federation.runlog import CODE_COLUMNS
 from simulations.report import bytes_by_round, read_clients, read_ledger, read_summary
 
 matplotlib.use("Agg")  # headless: servers and tests have no display

@@ -17,8 +17,8 @@ from statistics import fmean
 from typing import Any
 
 from chord_fl.errors import ConfigError
+from chord_fl.federation.runlog import read_csv
 from chord_fl.metrics import mean_and_standard_error
-from chord_fl.runlog import read_csv
 
 RunDir = str | os.PathLike
 DIRECTIONS = {"down": "downlink", "up": "uplink"}

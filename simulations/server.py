@@ -12,12 +12,13 @@ from flwr.common import log
 from flwr.serverapp import Grid
 
 from chord_fl.errors import ConfigError
+from chord_fl.federation.runconfig import RunConfig
+from chord_fl.federation.runlog import RunLog, read_csv
+from chord_fl.federation.world import World, load_cloud, load_world
 from chord_fl.machine import machine_info
-from chord_fl.runconfig import RunConfig
-from chord_fl.runlog import RunLog, read_csv
-from chord_fl.world import World, cloud_models, load_world
-from strategies import build_strategy, protocol, strategy_spec
+from strategies import protocol
 from strategies.base import FleetRun, ledger_row
+from strategies.registry import build_strategy, strategy_spec
 
 POLL_SECONDS = 0.5
 NO_NODES_SECONDS = 300.0  # a federation with no node at all: give up
@@ -29,7 +30,7 @@ def serve(grid: Grid, config: RunConfig) -> dict[str, Any]:
     spec = strategy_spec(config.strategy)
     # Everything that can fail on bad settings runs before the run directory is touched.
     world = load_world(config, train_missing=True, progress=True)
-    cloud = cloud_models(world, spec.method, config, progress=True) if spec.frozen_weights else None
+    cloud = load_cloud(world, spec.method, config, progress=True) if spec.frozen_weights else None
     if config.resume and not (config.run_dir / "config.json").exists():
         raise ConfigError(f"{config.run_dir} holds no run to resume: config.json is missing")
     run_log = RunLog(config.run_dir, fresh=not config.resume)

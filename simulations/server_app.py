@@ -9,7 +9,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from chord_fl.runconfig import RunConfig
+from chord_fl.federation.runconfig import RunConfig
 from simulations.server import serve
 
 

@@ -13,9 +13,9 @@ from typing import Any
 from flwr.clientapp import ClientApp
 
 from chord_fl.errors import ChordError, ConfigError
-from chord_fl.runconfig import RunConfig
-from chord_fl.world import cloud_models, load_world
-from strategies import strategy_spec
+from chord_fl.federation.runconfig import RunConfig
+from chord_fl.federation.world import load_cloud, load_world
+from strategies.registry import strategy_spec
 
 QUIET_ENV = {
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
@@ -43,7 +43,7 @@ def simulate(
     spec = strategy_spec(config.strategy)
     world = load_world(config, progress=True)
     if spec.frozen_weights:
-        cloud_models(world, spec.method, config, progress=True)
+        load_cloud(world, spec.method, config, progress=True)
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     summary_path = config.run_dir / "summary.json"

@@ -17,17 +17,13 @@ import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
 from flwr.common import log
 
-from chord_fl.devices import transfer_seconds
-from chord_fl.errors import ChordError
-from chord_fl.faults import is_offline
-from chord_fl.runconfig import RunConfig
-from chord_fl.runlog import CLIENT_COLUMNS, CODE_COLUMNS, RunLog
-from chord_fl.world import World
+from chord_fl.federation.faults import is_offline
+from chord_fl.federation.runconfig import RunConfig
+from chord_fl.federation.runlog import CLIENT_COLUMNS, CODE_COLUMNS, RunLog
+from chord_fl.federation.world import World
+from chord_fl.quant.budget import check_within_budget
+from chord_fl.tiers import transfer_seconds
 from strategies import protocol
-
-
-class BudgetExceeded(ChordError):
-    """The cloud gave a device a model larger than its budget: a bug, so the run fails."""
 
 
 @dataclass(frozen=True)
@@ -239,12 +235,8 @@ class FleetMixin:
 
     def expect(self, node: int, model_bytes: int, budget: int) -> None:
         """Record the bytes `node`'s model will take; over its budget is a bug: the run fails."""
-        if self.budgeted and model_bytes > budget:
-            partition = self.run.partitions[node]
-            raise BudgetExceeded(
-                f"partition {partition} was given a model of {model_bytes} B, over its budget "
-                f"of {budget} B"
-            )
+        if self.budgeted:
+            check_within_budget([model_bytes], [budget], [f"partition {self.run.partitions[node]}"])
         self.expected_bytes[node] = int(model_bytes)
 
     def collect_reports(self, round_: int, replies: Iterable[Message]) -> MetricRecord | None:

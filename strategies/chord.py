@@ -1,9 +1,11 @@
-"""CHORD, its ablations and every baseline that sends precision codes (or nothing: fp32).
+"""CHORD, its ablations and every baseline that sends precision codes, a uniform width, or
+nothing (fp32).
 
 Train phase: devices upload a profile and budget (budget alone for non-personalised methods);
 nothing is trained. `aggregate_train` runs the hypernetworks and allocation once for the round's
 whole batch. Evaluate phase: each device gets its own packed codes (the cheapest of full, delta
-against what it holds, and entropy-coded), quantizes its frozen weights and scores its target.
+against what it holds, and entropy-coded), or for `uniform` the width its budget allows,
+quantizes its frozen weights and scores its target.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from chord_fl.comparators import CHORD_VARIANTS, CloudModels, method_codes
+from chord_fl import methods
+from chord_fl.methods import FP32, UNIFORM, Cloud, method_codes, uniform_widths
+from chord_fl.quant.budget import coded_bytes, floor_bytes, uniform_bytes
 from chord_fl.quant.codec import encode_strategy
 from strategies import protocol
 from strategies.base import FleetMixin
@@ -23,17 +27,19 @@ from strategies.protocol import Task
 
 
 class CodeStrategy(FleetMixin, Strategy):
-    def __init__(self, *, method: str, cloud: CloudModels, **kwargs) -> None:
+    def __init__(self, *, method: str, cloud: Cloud, **kwargs) -> None:
         super().__init__(**kwargs)
         self.method = method
         self.cloud = cloud
-        self.budgeted = method != "fp32"
+        self.gives = methods.method(method).gives
+        self.budgeted = self.gives != FP32
         self._codes: dict[int, np.ndarray] = {}  # this round's codes by node id
+        self._widths: dict[int, tuple[int, bool]] = {}  # this round's uniform widths by node id
         self._held: dict[int, np.ndarray] = {}  # codes each device confirmed: the delta base
 
     @property
     def personalised(self) -> bool:
-        return self.method in CHORD_VARIANTS
+        return methods.method(self.method).personalised
 
     def initial_arrays(self) -> ArrayRecord:
         return ArrayRecord()  # nothing but codes ever travels
@@ -42,7 +48,7 @@ class CodeStrategy(FleetMixin, Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         round_ = self.run.round_of(server_round)
-        if self.method == "fp32":
+        if self.gives == FP32:
             return []
         task = Task.PROFILE if self.personalised else Task.BUDGET
         contents = {
@@ -58,8 +64,7 @@ class CodeStrategy(FleetMixin, Strategy):
         world = self.run.world
         hidden = world.prepared.frozen.hidden_size if self.personalised else None
         kind = "profile" if self.personalised else "budget"
-        cost = world.prepared.channels.cost(world.prepared.table)
-        floor = int(world.prepared.channels.fixed_bytes + cost[:, 0].sum())
+        floor = floor_bytes(world.prepared.channels, world.prepared.table)
         uploads = {}
         payload = protocol.upload_payload_bytes(hidden)
         for node, reply in self.receive(round_, replies, kind, lambda _: payload):
@@ -71,7 +76,7 @@ class CodeStrategy(FleetMixin, Strategy):
                 uploads[node] = upload
         # A fixed order (by partition) makes the batch, and so every code, repeatable.
         nodes = sorted(uploads, key=self.run.partitions.__getitem__)
-        self._codes = {}
+        self._codes, self._widths = {}, {}
         if not nodes:
             return None, None
         budgets = np.array([uploads[node][1] for node in nodes], dtype=np.int64)
@@ -80,12 +85,16 @@ class CodeStrategy(FleetMixin, Strategy):
             if self.personalised
             else np.empty((len(nodes), 0), dtype=np.float16)
         )
-        seed = int(np.random.SeedSequence([self.run.config.seed, round_]).generate_state(1)[0])
-        partitions = [self.run.partitions[node] for node in nodes]
-        codes = method_codes(self.method, self.cloud, profiles, budgets, seed, partitions)
-        self._codes = dict(zip(nodes, codes, strict=True))
         channels = world.prepared.channels
-        spent = channels.fixed_bytes + cost[np.arange(codes.shape[1]), codes].sum(axis=1)
+        if self.gives == UNIFORM:
+            self._widths = dict(zip(nodes, uniform_widths(channels, budgets), strict=True))
+            spent = [uniform_bytes(channels, *self._widths[node]) for node in nodes]
+        else:
+            seed = int(np.random.SeedSequence([self.run.config.seed, round_]).generate_state(1)[0])
+            partitions = [self.run.partitions[node] for node in nodes]
+            codes = method_codes(self.method, self.cloud, profiles, budgets, seed, partitions)
+            self._codes = dict(zip(nodes, codes, strict=True))
+            spent = coded_bytes(channels, world.prepared.table, codes)
         for node, model_bytes, budget in zip(nodes, spent, budgets, strict=True):
             self.expect(node, int(model_bytes), int(budget))
         return None, MetricRecord({"devices": len(nodes)})
@@ -94,12 +103,19 @@ class CodeStrategy(FleetMixin, Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         round_ = self.run.round_of(server_round)
-        if self.method == "fp32":
+        if self.gives == FP32:
             instruction = protocol.instruction(round_, Task.FP32)
             contents = {
                 node: RecordDict({protocol.CONFIG: instruction}) for node in self.sample(round_)
             }
             return self.send(round_, contents, MessageType.EVALUATE, "request", lambda _: 0)
+        if self.gives == UNIFORM:
+            contents = {
+                node: protocol.uniform_content(round_, *width)
+                for node, width in self._widths.items()
+            }
+            payload = protocol.UNIFORM_PAYLOAD_BYTES
+            return self.send(round_, contents, MessageType.EVALUATE, "width", lambda _: payload)
         payloads = {
             node: encode_strategy(codes, self._held.get(node))
             for node, codes in self._codes.items()

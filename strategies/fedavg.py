@@ -7,14 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from chord_fl.errors import ConfigError
-from chord_fl.quant.allocation import uniform_codes
+from chord_fl.methods import uniform_widths
+from chord_fl.quant.budget import uniform_bytes
 from strategies import protocol
 from strategies.base import FleetMixin
 from strategies.protocol import Task
@@ -81,12 +81,12 @@ class LedgerFedAvg(FleetMixin, FedAvg):
         round_ = self.run.round_of(server_round)
         trained = list(self.train_ms)  # the devices whose training joined the aggregate
         if self.budgeted:
-            cost = self.run.world.prepared.channels.cost(self.run.world.prepared.table)
-            fixed = self.run.world.prepared.channels.fixed_bytes
-            for node in trained:
-                budget = int(self.run.world.budgets[self.run.partitions[node]])
-                codes = uniform_codes(cost, np.array([budget - fixed]))[0]
-                self.expect(node, fixed + int(cost[np.arange(len(codes)), codes].sum()), budget)
+            channels = self.run.world.prepared.channels
+            budgets = [int(self.run.world.budgets[self.run.partitions[node]]) for node in trained]
+            for node, budget, width in zip(
+                trained, budgets, uniform_widths(channels, budgets), strict=True
+            ):
+                self.expect(node, uniform_bytes(channels, *width), budget)
         return self._weights_to(round_, trained, arrays, self.evaluate_task, MessageType.EVALUATE)
 
     def aggregate_evaluate(

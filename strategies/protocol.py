@@ -14,10 +14,13 @@ from enum import StrEnum
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+# Flower has no public way to list a message's nested objects, and the wire carries exactly those
+# objects, deflated: the one private import, kept here alone (a test checks it stays so).
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
+from chord_fl.federation.runlog import CODE_COLUMNS, METRIC_COLUMNS
 from chord_fl.hypernet.profile import PROFILE_DTYPE
-from chord_fl.runlog import CODE_COLUMNS, METRIC_COLUMNS
 
 CONFIG = "config"  # the cloud's instruction (Flower's FedAvg uses the same key)
 TIMING = "timing"  # every device reply: the simulated seconds the phone took
@@ -35,6 +38,9 @@ NUM_EXAMPLES = "num-examples"  # FedAvg's weighting key
 TRAIN_MS = "train_ms"
 DEVICE_S = "device-s"
 BUDGET_BYTES = 8  # a budget on the wire: one int64
+UNIFORM_BITS = "bits"
+PER_TENSOR = "per-tensor"
+UNIFORM_PAYLOAD_BYTES = 2  # what a uniform width needs: its bits and its scale mode, a byte each
 MAX_NPY_HEADER = 4096  # an Array's bytes are an .npy header (128 B in practice) plus the data
 
 REPORT_KEYS = (*METRIC_COLUMNS, "model_bytes", "avg_bits", "adapt_ms")
@@ -47,6 +53,7 @@ class Task(StrEnum):
     BUDGET = "budget"  # upload the budget alone (non-personalised code strategies)
     FIT = "fit"  # FedAvg local training
     CODES = "codes"  # apply the attached codes, score the round target
+    UNIFORM = "uniform"  # quantize uniformly at the attached width, score the round target
     FP32 = "fp32"  # score the round target with the frozen full-precision weights
     WEIGHTS = "weights"  # score with the attached weights
     WEIGHTS_UNIFORM = "weights-uniform"  # quantize the attached weights uniformly, then score
@@ -63,6 +70,23 @@ def codes_content(round_: int, payload: bytes) -> RecordDict:
     return RecordDict(
         {CONFIG: instruction(round_, Task.CODES), CODES: ConfigRecord({PAYLOAD: payload})}
     )
+
+
+def uniform_content(round_: int, bits: int, per_tensor: bool) -> RecordDict:
+    record = instruction(round_, Task.UNIFORM)
+    record[UNIFORM_BITS], record[PER_TENSOR] = int(bits), bool(per_tensor)
+    return RecordDict({CONFIG: record})
+
+
+def read_uniform(content: RecordDict) -> tuple[int, bool]:
+    """(bits, per_tensor) of a uniform instruction; ValueError for anything else."""
+    config = content.config_records[CONFIG]
+    bits, per_tensor = config.get(UNIFORM_BITS), config.get(PER_TENSOR)
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise ValueError(f"uniform bits must be an integer in 1..8, got {bits!r}")
+    if not isinstance(per_tensor, bool):
+        raise ValueError(f"uniform {PER_TENSOR!r} must be a bool, got {per_tensor!r}")
+    return bits, per_tensor
 
 
 def read_instruction(content: RecordDict) -> tuple[int, Task]:

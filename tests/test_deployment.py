@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from chord_fl.runlog import read_csv
+from chord_fl.federation.runlog import read_csv
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # flwr, flower-superlink, flower-supernode, flower-superexec

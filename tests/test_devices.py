@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from chord_fl.devices import (
+from chord_fl.errors import ConfigError
+from chord_fl.tiers import (
     DEFAULT_FLEET,
     DEFAULT_TIERS,
     Fleet,
@@ -15,7 +16,6 @@ from chord_fl.devices import (
     tier_counts,
     transfer_seconds,
 )
-from chord_fl.errors import ConfigError
 
 GOOD = {
     "name": "phone",

@@ -15,14 +15,14 @@ import ray.cloudpickle
 from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from chord_fl.comparators import method_codes
-from chord_fl.faults import ERROR, SLOW, device_fault, is_offline
+from chord_fl.federation.faults import ERROR, SLOW, device_fault, is_offline
+from chord_fl.federation.runconfig import RunConfig
+from chord_fl.federation.runlog import read_csv
+from chord_fl.federation.world import load_cloud, load_world
 from chord_fl.hypernet.profile import encode_profiles
+from chord_fl.methods import method_codes
 from chord_fl.quant.allocation import uniform_codes
 from chord_fl.quant.codec import encode_strategy
-from chord_fl.runconfig import RunConfig
-from chord_fl.runlog import read_csv
-from chord_fl.world import cloud_models, load_world
 from simulations.client import DeviceError, answer, device_runtime
 from simulations.simulate import simulate
 from strategies import protocol
@@ -172,7 +172,7 @@ def test_hostile_devices_are_dropped_and_change_no_one_elses_codes(base):
     # The device that rejected its codes gets them in full next round, not as a delta.
     config = RunConfig.from_mapping(overrides)
     world = load_world(config)
-    cloud = cloud_models(world, "chord", config)
+    cloud = load_cloud(world, "chord", config)
     window = world.split.users[CORRUPTED].window(2)
     profile = encode_profiles(world.prepared.frozen, [window])
     codes = method_codes("chord", cloud, profile, world.budgets[[CORRUPTED]])[0]

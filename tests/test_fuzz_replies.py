@@ -9,7 +9,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chord_fl.runlog import CODE_COLUMNS
+from chord_fl.federation.runlog import CODE_COLUMNS
 from strategies import protocol
 
 RECORD_NAMES = st.sampled_from(

@@ -2,18 +2,25 @@ import numpy as np
 import pytest
 import torch
 
-from chord_fl.cloud import channel_sensitivity, evaluate_codes, issue_codes, tier_budgets
-from chord_fl.comparators import CloudModels, method_codes
+from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data import make_split, synthetic_dataset
-from chord_fl.devices import DEFAULT_FLEET, Fleet, Tier
 from chord_fl.errors import ConfigError
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.relax import soft_codes
-from chord_fl.hypernet.training import HyperTrainConfig, item_head_index, train_hypernet
+from chord_fl.hypernet.supervision import log_ratio_loss, sensitivity_set
+from chord_fl.hypernet.training import (
+    HyperTrainConfig,
+    item_head_index,
+    supervised_epoch,
+    train_hypernet,
+)
+from chord_fl.methods import Cloud, method_codes
 from chord_fl.models import build_backbone, seeded_backbone
 from chord_fl.quant.allocation import codes_cost
 from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.sensitivity import target_sensitivity
+from chord_fl.tiers import DEFAULT_FLEET, Fleet, Tier
 from chord_fl.train import TrainConfig, fit
 
 
@@ -92,7 +99,7 @@ def test_relaxed_codes_spend_the_budget_and_pass_gradients(prepared):
 def test_sensitivity_and_evaluation_agree_with_the_frozen_model(prepared):
     windows = [np.array([1, 2, 3]), np.array([5, 6])]
     targets = np.array([4, 7])
-    sensitivity = channel_sensitivity(prepared.frozen, prepared.channels, windows, targets)
+    sensitivity = target_sensitivity(prepared.frozen, prepared.channels, windows, targets)
     assert sensitivity.shape == (2, prepared.channels.channels) and (sensitivity >= 0).all()
     assert sensitivity.sum() > 0
     top = np.full((2, prepared.channels.channels), 3, dtype=np.uint8)
@@ -174,7 +181,7 @@ def test_chord_end_to_end_beats_random_codes_on_synthetic_data():
     net, result = train_quietly(prepared, split, epochs=2, eval_users=150)
     assert [h["epoch"] for h in result.history] == [0, 1, 2]
     assert np.isfinite(result.history[-1]["loss"])
-    cloud = CloudModels(prepared, {"chord": net})
+    cloud = Cloud(prepared, {"chord": net})
     fleet = Fleet((Tier("three-bit", 1.0, 1e6, 1e6, 1.0, 1.0, avg_bits=3.0),))
     budgets = np.full(len(split), tier_budgets(fleet, prepared.channels)[0])
     windows, targets = split.windows(1), split.targets(1)
@@ -188,4 +195,43 @@ def test_chord_end_to_end_beats_random_codes_on_synthetic_data():
             <= budgets
         ).all()
         scores[method] = evaluate_codes(prepared, windows, targets, codes)["full"]["ndcg@10"].mean()
+    assert scores["chord"] > scores["random"] + 0.05, scores
+
+
+def test_sensitivity_supervision_lowers_its_loss_and_beats_random_codes():
+    torch.manual_seed(0)
+    split, backbone = synthetic_backbone()
+    prepared = PreparedModel(backbone)
+    net_config = HyperNetConfig(link="exp", prior=True)
+    options = dict(objective="sensitivity", eval_users=150, lr=1e-2, sensitivity_samples=8)
+    net, result = train_hypernet(
+        prepared, split, DEFAULT_FLEET, net_config, HyperTrainConfig(epochs=4, **options), False
+    )
+    losses = [h["loss"] for h in result.history[1:]]
+    assert losses[-1] < 0.7 * losses[0], losses
+    # The prior is the mean of the supervision targets, so the untrained network is the
+    # cloud-wide sensitivity everywhere but the item table; training fits the windows better.
+    supervision = sensitivity_set(backbone, prepared.channels, split.windows(1), 8, seed=3)
+    untrained = ChordHyperNet(backbone, prepared.channels, backbone.hidden_size, net_config)
+    untrained.set_prior(supervision.prior)
+    last = ChordHyperNet(backbone, prepared.channels, backbone.hidden_size, net_config)
+    last.set_prior(supervision.prior)
+    optimizer = torch.optim.Adam(last.parameters(), lr=1e-2)
+    for _ in range(3):
+        supervised_epoch(last, optimizer, supervision, 32, np.random.default_rng(0))
+    with torch.no_grad():
+        before = log_ratio_loss(untrained(supervision.profiles), supervision.targets)
+        after = log_ratio_loss(last(supervision.profiles), supervision.targets)
+    assert after < 0.7 * before
+    fleet = Fleet((Tier("three-bit", 1.0, 1e6, 1e6, 1.0, 1.0, avg_bits=3.0),))
+    budgets = np.full(len(split), tier_budgets(fleet, prepared.channels)[0])
+    windows, targets = split.windows(1), split.targets(1)
+    profiles = encode_profiles(backbone, windows)
+    cloud = Cloud(prepared, {"chord": net})
+    scores = {
+        method: evaluate_codes(
+            prepared, windows, targets, method_codes(method, cloud, profiles, budgets)
+        )["full"]["ndcg@10"].mean()
+        for method in ("chord", "random")
+    }
     assert scores["chord"] > scores["random"] + 0.05, scores

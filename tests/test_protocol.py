@@ -8,8 +8,8 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from chord_fl.federation.runlog import CODE_COLUMNS
 from chord_fl.hypernet.profile import PROFILE_DTYPE
-from chord_fl.runlog import CODE_COLUMNS
 from strategies import protocol
 from strategies.protocol import (
     ARRAYS,

@@ -4,7 +4,7 @@ import struct
 import pytest
 
 from chord_fl.errors import ConfigError
-from chord_fl.runlog import CODE_COLUMNS, METRIC_COLUMNS, RunLog
+from chord_fl.federation.runlog import CODE_COLUMNS, METRIC_COLUMNS, RunLog
 from simulations.plots import plot_runs
 from simulations.report import comparison_rows, downlink_ratio_rows, paired_rows, write_table
 

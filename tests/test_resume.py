@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from chord_fl.runconfig import RunConfig
-from chord_fl.runlog import read_csv
+from chord_fl.federation.runconfig import RunConfig
+from chord_fl.federation.runlog import read_csv
 from simulations.simulate import simulate
 
 ROUNDS = 3
@@ -66,7 +66,7 @@ def test_a_killed_fedavg_run_resumes_to_the_same_clients_csv(tmp_path, small_fle
 
 def test_resuming_checks_the_settings_but_not_where_the_run_lives(tmp_path):
     from chord_fl.errors import ConfigError
-    from chord_fl.runlog import RunLog
+    from chord_fl.federation.runlog import RunLog
     from simulations.server import resume_point
 
     original = RunConfig(output_dir="elsewhere")  # run-name empty: the default directory name

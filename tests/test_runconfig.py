@@ -1,8 +1,6 @@
 """The run configuration: pyproject defaults, checks in from_mapping, tiers, the CLI front door."""
 
 import importlib
-import subprocess
-import sys
 import time
 import tomllib
 from pathlib import Path
@@ -10,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from chord_fl.data.synthetic import synthetic_interactions
-from chord_fl.devices import DEFAULT_FLEET
 from chord_fl.errors import ConfigError
-from chord_fl.runconfig import RunConfig, fleet_from_setting
-from chord_fl.world import load_world
+from chord_fl.federation.runconfig import RunConfig, fleet_from_setting
+from chord_fl.federation.world import load_world
+from chord_fl.tiers import DEFAULT_FLEET
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -276,17 +274,3 @@ def test_simulate_with_a_bad_run_config_exits_2_before_any_work(
     assert named in captured.err and "error" in captured.err
     assert started == []
     assert elapsed < 5.0
-
-
-# -- chord_fl without Flower -------------------------------------------------------------------
-
-
-def test_chord_fl_imports_without_flower():
-    code = (
-        "import sys; sys.modules['flwr'] = None; "
-        "import chord_fl.world, chord_fl.device, chord_fl.runlog, chord_fl.runconfig, chord_fl.cli"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr

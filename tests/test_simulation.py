@@ -9,14 +9,15 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from chord_fl.comparators import method_codes
+from chord_fl.federation.runconfig import RunConfig
+from chord_fl.federation.runlog import CLIENT_COLUMNS, KINDS, LEDGER_COLUMNS, read_csv
+from chord_fl.federation.world import load_cloud, load_world
 from chord_fl.hypernet.profile import PROFILE_DTYPE, encode_profiles
+from chord_fl.methods import method_codes
 from chord_fl.pretrain import pretrain
+from chord_fl.quant.budget import uniform_bytes
 from chord_fl.quant.codec import encode_strategy
-from chord_fl.runconfig import RunConfig
-from chord_fl.runlog import CLIENT_COLUMNS, KINDS, LEDGER_COLUMNS, read_csv
 from chord_fl.train import TrainConfig
-from chord_fl.world import cloud_models, load_world
 from simulations.simulate import simulate
 
 ROUNDS = 2
@@ -82,7 +83,7 @@ def test_outputs_have_every_column_and_one_row_per_device_and_round(runs, name):
 
 def test_chord_codes_in_the_ledger_are_the_codes_computed_here(runs, base):
     config, world = _world(base)
-    cloud = cloud_models(world, "chord", config)
+    cloud = load_cloud(world, "chord", config)
     ledger = read_csv(runs["chord"] / "ledger.csv")
     clients = read_csv(runs["chord"] / "clients.csv")
     cost = world.prepared.channels.cost(world.prepared.table)
@@ -137,13 +138,22 @@ def test_fedavg_uniform_devices_hold_the_size_the_cloud_computed_within_budget(r
     assert all(float(r["avg_bits"]) < 32 for r in clients)
 
 
-def test_uniform_devices_upload_only_their_budget_and_stay_within_it(runs):
+def test_uniform_devices_get_the_widest_width_that_fits(runs, base):
     ledger = read_csv(runs["uniform"] / "ledger.csv")
     assert {int(r["payload_bytes"]) for r in ledger if r["kind"] == "budget"} == {8}
+    assert {int(r["payload_bytes"]) for r in ledger if r["kind"] == "width"} == {2}
     clients = read_csv(runs["uniform"] / "clients.csv")
-    assert all(int(r["model_bytes"]) <= int(r["budget_bytes"]) for r in clients)
-    # One precision per device: every channel that is kept shares one code.
-    assert all(sum(int(r[f"codes_{k}"]) > 0 for k in (1, 2, 3)) <= 1 for r in clients)
+    assert {r["status"] for r in clients} == {"ok"}
+    channels = _world(base)[1].prepared.channels
+    for row in clients:
+        bits = float(row["avg_bits"])
+        assert bits == int(bits) and 1 <= bits <= 8
+        budget, held = int(row["budget_bytes"]), int(row["model_bytes"])
+        assert held <= budget
+        # The widest width that fits: one bit more fits neither way.
+        assert held in {uniform_bytes(channels, int(bits), t) for t in (False, True)}
+        if bits < 8:
+            assert min(uniform_bytes(channels, int(bits) + 1, t) for t in (False, True)) > budget
 
 
 def test_same_seed_gives_identical_codes_and_metrics(runs):

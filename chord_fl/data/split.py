@@ -1,4 +1,4 @@
-"""The time split of DESIGN section 2: cloud history, validation target, one target per round.
+"""The time split (docs/design.md, section 2): cloud history, validation target, round targets.
 
 For a user with n items (1-based) and R rounds: the cloud trains on items 1..n-R-1; stage 0 is
 validation (window = the history, target = item n-R); stage r = 1..R is evaluation round r

@@ -13,12 +13,19 @@ For each quantized tensor l with frozen rows W_l (C_l channels of K_l weights):
 - layer level: lambda(u) = softplus(L u + b) in R^L, one weight per tensor.
 Importance of channel c in tensor l: lambda_l(u) * (softplus(H_F) + element importance). Any level
 can be switched off (ablations); a switched-off level contributes 1 (layer) or nothing.
+
+With `link="exp"` the scores are log-importances instead (what sensitivity supervision fits, in log
+space): exp(H_F), and lambda_l(u) = exp(L u + b). With `prior=True` each channel's importance is
+also multiplied by prior_c^alpha_l, a fixed cloud-wide sensitivity (`set_prior`) with a learned
+exponent per tensor: 1 at start for every tensor but the item table, whose bilinear head already
+starts from the backbone's own scores (0 there, so the start is the model's own view).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +34,9 @@ from chord_fl.errors import ConfigError
 from chord_fl.models import SequentialRecommender
 from chord_fl.quant.channels import ChannelMap, channel_rows
 
+LINKS = ("softplus", "exp")
+MAX_LOG_IMPORTANCE = 60.0  # exp link: keeps every importance finite in float32
+
 
 @dataclass(frozen=True)
 class HyperNetConfig:
@@ -34,10 +44,14 @@ class HyperNetConfig:
     filter_level: bool = True
     element_level: bool = True
     layer_level: bool = True
+    link: str = "softplus"
+    prior: bool = False
 
     def __post_init__(self) -> None:
         if self.rank < 1:
             raise ConfigError(f"rank must be >= 1, got {self.rank}")
+        if self.link not in LINKS:
+            raise ConfigError(f"link must be one of {', '.join(LINKS)}, got {self.link!r}")
         if not (self.filter_level or self.element_level):
             raise ConfigError("at least one of filter_level and element_level must be on")
 
@@ -45,7 +59,9 @@ class HyperNetConfig:
 class TensorHead(nn.Module):
     """Filter- and element-level hypernetworks of one quantized tensor."""
 
-    def __init__(self, rows: torch.Tensor, profile_dim: int, config: HyperNetConfig) -> None:
+    def __init__(
+        self, rows: torch.Tensor, profile_dim: int, config: HyperNetConfig, item_table: bool
+    ) -> None:
         super().__init__()
         channels, elements = rows.shape
         scale = rows.norm(dim=1).mean().clamp_min(1e-8)
@@ -53,7 +69,15 @@ class TensorHead(nn.Module):
         self.config = config
         if config.filter_level:
             self.user_to_row = nn.Linear(profile_dim, elements, bias=False)
-            if profile_dim == elements:
+            if config.link == "exp":
+                # Log space: the item table starts at the backbone's own score of each item for
+                # this user, u . e_c (the rows above are divided by `scale`); every other tensor
+                # starts with no personal term, at the prior.
+                nn.init.zeros_(self.user_to_row.weight)
+                if item_table and profile_dim == elements:
+                    with torch.no_grad():
+                        self.user_to_row.weight.copy_(scale * torch.eye(elements))
+            elif profile_dim == elements:
                 # Start from the frozen model's own view: for the item table, u . e_c is the
                 # backbone's score of item c for this user.
                 nn.init.eye_(self.user_to_row.weight)
@@ -64,6 +88,9 @@ class TensorHead(nn.Module):
             self.row_basis = nn.Parameter(torch.randn(elements, rank) / elements**0.5)
             self.element_basis = nn.Parameter(torch.randn(rank, elements) / elements**0.5)
             self.user_gate = nn.Linear(profile_dim, rank)
+            if config.link == "exp":  # starts at nothing, so the start is the filter level's
+                nn.init.zeros_(self.user_gate.weight)
+                nn.init.zeros_(self.user_gate.bias)
         self.channels = channels
 
     def _quadratic(self) -> torch.Tensor:
@@ -82,12 +109,18 @@ class TensorHead(nn.Module):
         if self.config.filter_level:
             bilinear = self.user_to_row(profiles) @ self.rows.T  # (B, C_l)
             prior = self.prior(self.rows.abs()).squeeze(1)  # (C_l,)
-            importance = importance + F.softplus(bilinear + prior)
+            importance = importance + _link(bilinear + prior, self.config.link)
         if self.config.element_level:
             gate = self.user_gate(profiles)  # (B, r)
             outer = (gate[:, :, None] * gate[:, None, :]).flatten(1)  # (B, r*r)
             importance = importance + outer @ self._quadratic().T  # (B, C_l), >= 0: M_c is PSD
         return importance
+
+
+def _link(score: torch.Tensor, link: str) -> torch.Tensor:
+    if link == "exp":
+        return torch.exp(score.clamp(max=MAX_LOG_IMPORTANCE))
+    return F.softplus(score)
 
 
 class ChordHyperNet(nn.Module):
@@ -103,19 +136,49 @@ class ChordHyperNet(nn.Module):
         params = dict(frozen.named_parameters())
         self.heads = nn.ModuleList(
             TensorHead(
-                channel_rows(params[g.name], g.channel_axis).detach().float(), profile_dim, config
+                channel_rows(params[g.name], g.channel_axis).detach().float(),
+                profile_dim,
+                config,
+                _is_item_table(frozen, g),
             )
             for g in channels.groups
         )
         if config.layer_level:
             self.layer = nn.Linear(profile_dim, len(channels.groups))
             nn.init.zeros_(self.layer.weight)
+            if config.link == "exp":
+                nn.init.zeros_(self.layer.bias)
+        if config.prior:
+            self.register_buffer("log_prior", torch.zeros(channels.channels))
+            exponent = [0.0 if _is_item_table(frozen, g) else 1.0 for g in channels.groups]
+            self.prior_exponent = nn.Parameter(torch.tensor(exponent))
+            self._sizes = [g.channels for g in channels.groups]
+
+    def set_prior(self, prior: np.ndarray) -> None:
+        """The cloud-wide (C,) sensitivity that every importance is scaled by (`prior=True`)."""
+        prior = torch.as_tensor(np.asarray(prior, dtype=np.float64))
+        floor = prior[prior > 0].min() if (prior > 0).any() else torch.tensor(1.0)
+        # Relative to the mean, so the scale of sensitivities never reaches float32's limits.
+        self.log_prior.copy_(torch.log(prior.clamp_min(floor) / prior.mean().clamp_min(1e-300)))
 
     def forward(self, profiles: torch.Tensor) -> torch.Tensor:
         """(B, D) profiles -> (B, C) channel importance in code-vector order."""
         profiles = profiles.float()
         per_tensor = [head(profiles) for head in self.heads]
         if self.config.layer_level:
-            weights = F.softplus(self.layer(profiles)) / F.softplus(torch.zeros(()))
+            if self.config.link == "exp":
+                weights = torch.exp(self.layer(profiles).clamp(max=MAX_LOG_IMPORTANCE))
+            else:
+                weights = F.softplus(self.layer(profiles)) / F.softplus(torch.zeros(()))
             per_tensor = [imp * weights[:, [i]] for i, imp in enumerate(per_tensor)]
-        return torch.cat(per_tensor, dim=1)
+        importance = torch.cat(per_tensor, dim=1)
+        if self.config.prior:
+            exponent = torch.repeat_interleave(
+                self.prior_exponent, torch.tensor(self._sizes), output_size=importance.shape[1]
+            )
+            importance = importance * torch.exp(exponent * self.log_prior)
+        return importance
+
+
+def _is_item_table(frozen: SequentialRecommender, group) -> bool:
+    return group.name == frozen.output_table and group.channel_axis == 0

@@ -22,17 +22,24 @@ from tqdm.auto import tqdm
 
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data.split import VALIDATION, RoundSplit, pad_left
-from chord_fl.devices import Fleet, assign_tiers
 from chord_fl.errors import ConfigError, require_positive
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.relax import soft_codes
+from chord_fl.hypernet.supervision import (
+    SensitivitySet,
+    log_ratio_loss,
+    sensitivity_set,
+    training_windows,
+)
 from chord_fl.metrics import METRICS
+from chord_fl.quant.budget import channel_budget
 from chord_fl.quant.channels import rows_to_tensor
 from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.tiers import Fleet, assign_tiers
 from chord_fl.train import FitResult
 
-OBJECTIVES = ("next-item", "distill")
+OBJECTIVES = ("next-item", "distill", "sensitivity")
 EXCLUDED_PENALTY = 20.0  # logits; exp(-20) ~ 2e-9, so an excluded item's probability vanishes
 
 
@@ -52,8 +59,12 @@ class HyperTrainConfig:
     seed: int = 0
     profile_window: int = 0  # items the device's profile encodes (0: the backbone's max_len)
     # "next-item": cross-entropy of the history's next item; "distill": KL divergence from the
-    # frozen fp32 model's distribution over all items for the same window.
+    # frozen fp32 model's distribution over all items for the same window (both through the
+    # relaxed allocation); "sensitivity": predict each training window's expected sensitivity
+    # (`chord_fl.hypernet.supervision`).
     objective: str = "next-item"
+    sensitivity_samples: int = 32  # targets drawn per window for its expected sensitivity
+    sensitivity_positions: int = 2  # supervised windows per training user: its last prefixes
     # Differentiate the budget multiplier implicitly (`relax.soft_codes`).
     implicit_budget: bool = False
     # Keep the item table's head (all its levels) at its initialisation, the frozen model's own
@@ -62,7 +73,14 @@ class HyperTrainConfig:
 
     def __post_init__(self) -> None:
         require_positive(
-            self, "batch_users", "positions", "patience", "eval_users", "users_per_epoch"
+            self,
+            "batch_users",
+            "positions",
+            "patience",
+            "eval_users",
+            "users_per_epoch",
+            "sensitivity_samples",
+            "sensitivity_positions",
         )
         if self.epochs < 0:
             raise ConfigError(
@@ -89,12 +107,12 @@ class Relaxation:
     def loss(
         self,
         importance: torch.Tensor,
-        channel_budget: np.ndarray,
+        channel_bytes: np.ndarray,
         seqs: torch.Tensor,
         targets: torch.Tensor,
         config: HyperTrainConfig,
     ) -> torch.Tensor:
-        budget = torch.tensor(channel_budget, dtype=torch.float32)
+        budget = torch.tensor(channel_bytes, dtype=torch.float32)
         probabilities = soft_codes(
             importance, self.error, self.cost, budget, config.temperature, config.implicit_budget
         )
@@ -103,7 +121,7 @@ class Relaxation:
             hard = issue_codes(
                 self.prepared,
                 importance.detach().numpy(),
-                channel_budget + self.prepared.channels.fixed_bytes,
+                channel_bytes + self.prepared.channels.fixed_bytes,
             )
         frozen = self.prepared.frozen
         teacher = None
@@ -171,15 +189,15 @@ def train_hypernet(
     net_config: HyperNetConfig = HyperNetConfig(),
     config: HyperTrainConfig = HyperTrainConfig(),
     progress: bool = True,
+    supervision: SensitivitySet | None = None,
 ) -> tuple[ChordHyperNet, FitResult]:
+    """Hypernetworks selected on validation targets. `supervision`: the sensitivity set to use
+    (computed from training users' histories when needed and not given)."""
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     frozen = prepared.frozen.eval().requires_grad_(False)
-    relaxation = Relaxation(prepared)
     budgets = tier_budgets(fleet, prepared.channels)
-    shares = np.array([tier.share for tier in fleet.tiers], dtype=np.float64)
-    shares /= shares.sum()
     histories = split.histories()
 
     validation_users = np.sort(rng.permutation(len(split))[: config.eval_users])
@@ -190,6 +208,20 @@ def train_hypernet(
     validation_profiles = torch.from_numpy(encode_profiles(frozen, validation_windows, window))
 
     hypernet = ChordHyperNet(frozen, prepared.channels, frozen.hidden_size, net_config)
+    needs_supervision = config.objective == "sensitivity" or net_config.prior
+    if supervision is None and needs_supervision:
+        pool = np.sort(rng.permutation(len(histories))[: config.users_per_epoch])
+        supervision = sensitivity_set(
+            frozen,
+            prepared.channels,
+            training_windows(histories, pool, config.sensitivity_positions),
+            config.sensitivity_samples,
+            config.seed,
+            window,
+            progress,
+        )
+    if net_config.prior:
+        hypernet.set_prior(supervision.prior)
     if config.freeze_item_head:
         hypernet.heads[item_head_index(prepared)].requires_grad_(False)
     trained = [parameter for parameter in hypernet.parameters() if parameter.requires_grad]
@@ -202,6 +234,17 @@ def train_hypernet(
         metrics = evaluate_codes(prepared, validation_windows, validation_targets, codes)["full"]
         return float(metrics[config.select_metric].mean())
 
+    if config.objective == "sensitivity":
+
+        def epoch_losses() -> list[float]:
+            return supervised_epoch(hypernet, optimizer, supervision, config.batch_users, rng)
+
+    else:
+        relaxed = _RelaxedEpoch(Relaxation(prepared), histories, fleet, budgets, config, window)
+
+        def epoch_losses() -> list[float]:
+            return relaxed(hypernet, optimizer, rng)
+
     # Epoch 0 is the untrained initialisation; it competes in selection like any epoch, so the
     # history shows whether training helped at all.
     initial = validate()
@@ -211,17 +254,69 @@ def train_hypernet(
     epochs = tqdm(range(1, config.epochs + 1), desc="hypernet", unit="epoch", disable=not progress)
     for epoch in epochs:
         hypernet.train()
-        order = rng.permutation(len(histories))[: config.users_per_epoch]
+        loss = float(np.mean(epoch_losses()))
+        score = validate()
+        result.history.append({"epoch": epoch, "loss": loss, "validation": score})
+        if score > result.best_score:
+            result.best_epoch, result.best_score, stale = epoch, score, 0
+            best_state = copy.deepcopy(hypernet.state_dict())
+        else:
+            stale += 1
+        epochs.set_postfix(loss=f"{loss:.4f}", val=f"{score:.4f}")
+        if stale >= config.patience:
+            break
+    hypernet.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - start
+    return hypernet.eval(), result
+
+
+def supervised_epoch(
+    hypernet: ChordHyperNet,
+    optimizer: torch.optim.Optimizer,
+    supervision: SensitivitySet,
+    batch_size: int,
+    rng: np.random.Generator,
+) -> list[float]:
+    losses = []
+    order = torch.from_numpy(rng.permutation(len(supervision)))
+    for begin in range(0, len(order), batch_size):
+        rows = order[begin : begin + batch_size]
+        loss = log_ratio_loss(hypernet(supervision.profiles[rows]), supervision.targets[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@dataclass
+class _RelaxedEpoch:
+    """One epoch of the relaxation objectives ("next-item", "distill") on fresh examples."""
+
+    relaxation: Relaxation
+    histories: list[np.ndarray]
+    fleet: Fleet
+    budgets: np.ndarray
+    config: HyperTrainConfig
+    window: int | None
+
+    def __call__(
+        self, hypernet: ChordHyperNet, optimizer: torch.optim.Optimizer, rng: np.random.Generator
+    ) -> list[float]:
+        config, prepared = self.config, self.relaxation.prepared
+        frozen = prepared.frozen
+        shares = np.array([tier.share for tier in self.fleet.tiers], dtype=np.float64)
+        shares /= shares.sum()
+        order = rng.permutation(len(self.histories))[: config.users_per_epoch]
         losses = []
         for begin in range(0, len(order), config.batch_users):
             users = order[begin : begin + config.batch_users]
-            windows, targets = training_examples(histories, users, config.positions, rng)
-            profiles = torch.from_numpy(encode_profiles(frozen, windows, window))
+            windows, targets = training_examples(self.histories, users, config.positions, rng)
+            profiles = torch.from_numpy(encode_profiles(frozen, windows, self.window))
             tiers = rng.choice(len(shares), size=len(users), p=shares)
-            channel_budget = budgets[tiers] - prepared.channels.fixed_bytes
-            loss = relaxation.loss(
+            loss = self.relaxation.loss(
                 hypernet(profiles),
-                channel_budget.astype(np.float64),
+                channel_budget(prepared.channels, self.budgets[tiers]),
                 torch.from_numpy(pad_left(windows, frozen.max_len)),
                 torch.from_numpy(targets),
                 config,
@@ -230,16 +325,4 @@ def train_hypernet(
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        score = validate()
-        result.history.append({"epoch": epoch, "loss": float(np.mean(losses)), "validation": score})
-        if score > result.best_score:
-            result.best_epoch, result.best_score, stale = epoch, score, 0
-            best_state = copy.deepcopy(hypernet.state_dict())
-        else:
-            stale += 1
-        epochs.set_postfix(loss=f"{np.mean(losses):.4f}", val=f"{score:.4f}")
-        if stale >= config.patience:
-            break
-    hypernet.load_state_dict(best_state)
-    result.seconds = time.perf_counter() - start
-    return hypernet.eval(), result
+        return losses

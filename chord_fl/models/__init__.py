@@ -40,7 +40,7 @@ def build_backbone(name: str, num_items: int, **options: Any) -> SequentialRecom
 
 def seeded_backbone(name: str, num_items: int, seed: int, **options: Any) -> SequentialRecommender:
     """A randomly initialised backbone that every process regenerates bit-identically from `seed`
-    (DESIGN section 3, init = "random": devices rebuild the weights, nothing is downloaded)."""
+    (with init = "random" devices rebuild the weights and download nothing: docs/design.md, 3)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_backbone(name, num_items, **options)

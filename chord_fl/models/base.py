@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ class QuantizableTensor:
     channel_axis: int  # the axis indexing channels (rows of a Linear, filters of a Conv)
 
 
-class SequentialRecommender(nn.Module):
+class SequentialRecommender(nn.Module, abc.ABC):
     """A next-item recommender over left-padded item sequences (0 = padding).
 
     Subclasses define `encode` and `training_states`; scoring and the loss live here once.
@@ -40,20 +41,21 @@ class SequentialRecommender(nn.Module):
         self.max_len = max_len
         self.unavailable: torch.Tensor | None = None  # (num_items + 1,) bool, not a weight
 
+    @abc.abstractmethod
     def encode(self, seqs: torch.Tensor) -> torch.Tensor:
         """(B, L) item ids -> (B, D) representation of what comes next."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def training_states(self, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L+1) sequences -> states (M, D) and the next item (M,) each state should predict."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def output_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(num_items + 1, D) item vectors that states are scored against, and an optional bias."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def quantizable_tensors(self) -> list[QuantizableTensor]:
-        raise NotImplementedError
+        """The tensors a precision strategy covers, each with its channel axis."""
 
     @property
     def hidden_size(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from chord_fl.errors import ConfigError
 from chord_fl.models.base import QuantizableTensor, SequentialRecommender
 
 
@@ -18,14 +19,17 @@ class Popularity(SequentialRecommender):
     def fit(self, histories: list[np.ndarray]) -> Popularity:
         counts = np.bincount(np.concatenate(histories), minlength=self.num_items + 1)
         self.counts.copy_(torch.as_tensor(counts, dtype=torch.float32))
-        self.counts[0] = float("-inf")
         return self
 
-    def score(self, seqs: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        return self.counts[candidates]
+    # One state of 1 against a one-wide "embedding" of counts: every score is the item's count.
+    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
+        return self.counts.new_ones(seqs.shape[0], 1)
 
-    def full_scores(self, seqs: torch.Tensor) -> torch.Tensor:
-        return self.counts.expand(seqs.shape[0], -1).clone()
+    def output_embeddings(self) -> tuple[torch.Tensor, None]:
+        return self.counts[:, None], None
+
+    def training_states(self, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise ConfigError("the popularity ranker is fitted by counting (`fit`), not trained")
 
     def quantizable_tensors(self) -> list[QuantizableTensor]:
         return []

@@ -35,10 +35,17 @@ def quantize_rows(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(C, K) float rows -> int8 levels (C, K), fp16 scales (C,), squared errors (C,).
 
-    The error is measured with the fp16 scale the device will actually use.
+    The error is measured with the fp16 scale the device will actually use. At 1 bit a weight is
+    its sign times the channel's mean magnitude (the least-squares scale for signs); from 2 bits
+    levels are symmetric around zero.
     """
-    qmax = 2 ** (bits - 1) - 1
     rows = rows.detach().float()
+    if bits == 1:
+        levels = torch.where(rows >= 0, 1, -1).to(torch.int8)
+        scale = rows.abs().mean(dim=1).to(torch.float16)
+        error = ((levels * scale.float()[:, None] - rows) ** 2).sum(dim=1)
+        return levels, scale, error
+    qmax = 2 ** (bits - 1) - 1
     peak = rows.abs().amax(dim=1)
     best_error = torch.full_like(peak, float("inf"))
     best_levels = torch.zeros(rows.shape, dtype=torch.int8)
@@ -53,6 +60,21 @@ def quantize_rows(
         best_scale = torch.where(better, scale, best_scale)
         best_levels[better] = levels[better].to(torch.int8)
     return best_levels, best_scale, best_error
+
+
+def level_offset(bits: int) -> int:
+    """What shifts a `bits`-wide level to an unsigned stored value (1 bit: -1, 1 -> 0, 1)."""
+    return 1 if bits == 1 else 2 ** (bits - 1) - 1
+
+
+def to_unsigned(levels: torch.Tensor, bits: int) -> np.ndarray:
+    values = levels.numpy().astype(np.int16) + level_offset(bits)
+    return (values // 2 if bits == 1 else values).astype(np.uint8)
+
+
+def from_unsigned(values: np.ndarray, bits: int) -> np.ndarray:
+    levels = values.astype(np.float32)
+    return 2 * levels - 1 if bits == 1 else levels - level_offset(bits)
 
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
@@ -105,8 +127,7 @@ class PackedTensor:
             if bits == 0 or bits not in self.packed:
                 continue
             where = np.flatnonzero(codes == code)
-            levels = unpack_bits(self.packed[bits], bits, group.elements).astype(np.float32)
-            levels -= 2 ** (bits - 1) - 1
+            levels = from_unsigned(unpack_bits(self.packed[bits], bits, group.elements), bits)
             rows[where] = levels * self.scales[bits].astype(np.float32)[:, None]
         return rows_to_tensor(torch.from_numpy(rows), group)
 
@@ -171,12 +192,13 @@ class PreparedModel:
                     group_errors.append((rows.detach().float() ** 2).sum(dim=1))
                     continue
                 levels, scales, error = quantize_rows(rows, bits, clip_grid)
-                unsigned = (levels.numpy().astype(np.int16) + 2 ** (bits - 1) - 1).astype(np.uint8)
+                unsigned = to_unsigned(levels, bits)
                 by_bits[bits] = (unsigned, scales.numpy())
                 group_errors.append(error)
             self._levels[group.name] = by_bits
             errors.append(torch.stack(group_errors, dim=1))
         self.errors = torch.cat(errors).numpy().astype(np.float64)  # (C, Q) squared error
+        self.cost = self.channels.cost(table)  # (C, Q) bytes
         # Dequantizing a strategy is then one gather per tensor (the device's hot path); the
         # packed form `quantize` also builds dequantizes to exactly these rows.
         self._candidates = {g.name: self._dequantized_candidates(g) for g in self.channels.groups}
@@ -193,7 +215,7 @@ class PreparedModel:
         for code, bits in enumerate(self.table.bits):
             if bits:
                 unsigned, scales = self._levels[group.name][bits]
-                levels = torch.from_numpy(unsigned.astype(np.float32) - (2 ** (bits - 1) - 1))
+                levels = torch.from_numpy(from_unsigned(unsigned, bits))
                 rows[code] = levels * torch.from_numpy(scales.astype(np.float32))[:, None]
         return rows
 

@@ -16,13 +16,16 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from chord_fl.devices import DEFAULT_FLEET, Fleet, load_fleet
 from chord_fl.errors import ConfigError
 from chord_fl.experiment import INITS, Setup
+from chord_fl.methods import METHODS
 from chord_fl.models import BACKBONES
 from chord_fl.pretrain import default_checkpoint
+from chord_fl.tiers import DEFAULT_FLEET, Fleet, load_fleet
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+# Every method of the registry, plus FedAvg and FedAvg with a uniformly quantized aggregate.
+STRATEGIES = (*METHODS, "fedavg", "fedavg-uniform")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class RunConfig:
                 raise ConfigError(
                     f"run config {_key(field.name)!r} must be {expected.__name__}, got {value!r}"
                 )
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"unknown backbone {self.backbone!r}; known: {', '.join(BACKBONES)}")
         if self.init not in INITS:

@@ -35,6 +35,7 @@ KINDS = (
     "profile",  # fp16 profile plus the device's budget
     "budget",  # the device's budget alone
     "codes",  # packed precision codes
+    "width",  # a uniform width: its bits and scale mode
     "weights",  # fp32 model weights
     "metrics",  # a device's evaluation report
     "error",  # an error reply

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from chord_fl.devices import Tier
-from chord_fl.runconfig import RunConfig
+from chord_fl.federation.runconfig import RunConfig
+from chord_fl.tiers import Tier
 
 ERROR, SLOW = "error", "slow"
 

@@ -1,7 +1,7 @@
 """What a simulated phone does in a round, with no Flower in sight: encode its profile, apply the
 cloud's codes to the frozen weights it holds, score its round target, or (FedAvg) train locally.
 
-One `DeviceRuntime` per process serves every device that process simulates; each call works on
+One `Phone` per process serves every device that process simulates; each call works on
 one partition (one user's sequence) only.
 """
 
@@ -16,17 +16,20 @@ import numpy as np
 import torch
 
 from chord_fl.data.split import pad_left
+from chord_fl.errors import ConfigError
 from chord_fl.evaluation import target_ranks
+from chord_fl.federation.runconfig import RunConfig
+from chord_fl.federation.runlog import CODE_COLUMNS
+from chord_fl.federation.world import World
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.metrics import per_user_metrics
 from chord_fl.models import SequentialRecommender
-from chord_fl.quant.allocation import uniform_codes
+from chord_fl.quant.budget import widest_uniform
 from chord_fl.quant.codec import decode_strategy
-from chord_fl.quant.quantizer import PreparedModel, QuantizedModel
-from chord_fl.runconfig import RunConfig
-from chord_fl.runlog import CODE_COLUMNS
-from chord_fl.world import World
+from chord_fl.quant.quantizer import QuantizedModel
+from chord_fl.quant.uniform import UniformModel, quantize_uniform
 
+UNIFORM_CACHE = 4  # quantized copies a worker keeps (widths of the received or frozen weights)
 LOCAL_LOSS = "sampled"  # the loss the cloud pretrains with, so FedAvg continues the same objective
 
 
@@ -51,16 +54,24 @@ def _milliseconds(start: float) -> float:
     return 1000.0 * (time.perf_counter() - start)
 
 
+def _digest(weights: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(weights):
+        digest.update(name.encode())
+        digest.update(weights[name].numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
-class DeviceRuntime:
+class Phone:
     def __init__(self, world: World, config: RunConfig) -> None:
         self.world = world
         self.config = config
         self._scratch: SequentialRecommender = copy.deepcopy(world.prepared.frozen).eval()
-        self._received: tuple[str, PreparedModel, float] | None = None
+        self._uniform_models: dict[tuple[str, int, bool], tuple[UniformModel, float]] = {}
 
     # -- CHORD and the other code strategies ---------------------------------------------------
 
@@ -86,6 +97,14 @@ class DeviceRuntime:
         quantized = prepared.quantize(codes, fresh_model=False)
         adapt_ms = _milliseconds(start)
         return codes, self._quantized_report(quantized, partition, round_, adapt_ms)
+
+    def apply_uniform(
+        self, partition: int, round_: int, bits: int, per_tensor: bool
+    ) -> DeviceReport:
+        """Quantize the frozen weights uniformly at the cloud's width and score the round's
+        target."""
+        model, prepare_ms = self._uniform(self.world.prepared.frozen, "frozen", bits, per_tensor)
+        return self._quantized_report(model, partition, round_, prepare_ms)
 
     def evaluate_fp32(self, partition: int, round_: int) -> DeviceReport:
         model = self.world.prepared.frozen
@@ -122,15 +141,12 @@ class DeviceRuntime:
         """Score received weights as they are, or quantized uniformly to the device's budget."""
         if not uniform:
             return self._fp32_report(self._load(weights), partition, round_, 0.0)
-        start = time.perf_counter()
-        prepared, prepare_ms = self._prepare_received(weights)
-        cost = prepared.channels.cost(prepared.table)
-        channel_budget = np.array([self.budget(partition) - prepared.channels.fixed_bytes])
-        codes = uniform_codes(cost, channel_budget)[0]
-        quantized = prepared.quantize(codes, fresh_model=False)
-        # Every real device prepares its own copy; the simulation shares one, so charge its time.
-        adapt_ms = _milliseconds(start) + prepare_ms
-        return self._quantized_report(quantized, partition, round_, adapt_ms)
+        channels = self.world.prepared.channels
+        width = widest_uniform(channels, self.budget(partition))
+        if width is None:
+            raise ConfigError(f"partition {partition}: its budget holds no uniform model")
+        model, prepare_ms = self._uniform(self._load(weights), _digest(weights), *width)
+        return self._quantized_report(model, partition, round_, prepare_ms)
 
     # -- shared --------------------------------------------------------------------------------
 
@@ -138,18 +154,21 @@ class DeviceRuntime:
         self._scratch.load_state_dict(weights)
         return self._scratch
 
-    def _prepare_received(self, weights: dict[str, torch.Tensor]) -> tuple[PreparedModel, float]:
-        digest = hashlib.blake2b(digest_size=16)
-        for name in sorted(weights):
-            digest.update(name.encode())
-            digest.update(weights[name].numpy().tobytes())
-        key = digest.hexdigest()
-        if self._received is None or self._received[0] != key:
+    def _uniform(
+        self, model: SequentialRecommender, source: str, bits: int, per_tensor: bool
+    ) -> tuple[UniformModel, float]:
+        """`model` (named `source`) quantized at one width, and the milliseconds that took.
+
+        Devices that share a width share one quantized copy here; every real device quantizes
+        its own, so each is charged the time it took once."""
+        key = (source, bits, per_tensor)
+        if key not in self._uniform_models:
+            if len(self._uniform_models) >= UNIFORM_CACHE:
+                self._uniform_models.pop(next(iter(self._uniform_models)))
             start = time.perf_counter()
-            model = copy.deepcopy(self.world.prepared.frozen)
-            model.load_state_dict(weights)
-            self._received = (key, PreparedModel(model.eval()), _milliseconds(start))
-        return self._received[1], self._received[2]
+            quantized = quantize_uniform(model, self.world.prepared.channels, bits, per_tensor)
+            self._uniform_models[key] = (quantized, _milliseconds(start))
+        return self._uniform_models[key]
 
     def score(self, model: SequentialRecommender, partition: int, round_: int) -> dict[str, float]:
         """Metrics of the round's target under both protocols."""
@@ -166,9 +185,15 @@ class DeviceRuntime:
         return metrics
 
     def _quantized_report(
-        self, quantized: QuantizedModel, partition: int, round_: int, adapt_ms: float
+        self,
+        quantized: QuantizedModel | UniformModel,
+        partition: int,
+        round_: int,
+        adapt_ms: float,
     ) -> DeviceReport:
-        counts = np.bincount(quantized.codes, minlength=len(CODE_COLUMNS))
+        counts = ()
+        if isinstance(quantized, QuantizedModel):
+            counts = np.bincount(quantized.codes, minlength=len(CODE_COLUMNS))
         return DeviceReport(
             metrics=self.score(quantized.model, partition, round_),
             model_bytes=int(quantized.nbytes),

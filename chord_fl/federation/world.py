@@ -8,22 +8,28 @@ reads the data and the weights a single time.
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from chord_fl.checkpoint import load_hypernet, save_hypernet
+from chord_fl.checkpoint import (
+    hypernet_cache_path,
+    hypernet_settings,
+    load_hypernet,
+    save_hypernet,
+)
 from chord_fl.cloud import tier_budgets
-from chord_fl.comparators import CHORD_VARIANTS, CloudModels
 from chord_fl.data import RoundSplit
-from chord_fl.devices import Fleet, Tier, assign_tiers, fleet_to_toml
 from chord_fl.errors import ConfigError
-from chord_fl.experiment import Setup, global_importance, load_backbone, load_split
+from chord_fl.experiment import Setup, load_backbone, load_split
+from chord_fl.federation.runconfig import RunConfig, fleet_from_setting
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
+from chord_fl.methods import CHORD_VARIANTS, Cloud
+from chord_fl.quant.budget import floor_bytes
 from chord_fl.quant.quantizer import PreparedModel
-from chord_fl.runconfig import RunConfig, fleet_from_setting
+from chord_fl.sensitivity import global_sensitivity
+from chord_fl.tiers import Fleet, Tier, assign_tiers
 from chord_fl.train import evaluation_negatives
 
 
@@ -70,7 +76,7 @@ def _cached_world(
     prepared = PreparedModel(load_backbone(setup, split, progress))
     tier_of = assign_tiers(fleet, len(split), setup.seed)
     by_tier = tier_budgets(fleet, prepared.channels)
-    floor = prepared.channels.fixed_bytes + prepared.channels.cost(prepared.table)[:, 0].sum()
+    floor = floor_bytes(prepared.channels, prepared.table)
     for tier, budget in zip(fleet.tiers, by_tier, strict=True):
         if budget < floor:
             raise ConfigError(
@@ -87,47 +93,41 @@ def _cached_world(
     )
 
 
-def cloud_models(
-    world: World, method: str, config: RunConfig, progress: bool = False
-) -> CloudModels:
+def load_cloud(world: World, method: str, config: RunConfig, progress: bool = False) -> Cloud:
     """What the cloud needs to issue `method`'s codes: hypernetworks (loaded, or trained once and
     cached next to the backbone) or the cloud-wide importance of the global strategy."""
-    cloud = CloudModels(world.prepared)
-    stem = Path(config.setup.checkpoint_path).stem
+    cloud = Cloud(world.prepared)
+    setup = config.setup
+    stem = Path(setup.checkpoint_path).stem
     if method in CHORD_VARIANTS:
-        path = Path(config.checkpoint_dir) / f"{stem}-{method}{_training_tag(config)}.pt"
+        train = HyperTrainConfig(
+            epochs=config.hypernet_epochs, seed=config.seed, profile_window=config.profile_window
+        )
+        settings = hypernet_settings(
+            setup.backbone_identity(world.split.num_items),
+            CHORD_VARIANTS[method],
+            world.fleet,
+            train,
+        )
+        path = hypernet_cache_path(config.checkpoint_dir, f"{stem}-{method}", settings)
         if path.exists():
             net, _ = load_hypernet(path, world.prepared)
         else:
-            train = HyperTrainConfig(
-                epochs=config.hypernet_epochs,
-                seed=config.seed,
-                profile_window=config.profile_window,
-            )
             net, result = train_hypernet(
                 world.prepared, world.split, world.fleet, CHORD_VARIANTS[method], train, progress
             )
-            save_hypernet(path, net, {"best_epoch": result.best_epoch, "variant": method})
+            meta = {"best_epoch": result.best_epoch, "variant": method, "settings": settings}
+            save_hypernet(path, net, meta)
         cloud.hypernets[method] = net.eval()
     elif method == "global":
-        path = Path(config.checkpoint_dir) / f"{stem}-global.npy"  # depends on data and seed only
+        # Depends on the data, the backbone and the seed only.
+        path = Path(config.checkpoint_dir) / f"{stem}-global-fisher.npy"
         if path.exists():
             cloud.global_importance = np.load(path, allow_pickle=False)
         else:
-            cloud.global_importance = global_importance(
-                world.prepared, world.split, seed=config.seed
+            cloud.global_importance = global_sensitivity(
+                world.prepared.frozen, world.prepared.channels, world.split, seed=config.seed
             )
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, cloud.global_importance, allow_pickle=False)
     return cloud
-
-
-def _training_tag(config: RunConfig) -> str:
-    """A suffix naming hypernetworks trained under other tiers, epochs or profile window, so
-    that no run silently reuses networks trained for another fleet; none for the defaults (the
-    file `chord-fl hypernet --epochs 4` writes)."""
-    settings = (fleet_to_toml(config.fleet), config.hypernet_epochs, config.profile_window)
-    defaults = RunConfig()
-    if settings == (fleet_to_toml(defaults.fleet), defaults.hypernet_epochs, 0):
-        return ""
-    return "-" + hashlib.sha256(repr(settings).encode()).hexdigest()[:10]

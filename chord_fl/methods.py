@@ -1,0 +1,148 @@
+"""Every method a device can be given, in one registry, so that all are compared at equal bytes.
+
+- fp32: the frozen full-precision model, no budget.
+- uniform: every weight at the widest single width from 1 to 8 bits whose whole model fits the
+  budget, with per-channel or per-tensor scales (`chord_fl.quant.uniform`).
+- random: random importances, allocated under the budget.
+- global: one non-personalised importance for all users (cloud-wide squared gradients, in the spirit
+  of HAWQ), allocated under each budget.
+- chord and its ablations: the hypernetworks' importances for each device's profile.
+
+The Flower strategies and the benchmarks take their names from `METHODS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from chord_fl.cloud import issue_codes
+from chord_fl.errors import ConfigError
+from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
+from chord_fl.quant.budget import widest_uniform
+from chord_fl.quant.channels import ChannelMap
+from chord_fl.quant.quantizer import PreparedModel
+
+FP32, UNIFORM, CODES = "fp32", "uniform", "codes"
+
+
+@dataclass(frozen=True)
+class Method:
+    gives: str  # what a device receives: FP32 (nothing new), UNIFORM (a width) or CODES
+    personalised: bool = False  # its codes depend on the device's profile
+    hypernet: HyperNetConfig | None = None
+
+
+CHORD_VARIANTS = {
+    "chord": HyperNetConfig(),
+    "chord-no-element": HyperNetConfig(element_level=False),
+    "chord-no-filter": HyperNetConfig(filter_level=False),
+    "chord-no-layer": HyperNetConfig(layer_level=False),
+}
+METHODS: dict[str, Method] = {
+    "fp32": Method(FP32),
+    "uniform": Method(UNIFORM),
+    "random": Method(CODES),
+    "global": Method(CODES),
+    **{name: Method(CODES, True, config) for name, config in CHORD_VARIANTS.items()},
+}
+
+
+def method(name: str) -> Method:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+HYPERNET_CHUNK = 256
+
+
+@torch.no_grad()
+def hypernet_importance(
+    net: ChordHyperNet, profiles: np.ndarray, chunk: int = HYPERNET_CHUNK
+) -> np.ndarray:
+    """(D, C) importance, computed in zero-padded chunks of one fixed shape.
+
+    Matrix kernels choose their summation order by shape, so a batch of another size can change
+    a row in its last bits and flip a code at a tie; with one shape, a device's codes never
+    depend on which other devices share its round (a rejected device changes no one else's)."""
+    profiles = torch.from_numpy(np.asarray(profiles))
+    out = []
+    for start in range(0, len(profiles), chunk):
+        rows = profiles[start : start + chunk]
+        padding = rows.new_zeros((chunk - len(rows), rows.shape[1]))
+        out.append(net(torch.cat([rows, padding]))[: len(rows)])
+    if not out:
+        return np.empty((0, sum(head.channels for head in net.heads)))
+    return torch.cat(out).numpy()
+
+
+@dataclass
+class Cloud:
+    """What the cloud holds: the prepared frozen model, trained hypernetworks by method name, and
+    the cloud-wide channel importance for the global strategy."""
+
+    prepared: PreparedModel
+    hypernets: dict[str, ChordHyperNet] = field(default_factory=dict)
+    global_importance: np.ndarray | None = None
+
+
+def _random(name: str, cloud: Cloud, profiles: np.ndarray, ids: np.ndarray, seed: int):
+    # One stream per device: its codes never depend on which other devices share the batch.
+    channels = cloud.prepared.channels.channels
+    rows = [np.random.default_rng([seed, int(i), 0x72616E64]).random(channels) for i in ids]
+    return np.array(rows).reshape(len(ids), channels)
+
+
+def _global(name: str, cloud: Cloud, profiles: np.ndarray, ids: np.ndarray, seed: int):
+    if cloud.global_importance is None:
+        raise ConfigError("the global strategy needs cloud-wide channel importance")
+    return np.broadcast_to(cloud.global_importance, (len(ids), cloud.prepared.channels.channels))
+
+
+def _hypernet(name: str, cloud: Cloud, profiles: np.ndarray, ids: np.ndarray, seed: int):
+    if name not in cloud.hypernets:
+        raise ConfigError(f"no trained hypernetworks for {name!r}")
+    return hypernet_importance(cloud.hypernets[name], profiles)
+
+
+Importance = Callable[[str, Cloud, np.ndarray, np.ndarray, int], np.ndarray]
+_IMPORTANCE: dict[str, Importance] = {
+    "random": _random,
+    "global": _global,
+    **dict.fromkeys(CHORD_VARIANTS, _hypernet),
+}
+
+
+def method_codes(
+    name: str,
+    cloud: Cloud,
+    profiles: np.ndarray,
+    budgets: np.ndarray,
+    seed: int = 0,
+    device_ids: np.ndarray | None = None,
+) -> np.ndarray:
+    """(D, C) codes of the code method `name` for devices with (D, hidden) profiles and (D,)
+    byte budgets; `device_ids` (default 0..D-1) key each device's random codes."""
+    if method(name).gives != CODES:
+        raise ConfigError(f"{name} gives devices no codes")
+    ids = np.arange(len(budgets)) if device_ids is None else np.asarray(device_ids)
+    importance = _IMPORTANCE[name](name, cloud, profiles, ids, seed)
+    return issue_codes(cloud.prepared, importance, budgets)
+
+
+def uniform_widths(channels: ChannelMap, budgets: np.ndarray) -> list[tuple[int, bool]]:
+    """(bits, per_tensor) of each device's uniform model: the widest that fits its budget."""
+    widths = []
+    for device, budget in enumerate(np.asarray(budgets)):
+        width = widest_uniform(channels, int(budget))
+        if width is None:
+            raise ConfigError(
+                f"device {device}: budget {int(budget)} B holds no uniform model (1 bit per "
+                "weight with one scale per tensor needs more)"
+            )
+        widths.append(width)
+    return widths

@@ -1,0 +1,187 @@
+"""How much each channel of the frozen model matters to one user: squared gradients of the user's
+next-item loss, summed over the channel's weights (a diagonal Fisher estimate, as HAWQ-style
+methods use), in the units the allocator consumes (it multiplies them by quantization errors).
+
+- `target_sensitivity`: the gradient for a given target. With each device's real test target it is
+  the *oracle*, a ceiling no deployable method can use; with history targets it feeds the global
+  strategy.
+- `expected_sensitivity`: the expectation over the frozen model's own predictive distribution for
+  the user's window (the Fisher information of the window): what a perfect profile-to-sensitivity
+  map could output, the *window ceiling*, and the supervision target of the hypernetworks.
+
+For cross-entropy over the full catalogue, the gradient of target y's loss with respect to the
+scores is p - e_y, so every target's weight gradient is one vector-Jacobian product of the same
+forward pass; they are computed together, batched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from chord_fl.data.split import RoundSplit, pad_left
+from chord_fl.models import SequentialRecommender
+from chord_fl.quant.channels import ChannelMap
+
+GRADIENT_BATCH = 64  # targets per batched backward pass
+
+
+def _channel_squares(
+    model: SequentialRecommender, channels: ChannelMap, window: np.ndarray, targets: np.ndarray
+) -> torch.Tensor:
+    """(K, C) squared gradient of each target's loss, summed per channel, for one window."""
+    params = dict(model.named_parameters())
+    weights = [params[group.name] for group in channels.groups]
+    with _gradients_on(weights):
+        return _squares(model, channels, weights, window, targets)
+
+
+@contextlib.contextmanager
+def _gradients_on(weights: list[torch.Tensor]):
+    """Gradients for these weights even in a model frozen with requires_grad_(False)."""
+    before = [weight.requires_grad for weight in weights]
+    try:
+        with torch.enable_grad():
+            for weight in weights:
+                weight.requires_grad_(True)
+            yield
+    finally:
+        for weight, flag in zip(weights, before, strict=True):
+            weight.requires_grad_(flag)
+
+
+def _squares(
+    model: SequentialRecommender,
+    channels: ChannelMap,
+    weights: list[torch.Tensor],
+    window: np.ndarray,
+    targets: np.ndarray,
+) -> torch.Tensor:
+    scores = model.full_scores(torch.from_numpy(pad_left([window], model.max_len)))[0]
+    probabilities = torch.softmax(scores, dim=0).detach()
+    out = []
+    for start in range(0, len(targets), GRADIENT_BATCH):
+        chunk = torch.as_tensor(targets[start : start + GRADIENT_BATCH], dtype=torch.long)
+        directions = probabilities.repeat(len(chunk), 1)
+        directions[torch.arange(len(chunk)), chunk] -= 1.0
+        grads = torch.autograd.grad(
+            scores, weights, grad_outputs=directions, is_grads_batched=True, retain_graph=True
+        )
+        out.append(
+            torch.cat(
+                [
+                    (grad.movedim(group.channel_axis + 1, 1) ** 2).flatten(2).sum(2)
+                    for grad, group in zip(grads, channels.groups, strict=True)
+                ],
+                dim=1,
+            )
+        )
+    return torch.cat(out)
+
+
+def target_sensitivity(
+    model: SequentialRecommender,
+    channels: ChannelMap,
+    windows: list[np.ndarray],
+    targets: np.ndarray,
+) -> np.ndarray:
+    """(U, C) sensitivity of each user's loss on its own target."""
+    model.eval()
+    out = np.empty((len(windows), channels.channels))
+    for row, (window, target) in enumerate(zip(windows, targets, strict=True)):
+        out[row] = _channel_squares(model, channels, window, np.array([target]))[0].numpy()
+    return out
+
+
+def predictive_distribution(
+    model: SequentialRecommender, window: np.ndarray, exclude_window: bool = True
+) -> np.ndarray:
+    """(num_items + 1,) the frozen model's next-item distribution for `window`; with
+    `exclude_window`, renormalised over items the user has not interacted with (as full-ranking
+    evaluation excludes them)."""
+    with torch.no_grad():
+        scores = model.full_scores(torch.from_numpy(pad_left([window], model.max_len)))[0]
+    if exclude_window:
+        scores[torch.from_numpy(np.asarray(window, dtype=np.int64))] = float("-inf")
+    return torch.softmax(scores.double(), dim=0).numpy()
+
+
+def expected_sensitivity(
+    model: SequentialRecommender,
+    channels: ChannelMap,
+    windows: list[np.ndarray],
+    samples: int | None = 32,
+    seed: int = 0,
+    exclude_window: bool = True,
+) -> np.ndarray:
+    """(U, C) expected sensitivity of each user's next-item loss over the model's predictive
+    distribution for its window: exact over every item (`samples` None; for small catalogues),
+    or the mean over `samples` targets drawn from it (unbiased).
+
+    With samples, the rows of the output item table are computed exactly wherever the item is not
+    in the window: such a row's gradient is (p_c - [y = c]) h, with h the window's state and p the
+    model's softmax, so its expected square is |h|^2 (p_c^2 (1 - q_c) + (1 - p_c)^2 q_c) under the
+    target distribution q. That is most channels, and sampling would leave them very noisy (a row
+    is large only when its own item is drawn)."""
+    model.eval()
+    table = next(
+        (g for g in channels.groups if g.name == model.output_table and g.channel_axis == 0), None
+    )
+    out = np.empty((len(windows), channels.channels))
+    for row, window in enumerate(windows):
+        q = predictive_distribution(model, window, exclude_window)
+        if samples is None:
+            items = np.flatnonzero(q > 0)
+            weights = q[items]
+        else:
+            rng = np.random.default_rng([seed, row, 0x66697368])
+            items = rng.choice(len(q), size=samples, p=q / q.sum())
+            weights = np.full(samples, 1.0 / samples)
+        squares = _channel_squares(model, channels, window, items).double().numpy()
+        out[row] = weights @ squares
+        if samples is not None and table is not None:
+            exact = _output_rows(model, window, q)
+            outside = np.ones(table.channels, dtype=bool)
+            outside[np.asarray(window, dtype=np.int64)] = False
+            outside[0] = False  # padding: its row is never scored
+            rows = out[row, table.codes]  # a view: writing it writes `out`
+            rows[outside] = exact[outside]
+    return out
+
+
+def _output_rows(model: SequentialRecommender, window: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """(num_items + 1,) expected squared gradient of each output row from the scoring side."""
+    with torch.no_grad():
+        seqs = torch.from_numpy(pad_left([window], model.max_len))
+        state = model.encode(seqs)[0].double()
+        p = torch.softmax(model.full_scores(seqs)[0].double(), dim=0).numpy()
+    norm = float((state**2).sum())
+    return norm * (p**2 * (1 - q) + (1 - p) ** 2 * q)
+
+
+def global_sensitivity(
+    model: SequentialRecommender,
+    channels: ChannelMap,
+    split: RoundSplit,
+    max_users: int = 1000,
+    samples: int = 16,
+    seed: int = 0,
+) -> np.ndarray:
+    """(C,) one non-personalised importance for everyone: the expected sensitivity of (up to
+    `max_users`) training users' history windows, each divided by its mean over channels before
+    averaging, so that no window's sharpness outweighs the others.
+
+    (The realised-target form, the mean of `target_sensitivity` over the users' last history
+    items, was measured weaker: benchmarks/headroom.py.)"""
+    rng = np.random.default_rng([seed, 0x676C6F62])
+    users = np.sort(rng.permutation(len(split))[:max_users])
+    windows = [split.users[i].history for i in users]
+    rows = expected_sensitivity(model, channels, windows, samples, seed)
+    return normalised(rows).mean(axis=0)
+
+
+def normalised(rows: np.ndarray) -> np.ndarray:
+    """Each row divided by its mean (the allocator is blind to a device's common scale)."""
+    return rows / np.maximum(rows.mean(axis=1, keepdims=True), 1e-300)

@@ -1,0 +1,113 @@
+"""A small fleet run by the code as it stood before the architecture pass (the refactor that moved
+the federation runtime into `chord_fl.federation`) gives the same codes, metrics and ledger bytes
+today. The reference (`tests/data/small-fleet-reference.json`) was written by this module's
+`main` with the earlier code first on the path:
+
+    PYTHONPATH=/path/to/earlier/checkout CHORD_DATA_DIR= python tests/test_behaviour_unchanged.py
+
+Node ids and measured times differ between runs, so a snapshot keeps everything else: per
+(round, partition) each device's metrics, bytes, code counts and status, and per message its
+round, partition, direction, kind, payload and serialised bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+REFERENCE = Path(__file__).parent / "data" / "small-fleet-reference.json"
+STRATEGIES = ("chord", "fp32", "fedavg")
+USERS, SEED, ROUNDS = 12, 4, 2
+VOLATILE = {"node_id", "adapt_ms", "transfer_s"}
+MESSAGE_ID_BYTES = 8
+
+
+def _rows(path: Path, keys: tuple[str, ...]) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = [
+            {k: v for k, v in row.items() if k not in VOLATILE} for row in csv.DictReader(handle)
+        ]
+    return sorted(rows, key=lambda row: tuple(row[k] for k in keys))
+
+
+def snapshot(root: Path) -> dict[str, dict[str, list[dict[str, str]]]]:
+    """Run each of `STRATEGIES` on the small fleet under `root`; keep what is stable."""
+    from chord_fl.data import synthetic_interactions
+    from chord_fl.pretrain import default_checkpoint, pretrain
+    from chord_fl.train import TrainConfig
+    from simulations.simulate import simulate
+
+    data = root / "interactions.csv"
+    synthetic_interactions(num_users=USERS, num_items=40, seed=SEED).to_csv(data, index=False)
+    base = {
+        "dataset": str(data),
+        "rounds": ROUNDS,
+        "negatives": 10,
+        "hypernet-epochs": 1,
+        "local-epochs": 1,
+        "output-dir": str(root / "runs"),
+        "checkpoint-dir": str(root / "checkpoints"),
+        "node-wait": 5.0,
+        "seed": SEED,
+    }
+    # A briefly trained backbone where the run config will look for it (both code versions name
+    # it the same way), so the one-time download of frozen weights is in the ledger.
+    checkpoint = root / "checkpoints" / default_checkpoint(str(data), "sasrec", ROUNDS, SEED).name
+    train = TrainConfig(epochs=2, num_negatives=10, seed=SEED)
+    torch.manual_seed(SEED)  # the backbone's initial weights
+    pretrain(str(data), "sasrec", None, ROUNDS, train, None, checkpoint, None, False)
+    out = {}
+    for strategy in STRATEGIES:
+        simulate({**base, "strategy": strategy, "run-name": strategy}, num_supernodes=USERS)
+        run = root / "runs" / strategy
+        out[strategy] = {
+            "clients": _rows(run / "clients.csv", ("round", "partition")),
+            "ledger": _rows(run / "ledger.csv", ("round", "partition", "direction", "kind")),
+        }
+    return out
+
+
+def _metrics_close(now: list[dict], then: list[dict]) -> None:
+    assert len(now) == len(then)
+    for new, old in zip(now, then, strict=True):
+        assert new.keys() == old.keys()
+        for key, value in old.items():
+            # Serialised messages carry random node and message ids as varints, whose length
+            # varies by a few bytes from run to run (two runs of the same code differ so).
+            tolerance = MESSAGE_ID_BYTES if key == "message_bytes" else 1e-9
+            try:
+                assert float(new[key]) == pytest.approx(float(value), abs=tolerance), key
+            except ValueError:
+                assert new[key] == value, key
+
+
+def _fixed_length_root() -> tempfile.TemporaryDirectory:
+    # Paths travel in some messages, so their length must not vary between runs.
+    return tempfile.TemporaryDirectory(prefix="chord-reference-", dir="/tmp")
+
+
+def test_small_fleet_matches_the_code_before_the_architecture_pass():
+    reference = json.loads(REFERENCE.read_text())
+    with _fixed_length_root() as directory:
+        now = snapshot(Path(directory))
+    for strategy in STRATEGIES:
+        _metrics_close(now[strategy]["clients"], reference[strategy]["clients"])
+        _metrics_close(now[strategy]["ledger"], reference[strategy]["ledger"])
+
+
+def main() -> None:
+    with _fixed_length_root() as directory:
+        result = snapshot(Path(directory))
+    REFERENCE.parent.mkdir(parents=True, exist_ok=True)
+    REFERENCE.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {REFERENCE}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
