@@ -94,12 +94,10 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
         train_seconds = {}
         for method in args.methods:
             if method in CHORD_VARIANTS:
-                config = HyperTrainConfig(
-                    epochs=args.hypernet_epochs, seed=seed, **args.hypernet_options
-                )
-                net, fit = train_hypernet(
-                    prepared, split, DEFAULT_FLEET, CHORD_VARIANTS[method], config
-                )
+                variant = CHORD_VARIANTS[method]
+                options = {"objective": variant.objective, **args.hypernet_options}
+                config = HyperTrainConfig(epochs=args.hypernet_epochs, seed=seed, **options)
+                net, fit = train_hypernet(prepared, split, DEFAULT_FLEET, variant.network, config)
                 cloud.hypernets[method] = net
                 train_seconds[method] = fit.seconds
         for bits in args.bits:

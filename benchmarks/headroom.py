@@ -7,10 +7,10 @@ and fp32 aside), and every device is scored on its own test target:
 - oracle: the device's sensitivity to its actual test target (a ceiling no method can deploy);
 - window: its expected sensitivity over the frozen model's predictive distribution for its real
   window (what a perfect map from the window to sensitivity could output: the window ceiling);
-- chord-sens: hypernetworks trained by sensitivity supervision (log link, cloud-wide prior);
-  init-sens: the same networks untrained (the prior, with the backbone's own item scores);
-- chord: hypernetworks trained through the relaxed allocation (the earlier default);
-  init: the same networks untrained (the backbone's own item scores, softplus);
+- chord: hypernetworks trained by sensitivity supervision (log link, cloud-wide prior);
+  init: the same networks untrained (the prior, with the backbone's own item scores);
+- chord-relax: hypernetworks trained through the relaxed allocation (the earlier default);
+  init-relax: the same networks untrained (the backbone's own item scores, softplus);
 - global: the mean expected sensitivity of training users' history windows, each normalised (the
   project's `global` strategy); global-target: the earlier estimate, the mean squared gradient
   of the same users' realised last history items;
@@ -34,34 +34,40 @@ from results_file import append_row, read_rows
 
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.experiment import Setup, evaluate_method, load_backbone, load_split
-from chord_fl.hypernet.networks import HyperNetConfig
 from chord_fl.hypernet.profile import encode_profiles
-from chord_fl.hypernet.supervision import SensitivitySet, sensitivity_set, training_windows
+from chord_fl.hypernet.supervision import (
+    SensitivitySet,
+    log_ratio_loss,
+    sensitivity_set,
+    training_windows,
+)
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
 from chord_fl.machine import machine_line
-from chord_fl.methods import Cloud, hypernet_importance
+from chord_fl.methods import CHORD_VARIANTS, Cloud, hypernet_importance
 from chord_fl.metrics import mean_and_standard_error
 from chord_fl.quant.budget import coded_bytes
 from chord_fl.quant.quantizer import PreparedModel
-from chord_fl.sensitivity import expected_sensitivity, global_sensitivity, target_sensitivity
+from chord_fl.sensitivity import (
+    expected_sensitivity,
+    global_sensitivity,
+    normalised,
+    target_sensitivity,
+)
 from chord_fl.tiers import DEFAULT_FLEET, Fleet, Tier
 from chord_fl.train import evaluation_negatives
 
 CEILINGS = ("oracle", "window")
-LEARNED = {  # name: (network, training objective); "init*" are the same networks untrained
-    "chord": (HyperNetConfig(), "next-item"),
-    "chord-sens": (HyperNetConfig(link="exp", prior=True), "sensitivity"),
-}
+LEARNED = ("chord", "chord-relax")  # "init*": the same networks untrained
 ORDER = (
     "fp32",
     "uniform",
     "random",
     "global-target",
     "global",
+    "init-relax",
+    "chord-relax",
     "init",
     "chord",
-    "init-sens",
-    "chord-sens",
     "window",
     "oracle",
 )
@@ -79,6 +85,23 @@ def realised_target_sensitivity(frozen, channels, split, max_users: int = 1000) 
     return target_sensitivity(frozen, channels, windows, targets).mean(axis=0)
 
 
+def print_fit(
+    importances: dict[str, np.ndarray], window: np.ndarray, prepared: PreparedModel
+) -> None:
+    """How close each method's importances come to the test windows' own expected sensitivity:
+    the supervision loss (squared log ratio, scale-free), overall and on the output item table."""
+    target = torch.from_numpy(normalised(window)).float()
+    table = prepared.frozen.output_table
+    item = next(g for g in prepared.channels.groups if g.name == table).codes
+    for name, importance in importances.items():
+        if name in CEILINGS:
+            continue
+        predicted = torch.from_numpy(np.ascontiguousarray(importance)).float()
+        whole = log_ratio_loss(predicted, target).item()
+        rows = log_ratio_loss(predicted[:, item], target[:, item]).item()
+        print(f"  fit to the window ceiling: {name:<13} all {whole:.3f}, item table {rows:.3f}")
+
+
 def learned_importance(
     prepared: PreparedModel,
     split,
@@ -89,17 +112,18 @@ def learned_importance(
 ) -> dict[str, np.ndarray]:
     """Importances of each learned method and of its untrained start, for one seed."""
     out = {}
-    for name, (net_config, objective) in LEARNED.items():
+    for name in LEARNED:
+        variant = CHORD_VARIANTS[name]
         for epochs, label in ((0, name.replace("chord", "init")), (args.hypernet_epochs, name)):
             config = HyperTrainConfig(
                 epochs=epochs,
                 seed=seed,
-                objective=objective,
+                objective=variant.objective,
                 sensitivity_samples=args.samples,
             )
             start = time.perf_counter()
             net, fit = train_hypernet(
-                prepared, split, DEFAULT_FLEET, net_config, config, supervision=supervision
+                prepared, split, DEFAULT_FLEET, variant.network, config, supervision=supervision
             )
             out[label] = hypernet_importance(net, profiles)
             history = [(h["epoch"], round(h["validation"], 4)) for h in fit.history]
@@ -146,6 +170,7 @@ def run(args: argparse.Namespace, results: Path) -> None:
         torch.manual_seed(seed)
         learned = learned_importance(prepared, split, profiles, supervision, seed, args)
         importances = {**fixed, **learned}
+        print_fit(importances, fixed["window"], channels)
         for bits in args.bits:
             budgets = np.full(len(users), tier_budgets(single_tier(bits), channels)[0])
             for method in args.methods:
@@ -211,7 +236,7 @@ def tables(rows: list[dict]) -> str:
             cells = [f"{np.mean([r['avg_bits'] for r in group]):.2f}"]
             cells += [f"{means[method][p]:.4f}" for p in ("full", "sampled")]
             cells += [_paired(group, methods.get("global"), p) for p in ("full", "sampled")]
-            cells.append(_gap_share(means, method))
+            cells.append(_gap_share(means, methods, method))
             out.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -240,18 +265,70 @@ def _paired(group: list[dict], reference: list[dict] | None, protocol: str) -> s
     return f"{mean:+.4f} ± {error:.4f} ({mean / error:+.1f})"
 
 
-def _gap_share(means: dict[str, dict[str, float]], method: str) -> str:
+def _gap_share(
+    means: dict[str, dict[str, float]], methods: dict[str, list[dict]], method: str
+) -> str:
+    """(method - global) / (window - global), where that gap is real: a gap within two paired
+    standard errors of zero has no share to close ("no gap")."""
     if "global" not in means or "window" not in means:
         return "-"
     shares = []
     for protocol in ("full", "sampled"):
-        gap = means["window"][protocol] - means["global"][protocol]
-        shares.append(
-            f"{(means[method][protocol] - means['global'][protocol]) / gap:+.0%}"
-            if abs(gap) > 1e-9
-            else "-"
+        gap, error = mean_and_standard_error(
+            _per_device(methods["window"], protocol) - _per_device(methods["global"], protocol)
         )
+        if not error or abs(gap) < 2 * error:
+            shares.append("no gap")
+            continue
+        shares.append(f"{(means[method][protocol] - means['global'][protocol]) / gap:+.0%}")
     return " / ".join(shares)
+
+
+def pareto_figure(rows: list[dict], dataset: str, backbone: str, out: Path) -> Path:
+    """NDCG@10 (full, sampled) against the average bits each method used, a line per method,
+    error bars the standard error over devices (seeds averaged per device)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from simulations.plots import method_colour
+
+    chosen = [r for r in rows if r["dataset"] == dataset and r["backbone"] == backbone]
+    by_method: dict[str, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for row in chosen:
+        by_method[row["method"]][row["budget_bits"]].append(row)
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    for axis, protocol in zip(axes, ("full", "sampled"), strict=True):
+        for method in sorted(by_method, key=lambda m: ORDER.index(m) if m in ORDER else 99):
+            budgets = sorted(by_method[method])
+            bits = [np.mean([r["avg_bits"] for r in by_method[method][b]]) for b in budgets]
+            stats = [
+                mean_and_standard_error(_per_device(by_method[method][b], protocol))
+                for b in budgets
+            ]
+            if method == "fp32":  # one point at 32 bits: drawn as a level line instead
+                axis.axhline(stats[0][0], color=method_colour(method), ls=":", label="fp32")
+                continue
+            axis.errorbar(
+                bits,
+                [s[0] for s in stats],
+                yerr=[s[1] or 0.0 for s in stats],
+                color=method_colour(method),
+                marker="o",
+                ms=4,
+                capsize=2,
+                label=method,
+            )
+        axis.set_xlabel("average bits per quantizable weight (what each method used)")
+        axis.set_ylabel(f"NDCG@10, {protocol}")
+        axis.set_title(f"{dataset} / {backbone}: {protocol} ranking")
+        axis.grid(alpha=0.3)
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
+    return out
 
 
 def main() -> None:
@@ -268,14 +345,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--results", default="benchmarks/results/headroom.jsonl")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--plot", help="write the budget sweep figure (PNG) of the run's setting")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     results = Path(args.results)
     if not args.table_only:
         run(args, results)
+    rows = read_rows(results)
     print(f"\nTest targets, paired by device ({results}):")
-    print(tables(read_rows(results)))
+    print(tables(rows))
+    if args.plot:
+        print(f"figure: {pareto_figure(rows, args.dataset, args.backbone, Path(args.plot))}")
 
 
 if __name__ == "__main__":

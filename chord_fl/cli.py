@@ -144,12 +144,15 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
     fleet = load_fleet(args.tiers) if args.tiers else DEFAULT_FLEET
     split = load_split(setup)
     prepared = PreparedModel(load_backbone(setup, split, not args.no_progress))
-    config = HyperTrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
+    variant = CHORD_VARIANTS[args.variant]
+    config = HyperTrainConfig(
+        epochs=args.epochs, lr=args.lr, seed=args.seed, objective=variant.objective
+    )
     net, result = train_hypernet(
-        prepared, split, fleet, CHORD_VARIANTS[args.variant], config, not args.no_progress
+        prepared, split, fleet, variant.network, config, not args.no_progress
     )
     identity = setup.backbone_identity(split.num_items)
-    settings = hypernet_settings(identity, CHORD_VARIANTS[args.variant], fleet, config)
+    settings = hypernet_settings(identity, variant.network, fleet, config)
     stem = f"{Path(setup.checkpoint_path).stem}-{args.variant}"
     out = Path(args.out or hypernet_cache_path(args.checkpoint_dir, stem, settings))
     budgets = tier_budgets(fleet, prepared.channels)[assign_tiers(fleet, len(split), args.seed)]

@@ -26,6 +26,31 @@ matplotlib.use("Agg")  # headless: servers and tests have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 DPI = 120
+# One colour per method in every figure (strategies, and the benchmarks' reference points).
+METHOD_COLOURS = {
+    "fp32": "#000000",
+    "uniform": "#e69f00",
+    "random": "#999999",
+    "global": "#56b4e9",
+    "global-target": "#a6cee3",
+    "chord": "#d55e00",
+    "init": "#f4a582",
+    "chord-relax": "#cc79a7",
+    "init-relax": "#f1b6da",
+    "chord-no-element": "#b2182b",
+    "chord-no-filter": "#762a83",
+    "chord-no-layer": "#8c510a",
+    "window": "#009e73",
+    "oracle": "#0072b2",
+    "fedavg": "#4d4d4d",
+    "fedavg-uniform": "#f0e442",
+}
+
+
+def method_colour(name: str) -> str:
+    return METHOD_COLOURS.get(name.split(" ")[0], "#bababa")
+
+
 CODE_LABELS = ("pruned", "2-bit", "4-bit", "8-bit")  # code k of CODE_COLUMNS
 SIZE_TITLES = {"payload": "payload", "message": "serialised message"}
 

@@ -94,8 +94,8 @@ def test_upload_round_trip_budget_only():
 def test_upload_without_a_record_is_rejected():
     reason = _rejected(read_upload(RecordDict(), None, MAX_BUDGET, MIN_BUDGET))
     assert UPLOAD in reason
-    other = RecordDict({CONFIG: ConfigRecord({BUDGET: 2_000})})
-    _rejected(read_upload(other, None, MAX_BUDGET, MIN_BUDGET))
+    other = timed(RecordDict({CONFIG: ConfigRecord({BUDGET: 2_000})}), 0.25)
+    assert "expected" in _rejected(read_upload(other, None, MAX_BUDGET, MIN_BUDGET))
 
 
 @pytest.mark.parametrize("budget", [2_000.0, "2000", True, b"\x00"])
@@ -106,31 +106,35 @@ def test_upload_with_a_non_integer_budget_is_rejected(budget):
 
 
 def test_upload_without_a_budget_is_rejected():
-    content = RecordDict({UPLOAD: ConfigRecord({PROFILE: b"\x00" * 16})})
-    _rejected(read_upload(content, 8, MAX_BUDGET, MIN_BUDGET))
+    content = timed(RecordDict({UPLOAD: ConfigRecord({PROFILE: b"\x00" * 16})}), 0.25)
+    reason = _rejected(read_upload(content, 8, MAX_BUDGET, MIN_BUDGET))
+    assert reason == "budget must be an integer, got NoneType"
 
 
 @pytest.mark.parametrize("budget", [MIN_BUDGET - 1, MAX_BUDGET + 1, 0, -5])
 def test_upload_with_a_budget_outside_the_range_is_rejected(budget):
     profile = np.zeros(8, dtype=PROFILE_DTYPE)
     reason = _rejected(read_upload(upload_content(budget, profile), 8, MAX_BUDGET, MIN_BUDGET))
-    assert str(budget) in reason
+    assert reason == f"budget {budget} B outside the tier's range {MIN_BUDGET}..{MAX_BUDGET} B"
 
 
 @pytest.mark.parametrize("length", [0, 7, 9, 16])
 def test_upload_with_a_profile_of_the_wrong_length_is_rejected(length):
     content = upload_content(2_000, np.ones(length, dtype=PROFILE_DTYPE))
     reason = _rejected(read_upload(content, 8, MAX_BUDGET, MIN_BUDGET))
-    assert "16 bytes" in reason
+    assert reason == f"profile must be 16 bytes, got {2 * length}"
 
 
 def test_upload_missing_an_expected_profile_is_rejected():
-    _rejected(read_upload(upload_content(2_000, None), 8, MAX_BUDGET, MIN_BUDGET))
+    reason = _rejected(read_upload(upload_content(2_000, None), 8, MAX_BUDGET, MIN_BUDGET))
+    assert reason == "profile must be 16 bytes, got NoneType"
 
 
 def test_upload_with_an_odd_byte_count_is_rejected_not_raised():
-    content = RecordDict({UPLOAD: ConfigRecord({BUDGET: 2_000, PROFILE: b"\x00" * 15})})
-    _rejected(read_upload(content, 8, MAX_BUDGET, MIN_BUDGET))
+    record = ConfigRecord({BUDGET: 2_000, PROFILE: b"\x00" * 15})
+    content = timed(RecordDict({UPLOAD: record}), 0.25)
+    reason = _rejected(read_upload(content, 8, MAX_BUDGET, MIN_BUDGET))
+    assert reason == "profile must be 16 bytes, got 15"
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -100,21 +100,21 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
     setup = config.setup
     stem = Path(setup.checkpoint_path).stem
     if method in CHORD_VARIANTS:
+        variant = CHORD_VARIANTS[method]
         train = HyperTrainConfig(
-            epochs=config.hypernet_epochs, seed=config.seed, profile_window=config.profile_window
+            epochs=config.hypernet_epochs,
+            seed=config.seed,
+            profile_window=config.profile_window,
+            objective=variant.objective,
         )
-        settings = hypernet_settings(
-            setup.backbone_identity(world.split.num_items),
-            CHORD_VARIANTS[method],
-            world.fleet,
-            train,
-        )
+        identity = setup.backbone_identity(world.split.num_items)
+        settings = hypernet_settings(identity, variant.network, world.fleet, train)
         path = hypernet_cache_path(config.checkpoint_dir, f"{stem}-{method}", settings)
         if path.exists():
             net, _ = load_hypernet(path, world.prepared)
         else:
             net, result = train_hypernet(
-                world.prepared, world.split, world.fleet, CHORD_VARIANTS[method], train, progress
+                world.prepared, world.split, world.fleet, variant.network, train, progress
             )
             meta = {"best_epoch": result.best_epoch, "variant": method, "settings": settings}
             save_hypernet(path, net, meta)

@@ -106,6 +106,8 @@ class TensorHead(nn.Module):
     def forward(self, profiles: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, C_l) non-negative channel importance before layer weighting."""
         importance = profiles.new_zeros(profiles.shape[0], self.channels)
+        if self.config.link == "exp" and not self.config.filter_level:
+            importance = importance + 1.0  # in log space the absent level is exp(0)
         if self.config.filter_level:
             bilinear = self.user_to_row(profiles) @ self.rows.T  # (B, C_l)
             prior = self.prior(self.rows.abs()).squeeze(1)  # (C_l,)
