@@ -7,10 +7,10 @@ and fp32 aside), and every device is scored on its own test target:
 - oracle: the device's sensitivity to its actual test target (a ceiling no method can deploy);
 - window: its expected sensitivity over the frozen model's predictive distribution for its real
   window (what a perfect map from the window to sensitivity could output: the window ceiling);
-- chord: hypernetworks trained by sensitivity supervision (log link, cloud-wide prior);
-  init: the same networks untrained (the prior, with the backbone's own item scores);
-- chord-relax: hypernetworks trained through the relaxed allocation (the earlier default);
-  init-relax: the same networks untrained (the backbone's own item scores, softplus);
+- chord: hypernetworks trained through the relaxed allocation (the default);
+  init: the same networks untrained (the backbone's own item scores, softplus);
+- chord-sens: hypernetworks trained by sensitivity supervision (log link, cloud-wide prior);
+  init-sens: the same networks untrained (the prior, with the backbone's own item scores);
 - global: the mean expected sensitivity of training users' history windows, each normalised (the
   project's `global` strategy); global-target: the earlier estimate, the mean squared gradient
   of the same users' realised last history items;
@@ -46,6 +46,7 @@ from chord_fl.machine import machine_line
 from chord_fl.methods import CHORD_VARIANTS, Cloud, hypernet_importance
 from chord_fl.metrics import mean_and_standard_error
 from chord_fl.quant.budget import coded_bytes
+from chord_fl.quant.channels import CodeTable
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.sensitivity import (
     expected_sensitivity,
@@ -57,20 +58,25 @@ from chord_fl.tiers import DEFAULT_FLEET, Fleet, Tier
 from chord_fl.train import evaluation_negatives
 
 CEILINGS = ("oracle", "window")
-LEARNED = ("chord", "chord-relax")  # "init*": the same networks untrained
+FIXED = ("fp32", "uniform", "random")  # scored through the method registry
+LEARNED = ("chord", "chord-sens")  # by default; "init*": the same networks untrained
 ORDER = (
     "fp32",
     "uniform",
     "random",
     "global-target",
     "global",
-    "init-relax",
-    "chord-relax",
     "init",
     "chord",
+    "init-sens",
+    "chord-sens",
     "window",
     "oracle",
 )
+
+
+def _order(method: str) -> int:
+    return ORDER.index(method) if method in ORDER else len(ORDER)
 
 
 def single_tier(bits: float) -> Fleet:
@@ -112,7 +118,7 @@ def learned_importance(
 ) -> dict[str, np.ndarray]:
     """Importances of each learned method and of its untrained start, for one seed."""
     out = {}
-    for name in LEARNED:
+    for name in args.learned:
         variant = CHORD_VARIANTS[name]
         for epochs, label in ((0, name.replace("chord", "init")), (args.hypernet_epochs, name)):
             config = HyperTrainConfig(
@@ -138,7 +144,7 @@ def learned_importance(
 def run(args: argparse.Namespace, results: Path) -> None:
     setup = Setup(args.dataset, args.backbone, args.data_dir, rounds=1)
     split = load_split(setup)
-    prepared = PreparedModel(load_backbone(setup, split))
+    prepared = PreparedModel(load_backbone(setup, split), CodeTable(tuple(args.code_bits)))
     frozen, channels = prepared.frozen, prepared.channels
     users = np.sort(np.random.default_rng(0).permutation(len(split))[: args.eval_users])
     windows = [split.users[i].window(1) for i in users]
@@ -170,11 +176,12 @@ def run(args: argparse.Namespace, results: Path) -> None:
         torch.manual_seed(seed)
         learned = learned_importance(prepared, split, profiles, supervision, seed, args)
         importances = {**fixed, **learned}
-        print_fit(importances, fixed["window"], channels)
+        print_fit(importances, fixed["window"], prepared)
         for bits in args.bits:
             budgets = np.full(len(users), tier_budgets(single_tier(bits), channels)[0])
-            for method in args.methods:
-                if method in ("fp32", "uniform", "random"):
+            available = sorted([*FIXED, *importances], key=_order)
+            for method in [m for m in available if not args.methods or m in args.methods]:
+                if method in FIXED:
                     row, per_device = evaluate_method(
                         method,
                         Cloud(prepared),
@@ -195,6 +202,7 @@ def run(args: argparse.Namespace, results: Path) -> None:
                         "model_bytes": float(coded_bytes(channels, prepared.table, codes).mean()),
                     }
                 row.update(
+                    code_bits=list(prepared.table.bits),
                     dataset=args.dataset,
                     backbone=args.backbone,
                     budget_bits=bits,
@@ -216,22 +224,28 @@ def run(args: argparse.Namespace, results: Path) -> None:
                 )
 
 
+def _table_name(row: dict) -> str:
+    bits = tuple(row.get("code_bits", CodeTable().bits))
+    return "" if bits == CodeTable().bits else f" / codes {'-'.join(map(str, bits))} bits"
+
+
 def tables(rows: list[dict]) -> str:
     """Per setting and budget: each method's NDCG@10, its paired difference from global, and the
     share of the global-to-window gap it closes (both protocols)."""
     by_key: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        by_key[(row["dataset"], row["backbone"], row["budget_bits"])][row["method"]].append(row)
+        key = (row["dataset"], row["backbone"], _table_name(row), row["budget_bits"])
+        by_key[key][row["method"]].append(row)
     out = []
-    for (dataset, backbone, bits), methods in sorted(by_key.items()):
-        out.append(f"\n{dataset} / {backbone} / {bits:g} bits ({_seeds(methods)} seeds)\n")
+    for (dataset, backbone, table, bits), methods in sorted(by_key.items()):
+        out.append(f"\n{dataset} / {backbone}{table} / {bits:g} bits ({_seeds(methods)} seeds)\n")
         out.append(
             "| method | avg bits | NDCG@10 full | sampled | minus global, full: diff ± s.e. (z) "
             "| sampled | share of global-to-window gap closed, full / sampled |"
         )
         out.append("|---|---|---|---|---|---|---|")
         means = {m: _means(group) for m, group in methods.items()}
-        for method in sorted(methods, key=lambda m: ORDER.index(m) if m in ORDER else 99):
+        for method in sorted(methods, key=_order):
             group = methods[method]
             cells = [f"{np.mean([r['avg_bits'] for r in group]):.2f}"]
             cells += [f"{means[method][p]:.4f}" for p in ("full", "sampled")]
@@ -294,13 +308,17 @@ def pareto_figure(rows: list[dict], dataset: str, backbone: str, out: Path) -> P
 
     from simulations.plots import method_colour
 
-    chosen = [r for r in rows if r["dataset"] == dataset and r["backbone"] == backbone]
+    chosen = [
+        r
+        for r in rows
+        if r["dataset"] == dataset and r["backbone"] == backbone and not _table_name(r)
+    ]
     by_method: dict[str, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for row in chosen:
         by_method[row["method"]][row["budget_bits"]].append(row)
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     for axis, protocol in zip(axes, ("full", "sampled"), strict=True):
-        for method in sorted(by_method, key=lambda m: ORDER.index(m) if m in ORDER else 99):
+        for method in sorted(by_method, key=_order):
             budgets = sorted(by_method[method])
             bits = [np.mean([r["avg_bits"] for r in by_method[method][b]]) for b in budgets]
             stats = [
@@ -337,7 +355,21 @@ def main() -> None:
     parser.add_argument("--backbone", default="sasrec")
     parser.add_argument("--bits", nargs="+", type=float, default=[2.5, 3.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--methods", nargs="+", choices=ORDER, default=list(ORDER))
+    parser.add_argument("--methods", nargs="+", help="what to score (default: everything)")
+    parser.add_argument(
+        "--learned",
+        nargs="+",
+        choices=list(CHORD_VARIANTS),
+        default=list(LEARNED),
+        help="CHORD variants to train (each also scored untrained, as init*)",
+    )
+    parser.add_argument(
+        "--code-bits",
+        nargs=4,
+        type=int,
+        default=list(CodeTable().bits),
+        help="bits of the four codes (0: pruned)",
+    )
     parser.add_argument("--eval-users", type=int, default=1000)
     parser.add_argument("--samples", type=int, default=16, help="targets per window (Fisher)")
     parser.add_argument("--hypernet-epochs", type=int, default=4)

@@ -17,8 +17,9 @@ can be switched off (ablations); a switched-off level contributes 1 (layer) or n
 With `link="exp"` the scores are log-importances instead (what sensitivity supervision fits, in log
 space): exp(H_F), and lambda_l(u) = exp(L u + b). With `prior=True` each channel's importance is
 also multiplied by prior_c^alpha_l, a fixed cloud-wide sensitivity (`set_prior`) with a learned
-exponent per tensor: 1 at start for every tensor but the item table, whose bilinear head already
-starts from the backbone's own scores (0 there, so the start is the model's own view).
+exponent per tensor: 1 at start for every tensor but the item tables (by rows), whose bilinear
+heads start from the backbone's own view, u . e_c (plus the output bias, for the scoring table):
+0 there.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch import nn
 
 from chord_fl.errors import ConfigError
 from chord_fl.models import SequentialRecommender
-from chord_fl.quant.channels import ChannelMap, channel_rows
+from chord_fl.quant.channels import ChannelGroup, ChannelMap, channel_rows
 
 LINKS = ("softplus", "exp")
 MAX_LOG_IMPORTANCE = 60.0  # exp link: keeps every importance finite in float32
@@ -60,8 +61,15 @@ class TensorHead(nn.Module):
     """Filter- and element-level hypernetworks of one quantized tensor."""
 
     def __init__(
-        self, rows: torch.Tensor, profile_dim: int, config: HyperNetConfig, item_table: bool
+        self,
+        rows: torch.Tensor,
+        profile_dim: int,
+        config: HyperNetConfig,
+        item_rows: bool,
+        item_bias: torch.Tensor | None = None,
     ) -> None:
+        """`item_bias`: the backbone's own per-item score offset (Caser's output bias), added to
+        the item table's log-importance so that it starts at the backbone's full logit."""
         super().__init__()
         channels, elements = rows.shape
         scale = rows.norm(dim=1).mean().clamp_min(1e-8)
@@ -74,7 +82,7 @@ class TensorHead(nn.Module):
                 # this user, u . e_c (the rows above are divided by `scale`); every other tensor
                 # starts with no personal term, at the prior.
                 nn.init.zeros_(self.user_to_row.weight)
-                if item_table and profile_dim == elements:
+                if item_rows and profile_dim == elements:
                     with torch.no_grad():
                         self.user_to_row.weight.copy_(scale * torch.eye(elements))
             elif profile_dim == elements:
@@ -92,6 +100,8 @@ class TensorHead(nn.Module):
                 nn.init.zeros_(self.user_gate.weight)
                 nn.init.zeros_(self.user_gate.bias)
         self.channels = channels
+        offset = item_bias if config.link == "exp" and item_rows else None
+        self.register_buffer("item_bias", None if offset is None else offset.detach().float())
 
     def _quadratic(self) -> torch.Tensor:
         """(C_l, r*r) flattened M_c (cheap: r^2 C_l K_l once per batch of devices)."""
@@ -111,6 +121,8 @@ class TensorHead(nn.Module):
         if self.config.filter_level:
             bilinear = self.user_to_row(profiles) @ self.rows.T  # (B, C_l)
             prior = self.prior(self.rows.abs()).squeeze(1)  # (C_l,)
+            if self.item_bias is not None:
+                prior = prior + self.item_bias
             importance = importance + _link(bilinear + prior, self.config.link)
         if self.config.element_level:
             gate = self.user_gate(profiles)  # (B, r)
@@ -141,7 +153,8 @@ class ChordHyperNet(nn.Module):
                 channel_rows(params[g.name], g.channel_axis).detach().float(),
                 profile_dim,
                 config,
-                _is_item_table(frozen, g),
+                _is_item_rows(g),
+                frozen.output_embeddings()[1] if _is_output_table(frozen, g) else None,
             )
             for g in channels.groups
         )
@@ -152,7 +165,7 @@ class ChordHyperNet(nn.Module):
                 nn.init.zeros_(self.layer.bias)
         if config.prior:
             self.register_buffer("log_prior", torch.zeros(channels.channels))
-            exponent = [0.0 if _is_item_table(frozen, g) else 1.0 for g in channels.groups]
+            exponent = [0.0 if _is_item_rows(g) else 1.0 for g in channels.groups]
             self.prior_exponent = nn.Parameter(torch.tensor(exponent))
             self._sizes = [g.channels for g in channels.groups]
 
@@ -182,5 +195,10 @@ class ChordHyperNet(nn.Module):
         return importance
 
 
-def _is_item_table(frozen: SequentialRecommender, group) -> bool:
+def _is_output_table(frozen: SequentialRecommender, group: ChannelGroup) -> bool:
     return group.name == frozen.output_table and group.channel_axis == 0
+
+
+def _is_item_rows(group: ChannelGroup) -> bool:
+    """An item table by rows (input or output): its heads start at the backbone's own view."""
+    return group.name.endswith("embedding.weight") and group.channel_axis == 0
