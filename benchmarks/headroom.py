@@ -165,7 +165,7 @@ def run(args: argparse.Namespace, results: Path) -> None:
         ),
     }
     # The supervision set of every seed's sensitivity-supervised training.
-    pool = np.sort(np.random.default_rng(0).permutation(len(split))[:2000])
+    pool = np.sort(np.random.default_rng(0).permutation(len(split))[: args.supervision_users])
     windows_seen = training_windows(
         split.histories(), pool, HyperTrainConfig().sensitivity_positions
     )
@@ -371,6 +371,9 @@ def main() -> None:
         help="bits of the four codes (0: pruned)",
     )
     parser.add_argument("--eval-users", type=int, default=1000)
+    parser.add_argument(
+        "--supervision-users", type=int, default=2000, help="training users for chord-sens"
+    )
     parser.add_argument("--samples", type=int, default=16, help="targets per window (Fisher)")
     parser.add_argument("--hypernet-epochs", type=int, default=4)
     parser.add_argument("--data-dir")

@@ -21,8 +21,8 @@ from chord_fl.federation.runlog import read_csv
 from chord_fl.federation.world import load_cloud, load_world
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.methods import method_codes
-from chord_fl.quant.allocation import uniform_codes
 from chord_fl.quant.codec import encode_strategy
+from chord_fl.tiers import DEFAULT_FLEET
 from simulations.client import DeviceError, answer, device_runtime
 from simulations.simulate import simulate
 from strategies import protocol
@@ -56,7 +56,7 @@ def _payloads(ledger, round_):
 
 
 def test_injected_faults_get_their_status_and_returning_devices_full_codes(base):
-    changes = {"strategy": "uniform", "offline": True, "fail-rate": 0.2, "slow-rate": 0.2}
+    changes = {"strategy": "global", "offline": True, "fail-rate": 0.2, "slow-rate": 0.2}
     clients, ledger = _run(base, "faults", **changes)
     config = RunConfig.from_mapping({**base, **changes})
     world = load_world(config)
@@ -74,11 +74,11 @@ def test_injected_faults_get_their_status_and_returning_devices_full_codes(base)
     for row in clients:
         values = [row[k] for k in ("ndcg@10", "hr@10", "model_bytes")]
         assert (row["status"] == "ok") == all(v != "" and math.isfinite(float(v)) for v in values)
-    # Uniform codes never change: a device that held round 1's codes gets a tiny delta, one that
+    # Global codes never change: a device that held round 1's codes gets a tiny delta, one that
     # missed round 1 gets its codes in full.
-    prepared = world.prepared
-    cost = prepared.channels.cost(prepared.table)
-    codes = uniform_codes(cost, world.budgets - prepared.channels.fixed_bytes)
+    cloud = load_cloud(world, "global", config)
+    codes = method_codes("global", cloud, np.empty((USERS, 0)), world.budgets)
+    assert _payloads(ledger, 2)
     for partition, size in _payloads(ledger, 2).items():
         held = expected[(1, partition)] == "ok"
         base_codes = codes[partition] if held else None
@@ -189,3 +189,27 @@ def test_a_round_where_every_device_fails_is_reported_not_a_crash(base):
     assert [r["error"] for r in summary["rounds"]] == [USERS] * ROUNDS
     assert all(r["ndcg@10"] is None for r in summary["rounds"])
     assert not [r for r in ledger if r["kind"] == "codes"]
+
+
+@pytest.mark.parametrize("rates", [(0.2, 0.1), (0.05, 0.3)])
+def test_fault_draws_meet_the_configured_rates_over_a_big_fleet(rates):
+    """Counted independently: over 3 x 4,000 device-rounds each status's share lies within five
+    binomial standard deviations of its configured rate (availability for offline)."""
+    fail, slow = rates
+    config = RunConfig(offline=True, fail_rate=fail, slow_rate=slow, seed=11)
+    tier = DEFAULT_FLEET.tiers[0]
+    draws = [(r, p) for r in range(1, 4) for p in range(4000)]
+    faults = Counter(device_fault(config, r, p) for r, p in draws)
+    offline = sum(is_offline(config, tier, r, p) for r, p in draws)
+    n = len(draws)
+    for observed, rate in (
+        (faults[ERROR], fail),
+        (faults[SLOW], slow),
+        (offline, 1 - tier.availability),
+    ):
+        assert abs(observed / n - rate) <= 5 * math.sqrt(rate * (1 - rate) / n), (observed, rate)
+    # Independent draws: a device's fault in one round says nothing of the next.
+    both = sum(
+        device_fault(config, 1, p) == ERROR == device_fault(config, 2, p) for p in range(4000)
+    )
+    assert abs(both / 4000 - fail**2) <= 5 * math.sqrt(fail**2 * (1 - fail**2) / 4000)
