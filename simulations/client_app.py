@@ -3,6 +3,7 @@ in-process runs, whose run config Flower leaves empty."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +28,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
         return Message(protocol.partition_content(partition_of(context)), reply_to=msg)
 
     def respond(msg: Message, context: Context) -> Message:
-        config = RunConfig.from_mapping({**context.run_config, **(overrides or {})})
+        config = _parsed(tuple(sorted({**context.run_config, **(overrides or {})}.items())))
         try:
             runtime = device_runtime(config)
             content = answer(runtime, msg.content, partition_of(context), context.state)
@@ -38,6 +39,12 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     app.train()(respond)
     app.evaluate()(respond)
     return app
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(items: tuple[tuple[str, Any], ...]) -> RunConfig:
+    """The run config, parsed once per worker process rather than once per message."""
+    return RunConfig.from_mapping(dict(items))
 
 
 app = make_client_app()

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from chord_fl.errors import ChordError
+from chord_fl.quant.varint import VarintError, encode_varints, read_varints
 
 MAGIC = 0xCD
 FULL, DELTA, ENTROPY = 0, 1, 2
@@ -150,50 +151,11 @@ def encode_full(codes: npt.ArrayLike) -> bytes:
     return _header(FULL, arr) + pack_codes(arr)
 
 
-# --- LEB128 varints -------------------------------------------------------------------------------
-
-
-def _encode_varints(values: np.ndarray) -> bytes:
-    """Unsigned LEB128 of each value (< 2**35), vectorised."""
-    v = values.astype(np.uint64)
-    if v.size == 0:
-        return b""
-    lengths = 1 + sum((v >> np.uint64(7 * k)) > 0 for k in range(1, 5)).astype(np.int64)
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    out = np.zeros(int(ends[-1]), dtype=np.uint8)
-    for k in range(5):
-        has = lengths > k
-        byte = (v[has] >> np.uint64(7 * k)) & np.uint64(0x7F)
-        more = (lengths[has] > k + 1).astype(np.uint64) << np.uint64(7)
-        out[starts[has] + k] = (byte | more).astype(np.uint8)
-    return out.tobytes()
-
-
 def _read_varints(buf: bytes, pos: int, k: int) -> tuple[np.ndarray, int]:
-    """k canonical uint32 LEB128 varints from buf[pos:], and the position after them."""
-    if k == 0:
-        return np.zeros(0, dtype=np.uint64), pos
-    window = np.frombuffer(buf, dtype=np.uint8)[pos : pos + 5 * k]
-    ends = np.flatnonzero(window < 0x80)[:k]
-    starts = np.concatenate(([0], ends[:-1] + 1))[: len(ends)]
-    lengths = ends - starts + 1
-    if (lengths > 5).any():
-        raise CodecError("malformed", "varint longer than 5 bytes")
-    if len(ends) < k:
-        next_start = int(ends[-1]) + 1 if len(ends) else 0
-        if window.size - next_start >= 5:
-            raise CodecError("malformed", "varint longer than 5 bytes")
-        raise CodecError("length", "payload ends inside the varints")
-    if ((lengths > 1) & (window[ends] == 0)).any():
-        raise CodecError("malformed", "overlong varint")
-    used = int(ends[-1]) + 1
-    within = np.arange(used) - np.repeat(starts, lengths)
-    parts = (window[:used] & 0x7F).astype(np.uint64) << (7 * within).astype(np.uint64)
-    values = np.add.reduceat(parts, starts)
-    if (values > MAX_COUNT).any():
-        raise CodecError("malformed", "varint overflows uint32")
-    return values, pos + used
+    try:
+        return read_varints(buf, pos, k, MAX_COUNT)
+    except VarintError as exc:
+        raise CodecError(exc.reason, str(exc)) from None
 
 
 # --- DELTA ----------------------------------------------------------------------------------------
@@ -210,8 +172,8 @@ def encode_delta(codes: npt.ArrayLike, base: npt.ArrayLike) -> bytes:
         (
             _header(DELTA, arr),
             struct.pack("<I", checksum(base_arr)),
-            _encode_varints(np.array([changed.size])),
-            _encode_varints(gaps),
+            encode_varints(np.array([changed.size])),
+            encode_varints(gaps),
             pack_codes(arr[changed]),
         )
     )
