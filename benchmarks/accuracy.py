@@ -36,7 +36,7 @@ from chord_fl.experiment import (
     load_split,
 )
 from chord_fl.hypernet.profile import encode_profiles
-from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
+from chord_fl.hypernet.training import HyperTrainConfig, train_best
 from chord_fl.machine import machine_line
 from chord_fl.methods import CHORD_VARIANTS, METHODS, Cloud
 from chord_fl.metrics import mean_and_standard_error
@@ -94,10 +94,10 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
         train_seconds = {}
         for method in args.methods:
             if method in CHORD_VARIANTS:
-                variant = CHORD_VARIANTS[method]
-                options = {"objective": variant.objective, **args.hypernet_options}
+                recipes = CHORD_VARIANTS[method].recipes
+                options = args.hypernet_options
                 config = HyperTrainConfig(epochs=args.hypernet_epochs, seed=seed, **options)
-                net, fit = train_hypernet(prepared, split, DEFAULT_FLEET, variant.network, config)
+                net, fit, _ = train_best(prepared, split, DEFAULT_FLEET, recipes, config)
                 cloud.hypernets[method] = net
                 train_seconds[method] = fit.seconds
         for bits in args.bits:

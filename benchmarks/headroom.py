@@ -7,10 +7,12 @@ and fp32 aside), and every device is scored on its own test target:
 - oracle: the device's sensitivity to its actual test target (a ceiling no method can deploy);
 - window: its expected sensitivity over the frozen model's predictive distribution for its real
   window (what a perfect map from the window to sensitivity could output: the window ceiling);
-- chord: hypernetworks trained through the relaxed allocation (the default);
-  init: the same networks untrained (the backbone's own item scores, softplus);
+- chord-relax: hypernetworks trained through the relaxed allocation;
+  init-relax: the same networks untrained (the backbone's own item scores, softplus);
 - chord-sens: hypernetworks trained by sensitivity supervision (log link, cloud-wide prior);
   init-sens: the same networks untrained (the prior, with the backbone's own item scores);
+- chord: the one of the two trained networks that scored best on validation targets (what the
+  `chord` strategy keeps);
 - global: the mean expected sensitivity of training users' history windows, each normalised (the
   project's `global` strategy); global-target: the earlier estimate, the mean squared gradient
   of the same users' realised last history items;
@@ -59,20 +61,25 @@ from chord_fl.train import evaluation_negatives
 
 CEILINGS = ("oracle", "window")
 FIXED = ("fp32", "uniform", "random")  # scored through the method registry
-LEARNED = ("chord", "chord-sens")  # by default; "init*": the same networks untrained
+LEARNED = ("chord-relax", "chord-sens")  # by default; "init*": the same networks untrained
 ORDER = (
     "fp32",
     "uniform",
     "random",
     "global-target",
     "global",
-    "init",
-    "chord",
+    "init-relax",
+    "chord-relax",
     "init-sens",
     "chord-sens",
+    "chord",
     "window",
     "oracle",
 )
+
+
+# The budget sweep figure: the deployable methods and the two ceilings (the tables have the rest).
+SWEEP_METHODS = ("fp32", "uniform", "random", "global", "chord", "window", "oracle")
 
 
 def _order(method: str) -> int:
@@ -116,28 +123,35 @@ def learned_importance(
     seed: int,
     args: argparse.Namespace,
 ) -> dict[str, np.ndarray]:
-    """Importances of each learned method and of its untrained start, for one seed."""
-    out = {}
+    """Importances of each learned recipe and of its untrained start, for one seed, and of `chord`:
+    whichever trained recipe scored best on validation (as the `chord` variant chooses)."""
+    out, validation = {}, {}
     for name in args.learned:
-        variant = CHORD_VARIANTS[name]
+        (recipe,) = CHORD_VARIANTS[name].recipes
         for epochs, label in ((0, name.replace("chord", "init")), (args.hypernet_epochs, name)):
             config = HyperTrainConfig(
                 epochs=epochs,
                 seed=seed,
-                objective=variant.objective,
+                objective=recipe.objective,
                 sensitivity_samples=args.samples,
             )
             start = time.perf_counter()
             net, fit = train_hypernet(
-                prepared, split, DEFAULT_FLEET, variant.network, config, supervision=supervision
+                prepared, split, DEFAULT_FLEET, recipe.network, config, supervision=supervision
             )
             out[label] = hypernet_importance(net, profiles)
+            validation[label] = fit.best_score
             history = [(h["epoch"], round(h["validation"], 4)) for h in fit.history]
             print(
                 f"  {label}: best epoch {fit.best_epoch}, validation {history} "
                 f"({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )
+    trained = [name for name in args.learned if name in validation]
+    if trained:
+        chosen = max(trained, key=validation.__getitem__)
+        print(f"  chord: {chosen} (validation {validation[chosen]:.4f})", flush=True)
+        out["chord"] = out[chosen]
     return out
 
 
@@ -311,7 +325,10 @@ def pareto_figure(rows: list[dict], dataset: str, backbone: str, out: Path) -> P
     chosen = [
         r
         for r in rows
-        if r["dataset"] == dataset and r["backbone"] == backbone and not _table_name(r)
+        if r["dataset"] == dataset
+        and r["backbone"] == backbone
+        and not _table_name(r)
+        and r["method"] in SWEEP_METHODS
     ]
     by_method: dict[str, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for row in chosen:
@@ -359,7 +376,7 @@ def main() -> None:
     parser.add_argument(
         "--learned",
         nargs="+",
-        choices=list(CHORD_VARIANTS),
+        choices=[name for name, v in CHORD_VARIANTS.items() if len(v.recipes) == 1],
         default=list(LEARNED),
         help="CHORD variants to train (each also scored untrained, as init*)",
     )

@@ -38,16 +38,16 @@ def curves(args: argparse.Namespace) -> list[dict]:
             prepared.frozen, prepared.channels, windows, args.samples, seed
         )
         for name in args.variants:
-            variant = CHORD_VARIANTS[name]
+            (recipe,) = CHORD_VARIANTS[name].recipes
             config = HyperTrainConfig(
                 epochs=args.epochs,
                 seed=seed,
-                objective=variant.objective,
+                objective=recipe.objective,
                 patience=args.epochs,  # the whole curve, not early stopping
                 sensitivity_samples=args.samples,
             )
             _, fit = train_hypernet(
-                prepared, split, DEFAULT_FLEET, variant.network, config, supervision=supervision
+                prepared, split, DEFAULT_FLEET, recipe.network, config, supervision=supervision
             )
             row = {"variant": name, "seed": seed, "history": fit.history, "seconds": fit.seconds}
             print(json.dumps(row), flush=True)
@@ -84,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--backbone", default="sasrec")
-    parser.add_argument("--variants", nargs="+", default=["chord", "chord-sens"])
+    parser.add_argument("--variants", nargs="+", default=["chord-relax", "chord-sens"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--samples", type=int, default=16)

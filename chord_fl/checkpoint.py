@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -84,13 +85,13 @@ def load_hypernet(
 
 
 def hypernet_settings(
-    backbone: str, variant: HyperNetConfig, fleet: Fleet, training: Any
+    backbone: str, recipes: Sequence[Any], fleet: Fleet, training: Any
 ) -> dict[str, Any]:
     """Everything that shapes trained hypernetworks, as plain data: the frozen backbone's identity
     (`Setup.backbone_identity`), the network, the fleet it was trained for, the training config."""
     return {
         "backbone": backbone,
-        "hypernet": asdict(variant),
+        "recipes": [asdict(recipe) for recipe in recipes],
         "fleet": fleet_to_toml(fleet),
         "training": asdict(training),
     }

@@ -20,7 +20,7 @@ from chord_fl.errors import ChordError
 from chord_fl.evaluation import PROTOCOLS
 from chord_fl.experiment import INITS, Setup, evaluate_method, load_backbone, load_split
 from chord_fl.hypernet.profile import encode_profiles
-from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
+from chord_fl.hypernet.training import HyperTrainConfig, train_best
 from chord_fl.methods import CHORD_VARIANTS, Cloud
 from chord_fl.metrics import METRICS
 from chord_fl.models import BACKBONES, LOSSES
@@ -144,15 +144,11 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
     fleet = load_fleet(args.tiers) if args.tiers else DEFAULT_FLEET
     split = load_split(setup)
     prepared = PreparedModel(load_backbone(setup, split, not args.no_progress))
-    variant = CHORD_VARIANTS[args.variant]
-    config = HyperTrainConfig(
-        epochs=args.epochs, lr=args.lr, seed=args.seed, objective=variant.objective
-    )
-    net, result = train_hypernet(
-        prepared, split, fleet, variant.network, config, not args.no_progress
-    )
+    recipes = CHORD_VARIANTS[args.variant].recipes
+    config = HyperTrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
+    net, result, recipe = train_best(prepared, split, fleet, recipes, config, not args.no_progress)
     identity = setup.backbone_identity(split.num_items)
-    settings = hypernet_settings(identity, variant.network, fleet, config)
+    settings = hypernet_settings(identity, recipes, fleet, config)
     stem = f"{Path(setup.checkpoint_path).stem}-{args.variant}"
     out = Path(args.out or hypernet_cache_path(args.checkpoint_dir, stem, settings))
     budgets = tier_budgets(fleet, prepared.channels)[assign_tiers(fleet, len(split), args.seed)]
@@ -168,6 +164,7 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
         "backbone": args.backbone,
         "variant": args.variant,
         "init": args.init,
+        "objective": recipe.objective,
         "best_epoch": result.best_epoch,
         "validation_ndcg@10": result.best_score,
         "train_seconds": round(result.seconds, 2),

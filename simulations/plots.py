@@ -37,6 +37,8 @@ METHOD_COLOURS = {
     "init": "#f4a582",
     "chord-sens": "#cc79a7",
     "init-sens": "#f1b6da",
+    "chord-relax": "#8073ac",
+    "init-relax": "#b2abd2",
     "chord-no-element": "#b2182b",
     "chord-no-filter": "#762a83",
     "chord-no-layer": "#8c510a",

@@ -23,6 +23,9 @@ import torch
 
 REFERENCE = Path(__file__).parent / "data" / "small-fleet-reference.json"
 STRATEGIES = ("chord", "fp32", "fedavg")
+# What each reference run is called now: `chord` became the better on validation of two recipes,
+# and the relaxation-trained network it was then is `chord-relax`.
+NOW = {"chord": "chord-relax", "fp32": "fp32", "fedavg": "fedavg"}
 USERS, SEED, ROUNDS = 12, 4, 2
 VOLATILE = {"node_id", "adapt_ms", "transfer_s"}
 MESSAGE_ID_BYTES = 8
@@ -96,7 +99,7 @@ def _fixed_length_root() -> tempfile.TemporaryDirectory:
 def test_small_fleet_matches_the_code_before_the_architecture_pass():
     reference = json.loads(REFERENCE.read_text())
     with _fixed_length_root() as directory:
-        now = snapshot(Path(directory), {name: name for name in STRATEGIES})
+        now = snapshot(Path(directory), NOW)
     for strategy in STRATEGIES:
         _metrics_close(now[strategy]["clients"], reference[strategy]["clients"])
         _metrics_close(now[strategy]["ledger"], reference[strategy]["ledger"])

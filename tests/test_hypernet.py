@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -13,9 +15,10 @@ from chord_fl.hypernet.training import (
     HyperTrainConfig,
     item_head_index,
     supervised_epoch,
+    train_best,
     train_hypernet,
 )
-from chord_fl.methods import Cloud, method_codes
+from chord_fl.methods import CHORD_VARIANTS, Cloud, method_codes
 from chord_fl.models import build_backbone, seeded_backbone
 from chord_fl.quant.allocation import codes_cost
 from chord_fl.quant.quantizer import PreparedModel
@@ -235,3 +238,27 @@ def test_sensitivity_supervision_lowers_its_loss_and_beats_random_codes():
         for method in ("chord", "random")
     }
     assert scores["chord"] > scores["random"] + 0.05, scores
+
+
+def test_train_best_keeps_the_recipe_with_the_best_validation_score():
+    torch.manual_seed(0)
+    split, backbone = synthetic_backbone()
+    prepared = PreparedModel(backbone)
+    config = HyperTrainConfig(epochs=0, eval_users=150, sensitivity_samples=4)
+    recipes = CHORD_VARIANTS["chord"].recipes
+    assert {r.objective for r in recipes} == {"next-item", "sensitivity"}
+    scores = [
+        train_hypernet(
+            prepared,
+            split,
+            DEFAULT_FLEET,
+            r.network,
+            dataclasses.replace(config, objective=r.objective),
+            False,
+        )[1].best_score
+        for r in recipes
+    ]
+    net, fit, recipe = train_best(prepared, split, DEFAULT_FLEET, recipes, config, False)
+    assert fit.best_score == max(scores)
+    assert recipe == recipes[int(np.argmax(scores))]
+    assert net.config == recipe.network

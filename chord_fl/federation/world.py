@@ -24,7 +24,7 @@ from chord_fl.data import RoundSplit
 from chord_fl.errors import ConfigError
 from chord_fl.experiment import Setup, load_backbone, load_split
 from chord_fl.federation.runconfig import RunConfig, fleet_from_setting
-from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
+from chord_fl.hypernet.training import HyperTrainConfig, train_best
 from chord_fl.methods import CHORD_VARIANTS, Cloud
 from chord_fl.quant.budget import floor_bytes
 from chord_fl.quant.quantizer import PreparedModel
@@ -100,23 +100,21 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
     setup = config.setup
     stem = Path(setup.checkpoint_path).stem
     if method in CHORD_VARIANTS:
-        variant = CHORD_VARIANTS[method]
+        recipes = CHORD_VARIANTS[method].recipes
         train = HyperTrainConfig(
-            epochs=config.hypernet_epochs,
-            seed=config.seed,
-            profile_window=config.profile_window,
-            objective=variant.objective,
+            epochs=config.hypernet_epochs, seed=config.seed, profile_window=config.profile_window
         )
         identity = setup.backbone_identity(world.split.num_items)
-        settings = hypernet_settings(identity, variant.network, world.fleet, train)
+        settings = hypernet_settings(identity, recipes, world.fleet, train)
         path = hypernet_cache_path(config.checkpoint_dir, f"{stem}-{method}", settings)
         if path.exists():
             net, _ = load_hypernet(path, world.prepared)
         else:
-            net, result = train_hypernet(
-                world.prepared, world.split, world.fleet, variant.network, train, progress
+            net, result, recipe = train_best(
+                world.prepared, world.split, world.fleet, recipes, train, progress
             )
             meta = {"best_epoch": result.best_epoch, "variant": method, "settings": settings}
+            meta["objective"] = recipe.objective
             save_hypernet(path, net, meta)
         cloud.hypernets[method] = net.eval()
     elif method == "global":

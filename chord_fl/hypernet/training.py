@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ class HyperTrainConfig:
     # relaxed allocation); "sensitivity": predict each training window's expected sensitivity
     # (`chord_fl.hypernet.supervision`).
     objective: str = "next-item"
-    sensitivity_samples: int = 32  # targets drawn per window for its expected sensitivity
+    sensitivity_samples: int = 16  # targets drawn per window for its expected sensitivity
     sensitivity_positions: int = 2  # supervised windows per training user: its last prefixes
     # Differentiate the budget multiplier implicitly (`relax.soft_codes`).
     implicit_budget: bool = False
@@ -180,6 +180,42 @@ def item_head_index(prepared: PreparedModel) -> int:
         if group.name == prepared.frozen.output_table and group.channel_axis == 0:
             return index
     raise ConfigError("the item table is not quantized by rows (embedding_axis 1): no item head")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to make hypernetworks: a network and the objective it is trained with."""
+
+    network: HyperNetConfig
+    objective: str
+
+
+def train_best(
+    prepared: PreparedModel,
+    split: RoundSplit,
+    fleet: Fleet,
+    recipes: tuple[Recipe, ...],
+    config: HyperTrainConfig = HyperTrainConfig(),
+    progress: bool = True,
+    supervision: SensitivitySet | None = None,
+) -> tuple[ChordHyperNet, FitResult, Recipe]:
+    """Train every recipe (on the same validation users) and keep the best on validation."""
+    best = None
+    for recipe in recipes:
+        net, fit = train_hypernet(
+            prepared,
+            split,
+            fleet,
+            recipe.network,
+            replace(config, objective=recipe.objective),
+            progress,
+            supervision,
+        )
+        if best is None or fit.best_score > best[1].best_score:
+            best = (net, fit, recipe)
+    if best is None:
+        raise ConfigError("no recipe to train")
+    return best
 
 
 def train_hypernet(
