@@ -23,6 +23,7 @@ from simulations.plots import method_colour
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def curves(args: argparse.Namespace) -> list[dict]:
@@ -70,8 +71,9 @@ def figure(rows: list[dict], title: str, path: Path) -> None:
             label=row["variant"] if first else None,
             alpha=0.85,
         )
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("epoch (0: the untrained start)")
-    axis.set_ylabel("validation NDCG@10, full ranking")
+    axis.set_ylabel("validation NDCG@10, full ranking\n(500 users drawn per seed)")
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend()
@@ -91,13 +93,17 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", default="benchmarks/results/hypernet-curves")
+    parser.add_argument("--plot-only", action="store_true", help="redraw from the saved curves")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = curves(args)
     stem = Path(args.out) / f"{args.dataset}-{args.backbone}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    if args.plot_only:
+        rows = json.loads(stem.with_suffix(".json").read_text())
+    else:
+        rows = curves(args)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     title = f"{args.dataset} / {args.backbone}: hypernetwork training, {len(args.seeds)} seeds"
     figure(rows, title, stem.with_suffix(".png"))
     print(f"figure: {stem.with_suffix('.png')}")
