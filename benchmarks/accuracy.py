@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from results_file import append_row, read_rows
 
-from chord_fl.cli import parse_literal
+from chord_fl.cli import parse_pairs
 from chord_fl.cloud import tier_budgets
 from chord_fl.errors import ConfigError
 from chord_fl.experiment import (
@@ -222,16 +222,15 @@ def paired_table(rows: list[dict]) -> str:
 
 
 def hypernet_options(parser: argparse.ArgumentParser, pairs: list[str]) -> dict:
-    fields = set(HyperTrainConfig.__dataclass_fields__) - {"epochs", "seed"}
-    options = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        key = key.replace("-", "_")
-        if key not in fields or not value:
-            parser.error(
-                f"--hypernet {pair!r}: expected KEY=VALUE with KEY one of {sorted(fields)}"
-            )
-        options[key] = parse_literal(value)
+    # The objective comes from each variant's recipes.
+    fields = set(HyperTrainConfig.__dataclass_fields__) - {"epochs", "seed", "objective"}
+    try:
+        options = {k.replace("-", "_"): v for k, v in parse_pairs(pairs, "--hypernet").items()}
+    except ConfigError as error:
+        parser.error(str(error))
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        parser.error(f"--hypernet: unknown keys {unknown}; known: {sorted(fields)}")
     try:
         HyperTrainConfig(**options)  # a bad value fails here, before anything is trained
     except (ConfigError, TypeError) as error:

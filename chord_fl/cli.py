@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from chord_fl.checkpoint import hypernet_cache_path, hypernet_settings, save_hyp
 from chord_fl.cloud import tier_budgets
 from chord_fl.data import load_dataset, make_split
 from chord_fl.data.sources import DATA_DIR_ENV, DATASETS, FORMATS
-from chord_fl.errors import ChordError
+from chord_fl.errors import ChordError, ConfigError
 from chord_fl.evaluation import PROTOCOLS
 from chord_fl.experiment import INITS, Setup, evaluate_method, load_backbone, load_split
 from chord_fl.hypernet.profile import encode_profiles
@@ -63,14 +64,25 @@ def parse_literal(text: str) -> Any:
     return text
 
 
-def _key_values(pairs: list[str]) -> dict[str, Any]:
-    options = {}
+PAIR = re.compile(r"""\s*([^\s=]+)=('[^']*'|"[^"]*"|\S+)\s*""")
+
+
+def parse_pairs(pairs: list[str], what: str = "options") -> dict[str, Any]:
+    """`key=value` pairs, several to a string if need be, as `flwr run --run-config` takes them:
+    a quoted value is text (and may hold spaces, e.g. inline tiers), a bare one a number, a
+    boolean or text. The one KEY=VALUE parser of every command."""
+    values = {}
     for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ChordError(f"expected KEY=VALUE, got {pair!r}")
-        options[key.replace("-", "_")] = parse_literal(value)
-    return options
+        position = 0
+        while position < len(pair.rstrip()):
+            match = PAIR.match(pair, position)
+            if match is None:
+                raise ConfigError(f"expected KEY=VALUE in {what}, got {pair[position:]!r}")
+            key, text = match.groups()
+            quoted = text[0] in "'\"" and text[-1] == text[0] and len(text) >= 2
+            values[key] = text[1:-1] if quoted else parse_literal(text)
+            position = match.end()
+    return values
 
 
 def run_data(args: argparse.Namespace) -> dict[str, Any]:
@@ -111,7 +123,9 @@ def run_pretrain(args: argparse.Namespace) -> dict[str, Any]:
         num_negatives=args.negatives,
         seed=args.seed,
     )
-    backbone_options = _key_values(args.option)
+    backbone_options = {
+        key.replace("-", "_"): value for key, value in parse_pairs(args.option, "--option").items()
+    }
     for key in ("hidden", "max_len", "dropout"):
         if getattr(args, key) is not None:
             backbone_options[key] = getattr(args, key)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import time
@@ -27,24 +26,9 @@ from simulations.report import (
 )
 from strategies.registry import STRATEGIES
 
-PAIR = re.compile(r"""\s*([^\s=]+)=('[^']*'|"[^"]*"|\S+)\s*""")
-
 
 def parse_run_config(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` pairs as `flwr run --run-config` takes them: a quoted value is text (and may
-    hold spaces, e.g. inline tiers), a bare one a number, a boolean or text."""
-    values = {}
-    for pair in pairs:
-        position = 0
-        while position < len(pair.rstrip()):
-            match = PAIR.match(pair, position)
-            if match is None:
-                raise ConfigError(f"expected KEY=VALUE in --run-config, got {pair[position:]!r}")
-            key, text = match.groups()
-            quoted = text[0] in "'\"" and text[-1] == text[0] and len(text) >= 2
-            values[key] = text[1:-1] if quoted else library.parse_literal(text)
-            position = match.end()
-    return values
+    return library.parse_pairs(pairs, "--run-config")
 
 
 def _overrides(args: argparse.Namespace, strategy: str | None) -> dict[str, Any]:
