@@ -15,6 +15,7 @@ import ray.cloudpickle
 from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from chord_fl.errors import ChordError
 from chord_fl.federation.faults import ERROR, SLOW, device_fault, is_offline
 from chord_fl.federation.runconfig import RunConfig
 from chord_fl.federation.runlog import read_csv
@@ -25,6 +26,7 @@ from chord_fl.quant.codec import encode_strategy
 from chord_fl.tiers import DEFAULT_FLEET
 from simulations.client import DeviceError, answer, device_runtime
 from simulations.simulate import simulate
+from strategies import chord as chord_strategy
 from strategies import protocol
 from strategies.protocol import Task
 
@@ -110,8 +112,9 @@ HOSTILE = {1: "nan", 2: "shape", 3: "oversized"}
 CORRUPTED = 4  # receives a damaged code payload in round 1
 
 
-def hostile_app(overrides) -> ClientApp:
-    """Devices 1-3 send bad uploads every round; device 4's round-1 codes arrive damaged."""
+def tampering_app(overrides, received=None, replied=None) -> ClientApp:
+    """Honest devices, except that `received(partition, round_, task, content)` may change what a
+    device gets and `replied(partition, round_, task, reply)` what it answers."""
     app = ClientApp()
 
     def respond(msg: Message, context: Context) -> Message:
@@ -119,14 +122,14 @@ def hostile_app(overrides) -> ClientApp:
         partition = int(context.node_config["partition-id"])
         round_, task = protocol.read_instruction(msg.content)
         content = msg.content
-        if partition == CORRUPTED and task is Task.CODES and round_ == 1:
-            content = _corrupt_codes(content)
+        if received is not None:
+            content = received(partition, round_, task, content)
         try:
             reply = answer(device_runtime(config), content, partition, context.state)
         except DeviceError as exc:
             return Message(Error(2, str(exc)), reply_to=msg)
-        if partition in HOSTILE and task is Task.PROFILE:
-            reply = _bad_profile(reply, HOSTILE[partition])
+        if replied is not None:
+            reply = replied(partition, round_, task, reply)
         return Message(reply, reply_to=msg)
 
     @app.query()
@@ -137,6 +140,24 @@ def hostile_app(overrides) -> ClientApp:
     app.train()(respond)
     app.evaluate()(respond)
     return app
+
+
+def _damaged_codes(partition, round_, task, content):
+    """Device CORRUPTED's round-1 codes arrive damaged."""
+    if partition == CORRUPTED and task is Task.CODES and round_ == 1:
+        return _corrupt_codes(content)
+    return content
+
+
+def _bad_uploads(partition, round_, task, reply):
+    """The HOSTILE devices send bad uploads every round."""
+    if partition in HOSTILE and task is Task.PROFILE:
+        return _bad_profile(reply, HOSTILE[partition])
+    return reply
+
+
+def hostile_app(overrides) -> ClientApp:
+    return tampering_app(overrides, _damaged_codes, _bad_uploads)
 
 
 def test_hostile_devices_are_dropped_and_change_no_one_elses_codes(base):
@@ -213,3 +234,45 @@ def test_fault_draws_meet_the_configured_rates_over_a_big_fleet(rates):
         device_fault(config, 1, p) == ERROR == device_fault(config, 2, p) for p in range(4000)
     )
     assert abs(both / 4000 - fail**2) <= 5 * math.sqrt(fail**2 * (1 - fail**2) / 4000)
+
+
+# -- the cloud's byte guards ---------------------------------------------------------------------
+
+LIAR = 3
+
+
+def _one_byte_less(partition, round_, task, reply):
+    """Device LIAR reports one byte less than its codes take."""
+    if partition == LIAR and task is Task.CODES:
+        reply.metric_records[protocol.METRICS]["model_bytes"] -= 1
+    return reply
+
+
+def test_a_device_that_misreports_its_model_bytes_is_rejected(base, caplog):
+    overrides = {**base, "strategy": "chord", "run-name": "liar"}
+    app = tampering_app(RunConfig.from_mapping(overrides).to_mapping(), replied=_one_byte_less)
+    simulate(overrides, client_app=app)
+    clients = read_csv(RunConfig.from_mapping(overrides).run_dir / "clients.csv")
+    status = {(int(r["round"]), int(r["partition"])): r["status"] for r in clients}
+    assert {key: value for key, value in status.items() if key[1] == LIAR} == {
+        (round_, LIAR): "rejected" for round_ in range(1, ROUNDS + 1)
+    }
+    assert {value for key, value in status.items() if key[1] != LIAR} == {"ok"}
+    assert any("its codes take" in record.getMessage() for record in caplog.records)
+
+
+def test_an_allocation_over_budget_stops_the_run_before_codes_are_sent(base, monkeypatch, caplog):
+    honest = chord_strategy.method_codes
+
+    def greedy(*args, **kwargs):  # every channel at the widest code: over any real budget
+        return np.full_like(honest(*args, **kwargs), 3)
+
+    monkeypatch.setattr(chord_strategy, "method_codes", greedy)
+    overrides = {**base, "strategy": "chord", "run-name": "over-budget"}
+    with pytest.raises(ChordError) as raised:
+        simulate(overrides)
+    said = [str(raised.value), *(record.getMessage() for record in caplog.records)]
+    assert any("over its budget" in text for text in said), said[-5:]
+    run_dir = RunConfig.from_mapping(overrides).run_dir
+    ledger = read_csv(run_dir / "ledger.csv") if (run_dir / "ledger.csv").exists() else []
+    assert not [row for row in ledger if row["kind"] == "codes"]
