@@ -320,7 +320,7 @@ def pareto_figure(rows: list[dict], dataset: str, backbone: str, out: Path) -> P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from simulations.plots import method_colour
+    from simulations.style import method_colour
 
     chosen = [
         r

@@ -19,7 +19,7 @@ from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
 from chord_fl.methods import CHORD_VARIANTS
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.tiers import DEFAULT_FLEET
-from simulations.plots import method_colour
+from simulations.style import method_colour
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -22,13 +23,14 @@ from chord_fl.evaluation import PROTOCOLS
 from chord_fl.experiment import INITS, Setup, evaluate_method, load_backbone, load_split
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.training import HyperTrainConfig, train_best
+from chord_fl.machine import DEVICES
 from chord_fl.methods import CHORD_VARIANTS, Cloud
 from chord_fl.metrics import METRICS
 from chord_fl.models import BACKBONES, LOSSES
 from chord_fl.pretrain import BASELINES, pretrain
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.tiers import DEFAULT_FLEET, assign_tiers, load_fleet
-from chord_fl.train import TrainConfig, evaluation_negatives
+from chord_fl.train import SCHEDULES, TrainConfig, default_training, evaluation_negatives
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +49,35 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+TRAINING_CHOICES = {
+    "loss": LOSSES,
+    "schedule": SCHEDULES,
+    "select_metric": METRICS,
+    "select_protocol": PROTOCOLS,
+}
+TRAINING_FLAGS = {"num_negatives": "--negatives"}  # the name every command uses
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field; unset ones take the backbone's default training
+    (`chord_fl.train.default_training`)."""
+    for field in dataclasses.fields(TrainConfig):
+        if isinstance(field.default, bool):
+            flag = "--no-" + field.name.replace("_", "-")
+            parser.add_argument(flag, dest=field.name, action="store_const", const=False)
+            continue
+        flag = TRAINING_FLAGS.get(field.name, "--" + field.name.replace("_", "-"))
+        parser.add_argument(
+            flag,
+            dest=field.name,
+            type=type(field.default),
+            choices=TRAINING_CHOICES.get(field.name),
+            help=f"default for SASRec: {field.default}",
+        )
+
+
 def _data_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"fmt": args.format, "user_min": args.user_min, "item_min": args.item_min}
+    return {"format": args.format, "user_min": args.user_min, "item_min": args.item_min}
 
 
 def parse_literal(text: str) -> Any:
@@ -109,24 +138,14 @@ def run_data(args: argparse.Namespace) -> dict[str, Any]:
 def run_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    train = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        loss=args.loss,
-        loss_negatives=args.loss_negatives,
-        patience=args.patience,
-        eval_every=args.eval_every,
-        select_metric=args.select_metric,
-        select_protocol=args.select_protocol,
-        num_negatives=args.negatives,
-        seed=args.seed,
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
+    train = default_training(
+        args.backbone, **{name: value for name, value in given.items() if value is not None}
     )
     backbone_options = {
         key.replace("-", "_"): value for key, value in parse_pairs(args.option, "--option").items()
     }
-    for key in ("hidden", "max_len", "dropout"):
+    for key in ("hidden", "max_len", "dropout", "attention_dropout"):
         if getattr(args, key) is not None:
             backbone_options[key] = getattr(args, key)
     return pretrain(
@@ -139,6 +158,7 @@ def run_pretrain(args: argparse.Namespace) -> dict[str, Any]:
         args.out,
         _data_options(args),
         progress=not args.no_progress,
+        device=args.device,
     )
 
 
@@ -262,23 +282,12 @@ def build_parser(
 
     train = commands.add_parser("pretrain", help="train a backbone on the cloud history split")
     _add_data_options(train)
-    defaults = TrainConfig()
     train.add_argument("--backbone", choices=[*BACKBONES, *BASELINES], default="sasrec")
-    train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--lr", type=float, default=defaults.lr)
-    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    train.add_argument("--loss", choices=LOSSES, default=defaults.loss)
-    train.add_argument("--patience", type=int, default=defaults.patience)
-    train.add_argument("--eval-every", type=int, default=defaults.eval_every)
-    train.add_argument("--select-metric", choices=METRICS, default=defaults.select_metric)
-    train.add_argument("--select-protocol", choices=PROTOCOLS, default=defaults.select_protocol)
-    train.add_argument("--loss-negatives", type=int, default=defaults.loss_negatives)
-    train.add_argument("--negatives", type=int, default=defaults.num_negatives)
-    train.add_argument("--seed", type=int, default=defaults.seed)
+    _add_training_options(train)
     train.add_argument("--hidden", type=int, help="backbone width")
     train.add_argument("--max-len", type=int, help="longest input sequence")
     train.add_argument("--dropout", type=float)
+    train.add_argument("--attention-dropout", type=float, help="SASRec: on attention weights")
     train.add_argument(
         "-o",
         "--option",
@@ -288,6 +297,9 @@ def build_parser(
         help="any other backbone setting, e.g. blocks=2 or window=5",
     )
     train.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    train.add_argument(
+        "--device", choices=DEVICES, default="auto", help="training device (auto: a GPU if any)"
+    )
     train.add_argument("--out", help="checkpoint path (default: checkpoints/NAME.pt)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(run=run_pretrain, show=_print_pretrain)

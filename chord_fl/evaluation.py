@@ -33,10 +33,11 @@ def target_ranks(
     for start in range(0, len(windows), batch_size):
         stop = start + batch_size
         batch_windows = windows[start:stop]
-        seqs = torch.from_numpy(pad_left(batch_windows, model.max_len))
-        target = torch.from_numpy(np.asarray(targets[start:stop], dtype=np.int64))
+        seqs = torch.from_numpy(pad_left(batch_windows, model.max_len)).to(model.device)
+        target = torch.from_numpy(np.asarray(targets[start:stop], dtype=np.int64)).to(seqs.device)
         if negatives is not None:
-            candidates = torch.cat([target[:, None], torch.from_numpy(negatives[start:stop])], 1)
+            batch_negatives = torch.from_numpy(negatives[start:stop]).to(seqs.device)
+            candidates = torch.cat([target[:, None], batch_negatives], 1)
             scores = model.score(seqs, candidates)
             ranks.append(pessimistic_ranks(scores, scores[:, 0]))
             continue
@@ -44,13 +45,14 @@ def target_ranks(
         target_scores = scores.gather(1, target[:, None]).squeeze(1)
         if exclude_seen:
             seen = torch.from_numpy(pad_left(batch_windows, max(map(len, batch_windows))))
+            seen = seen.to(seqs.device)
             scores.scatter_(1, seen, float("-inf"))
             # A repeated item may be both seen and the target: the target always competes.
             scores.scatter_(1, target[:, None], target_scores[:, None])
         scores[:, PADDING] = float("-inf")
         ranks.append(pessimistic_ranks(scores, target_scores))
     model.train(was_training)
-    return torch.cat(ranks).numpy()
+    return torch.cat(ranks).cpu().numpy()
 
 
 def evaluate_stages(

@@ -20,7 +20,7 @@ from chord_fl.models import SequentialRecommender, seeded_backbone
 from chord_fl.pretrain import default_checkpoint, pretrain
 from chord_fl.quant.budget import check_within_budget, coded_bytes
 from chord_fl.quant.uniform import quantize_uniform
-from chord_fl.train import TrainConfig
+from chord_fl.train import default_training
 
 INITS = ("pretrained", "random")
 
@@ -34,7 +34,7 @@ class Setup:
     init: str = "pretrained"
     seed: int = 0
     checkpoint: str | None = None  # default: where `chord-fl pretrain` writes it
-    fmt: str | None = None
+    format: str | None = None
     user_min: int | None = None
     item_min: int | None = None
 
@@ -44,7 +44,7 @@ class Setup:
 
     @property
     def data_options(self) -> dict[str, Any]:
-        return {"fmt": self.fmt, "user_min": self.user_min, "item_min": self.item_min}
+        return {"format": self.format, "user_min": self.user_min, "item_min": self.item_min}
 
     def backbone_identity(self, num_items: int) -> str:
         """What names the frozen backbone: a trained one is its checkpoint's bytes, a seeded one
@@ -75,7 +75,7 @@ def load_backbone(
             setup.backbone,
             setup.data_dir,
             setup.rounds,
-            TrainConfig(seed=setup.seed),
+            default_training(setup.backbone, seed=setup.seed),
             backbone_options,
             path,
             setup.data_options,

@@ -1,4 +1,5 @@
-"""A one-line description of the machine a figure was measured on."""
+"""The machine: a one-line description of where a figure was measured, and which torch device the
+cloud's training uses."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import os
 import platform
 
 import torch
+
+from chord_fl.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def machine_info() -> dict[str, object]:
@@ -24,10 +29,24 @@ def machine_info() -> dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "torch": str(torch.__version__),
         "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 
 def machine_line() -> str:
     info = machine_info()
     threads = info["torch_threads"]
-    return f"{info['cpu']}, {info['cores']} cores, torch {info['torch']} ({threads} threads)"
+    line = f"{info['cpu']}, {info['cores']} cores, torch {info['torch']} ({threads} threads)"
+    return line + (f", GPU {info['gpu']}" if info.get("gpu") else "")
+
+
+def torch_device(name: str = "auto") -> torch.device:
+    """The cloud's training device: "auto" takes CUDA when there is a GPU, else the CPU. Phones
+    (the simulated devices) always run on the CPU."""
+    if name not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' asked for, but torch sees no GPU (or is a CPU build)")
+    return torch.device(name)

@@ -9,7 +9,7 @@ from typing import Any
 from chord_fl.checkpoint import save_checkpoint
 from chord_fl.data import VALIDATION, load_dataset, make_split
 from chord_fl.evaluation import evaluate_stages
-from chord_fl.machine import machine_info
+from chord_fl.machine import machine_info, torch_device
 from chord_fl.models import Popularity, SequentialRecommender, build_backbone
 from chord_fl.train import TrainConfig, evaluation_negatives, fit
 
@@ -31,8 +31,10 @@ def pretrain(
     checkpoint: str | Path | None = None,
     data_options: dict[str, Any] | None = None,
     progress: bool = True,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Everything `chord-fl pretrain` does; returns the report it prints."""
+    """Everything `chord-fl pretrain` does; returns the report it prints. Training runs on
+    `device` ("auto": a GPU when there is one); the saved model is on the CPU."""
     data = load_dataset(dataset, data_dir, **(data_options or {}))
     split = make_split(data, rounds)
     model: SequentialRecommender
@@ -40,7 +42,7 @@ def pretrain(
         model = Popularity(data.num_items)
     else:
         model = build_backbone(backbone, data.num_items, **(backbone_options or {}))
-    result = fit(model, split, train, progress)
+    result = fit(model, split, train, progress, device)
     negatives = evaluation_negatives(split, train.num_negatives, train.seed)
     report: dict[str, Any] = {
         "dataset": dataset,
@@ -54,6 +56,7 @@ def pretrain(
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "train_seconds": round(result.seconds, 2),
+        "train_device": str(torch_device(device)) if backbone not in BASELINES else "cpu",
         "validation": evaluate_stages(model, split, [VALIDATION], negatives),
         "test": evaluate_stages(model, split, list(range(1, rounds + 1)), negatives),
         "machine": machine_info(),

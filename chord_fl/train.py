@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -14,20 +15,32 @@ from chord_fl.data.negatives import sample_negatives
 from chord_fl.data.split import VALIDATION, RoundSplit, pad_left
 from chord_fl.errors import ConfigError, require_positive
 from chord_fl.evaluation import PROTOCOLS, target_ranks
+from chord_fl.machine import torch_device
 from chord_fl.metrics import METRICS, mean_metrics
 from chord_fl.models import LOSSES, Popularity, SequentialRecommender
+
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 200
+    """How the cloud trains a backbone. The defaults are SASRec's (`default_training` has each
+    backbone's): full-softmax cross-entropy, which converges in far fewer epochs than sampled
+    losses, under a warm-up then cosine learning rate."""
+
+    epochs: int = 20
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.0
-    loss: str = "sampled"
+    loss: str = "ce"
     loss_negatives: int = 256  # shared negatives per batch for the "sampled" loss
+    schedule: str = (
+        "cosine"  # learning rate over `epochs`: "constant", or warm-up then cosine decay
+    )
+    warmup: float = 0.05  # share of the epochs spent warming up (cosine schedule)
+    batch_by_length: bool = True  # batches of similar lengths: less padding, same samples
     patience: int = 10  # evaluations without a better validation score before stopping
-    eval_every: int = 1  # epochs between validation evaluations
+    eval_every: int = 4  # epochs between validation evaluations
     select_metric: str = "ndcg@10"
     select_protocol: str = "sampled"
     num_negatives: int = 100
@@ -38,6 +51,10 @@ class TrainConfig:
             raise ConfigError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
         if self.select_metric not in METRICS:
             raise ConfigError(f"select_metric must be one of {', '.join(METRICS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ConfigError(f"warmup must be in [0, 1), got {self.warmup}")
         if self.select_protocol not in PROTOCOLS:
             raise ConfigError(f"select_protocol must be one of {', '.join(PROTOCOLS)}")
         require_positive(
@@ -61,6 +78,25 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
 
+# Chosen on validation targets: Caser learns poorly under cross-entropy in 20 epochs (MovieLens-100K
+# sampled NDCG@10 0.31 against 0.41), and well with the sampled softmax at a constant 2e-3.
+BACKBONE_TRAINING = {
+    "caser": {
+        "loss": "sampled",
+        "lr": 2e-3,
+        "epochs": 60,
+        "schedule": "constant",
+        "patience": 4,
+        "eval_every": 2,
+    },
+}
+
+
+def default_training(backbone: str, **changes: object) -> TrainConfig:
+    """`backbone`'s default training, with `changes` (e.g. a seed) on top."""
+    return dataclasses.replace(TrainConfig(**BACKBONE_TRAINING.get(backbone, {})), **changes)
+
+
 def evaluation_negatives(split: RoundSplit, count: int, seed: int) -> np.ndarray:
     """The sampled protocol's negatives, drawn once per split and seed (shared by every stage:
     they avoid each user's whole sequence)."""
@@ -68,39 +104,71 @@ def evaluation_negatives(split: RoundSplit, count: int, seed: int) -> np.ndarray
     return sample_negatives([user.items for user in split.users], split.num_items, count, rng)
 
 
+def batches(
+    lengths: np.ndarray, batch_size: int, by_length: bool, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """One epoch's batches of sample indices, in random order. By length: each batch holds samples
+    of similar length (random among equals), so a batch padded to its longest wastes little."""
+    if not by_length:
+        order = rng.permutation(len(lengths))
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    order = np.lexsort((rng.random(len(lengths)), lengths))
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [chunks[i] for i in rng.permutation(len(chunks))]
+
+
+def learning_rate_factor(config: TrainConfig, step: int, total_steps: int) -> float:
+    """Multiplier of `config.lr` at optimiser step `step` of `total_steps`."""
+    if config.schedule == "constant":
+        return 1.0
+    warmup = max(1, round(config.warmup * total_steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
 def fit(
     model: SequentialRecommender,
     split: RoundSplit,
     config: TrainConfig = TrainConfig(),
     progress: bool = True,
+    device: str = "auto",
 ) -> FitResult:
-    """Train on the histories; keep the weights with the best validation score."""
+    """Train on the histories on `device` (see `chord_fl.machine.torch_device`); keep the weights
+    with the best validation score. The model comes back on the CPU."""
     start = time.perf_counter()
     if isinstance(model, Popularity):
         model.fit(split.histories())
         return FitResult(0, float("nan"), time.perf_counter() - start)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    model.to(torch_device(device))
     histories = [h for h in split.histories() if len(h) >= 2]
     negatives = evaluation_negatives(split, config.num_negatives, config.seed)
+    lengths = np.array([min(len(h), model.max_len + 1) for h in histories])
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = -(-len(histories) // config.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: learning_rate_factor(config, step, config.epochs * steps_per_epoch),
+    )
     result = FitResult(0, float("-inf"), 0.0)
-    best_state = copy.deepcopy(model.state_dict())
+    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     stale = 0
     epochs = tqdm(range(1, config.epochs + 1), desc="train", unit="epoch", disable=not progress)
     for epoch in epochs:
         model.train()
-        order = rng.permutation(len(histories))
         losses = []
-        for begin in range(0, len(order), config.batch_size):
-            batch = [histories[i] for i in order[begin : begin + config.batch_size]]
+        for batch in batches(lengths, config.batch_size, config.batch_by_length, rng):
             # Pad to the batch's longest history only: short-sequence data sets train faster.
-            length = min(model.max_len + 1, max(map(len, batch)))
-            seqs = torch.from_numpy(pad_left(batch, length))
+            seqs = torch.from_numpy(pad_left([histories[i] for i in batch], lengths[batch].max()))
+            seqs = seqs.to(model.device)
             loss = model.training_loss(seqs, config.loss, config.loss_negatives)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
             losses.append(loss.item())
         record = {"epoch": epoch, "loss": float(np.mean(losses))}
         if epoch % config.eval_every == 0 or epoch == config.epochs:
@@ -114,7 +182,7 @@ def fit(
             record["validation"] = score
             if score > result.best_score:
                 result.best_epoch, result.best_score, stale = epoch, score, 0
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             else:
                 stale += 1
         result.history.append(record)
@@ -122,6 +190,6 @@ def fit(
         if stale >= config.patience:
             break
     model.load_state_dict(best_state)
-    model.eval()
+    model.cpu().eval()
     result.seconds = time.perf_counter() - start
     return result

@@ -5,8 +5,7 @@ writes a table and plots, `plot` draws finished runs."""
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,9 @@ from chord_fl import cli as library
 from chord_fl.errors import ChordError, ConfigError
 from chord_fl.federation.runconfig import RunConfig
 from chord_fl.machine import machine_line
-from simulations.plots import plot_runs
+from simulations.costs import DEFAULT_HORIZON, break_even_round, communication_cost
+from simulations.html import write_html
+from simulations.plots import REFERENCE, plot_runs
 from simulations.report import (
     comparison_rows,
     downlink_ratio_rows,
@@ -43,12 +44,21 @@ def run_simulate(args: argparse.Namespace) -> dict[str, Any]:
     from simulations.simulate import resume_overrides, simulate
 
     if args.resume:
-        if args.strategy or args.run_config or args.config_json:
+        if args.strategy or args.run_config:
             raise ConfigError("--resume takes the run's own settings: drop the other settings")
         overrides, supernodes = resume_overrides(args.resume)
         return simulate(overrides, args.num_supernodes or supernodes)
-    overrides = json.loads(args.config_json) if args.config_json else {}
-    return simulate({**overrides, **_overrides(args, args.strategy)}, args.num_supernodes)
+    return simulate(_overrides(args, args.strategy), args.num_supernodes)
+
+
+def _simulate_in_child(overrides: dict[str, Any]) -> None:
+    from simulations.simulate import simulate
+
+    try:
+        simulate(overrides)
+    except ChordError as exc:
+        print(f"chord-fl compare: {overrides['strategy']}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def run_compare(args: argparse.Namespace) -> dict[str, Any]:
@@ -62,11 +72,14 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     run_dirs, failed = {}, []
     for name in args.strategies:
         # One process per strategy: Ray and the cached worlds start clean for each.
-        command = [sys.executable, "-m", "simulations.cli", "simulate", "--strategy", name]
-        command += ["--config-json", json.dumps(base)]
+        child = multiprocessing.get_context("spawn").Process(
+            target=_simulate_in_child, args=({**base, "strategy": name},)
+        )
         started = time.perf_counter()
         print(f"== {name}", flush=True)
-        if subprocess.run(command, check=False).returncode != 0:
+        child.start()
+        child.join()
+        if child.exitcode != 0:
             failed.append(name)
             continue
         run_dirs[name] = config.replace(strategy=name).run_dir
@@ -80,29 +93,76 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     return {"runs": {name: str(path) for name, path in run_dirs.items()}, **report}
 
 
-def write_report(run_dirs: list[Path], out: Path) -> dict[str, Any]:
-    """The comparison table, FedAvg's downlink over CHORD's when both ran, and the plots."""
+FIGURE_CAPTIONS = {
+    "bytes_per_round": "Message bytes a device receives and sends in an average round (log).",
+    "cumulative_bytes": "Bytes a device has spent after each round; dashed lines extrapolate the "
+    "measured rounds; a marker shows where a strategy has spent no more than FedAvg.",
+    "ndcg_vs_bytes": "Accuracy against bytes per round: up and to the left is better.",
+    "wire_time_by_tier": "Seconds each round keeps a device's radio busy, on its tier's link.",
+    "ndcg_by_tier": "Accuracy on each tier: small budgets are where precision is scarce.",
+    "codes_by_tier": "Share of channels at each precision, per tier.",
+}
+
+
+def break_even_rows(run_dirs: list[Path], horizon: int) -> list[dict[str, Any]]:
+    """Per strategy: one-time and per-round bytes per device, and its break-even round."""
+    costs = [communication_cost(path) for path in run_dirs]
+    reference = next((cost for cost in costs if cost.strategy == REFERENCE), None)
+    rows = []
+    for cost in costs:
+        row = {
+            "strategy": cost.strategy,
+            "one_time_message_bytes_per_device": cost.one_time,
+            "message_bytes_per_device_round": cost.per_round,
+            f"cumulative_message_bytes_per_device_after_{horizon}_rounds": float(
+                cost.cumulative(horizon)[-1]
+            ),
+        }
+        if reference is not None:
+            row[f"break_even_round_vs_{REFERENCE}"] = break_even_round(cost, reference)
+        rows.append(row)
+    return rows
+
+
+def write_report(run_dirs: list[Path], out: Path, horizon: int = DEFAULT_HORIZON) -> dict[str, Any]:
+    """The comparison tables (accuracy and bytes, FedAvg's downlink over CHORD's when both ran,
+    paired differences, break-even rounds), the figures and one HTML page of all of them."""
     by_strategy = {read_summary(path)["strategy"]: path for path in run_dirs}
-    tables = [write_table(comparison_rows(run_dirs), out / "compare")]
+    sections = [("Accuracy and bytes per strategy", comparison_rows(run_dirs), "compare")]
+    sections.append(
+        ("Bytes per device and break-even round", break_even_rows(run_dirs, horizon), "break-even")
+    )
     if "fedavg" in by_strategy and "chord" in by_strategy:
         ratios = downlink_ratio_rows(by_strategy["fedavg"], by_strategy["chord"])
-        tables.append(write_table(ratios, out / "downlink-fedavg-over-chord"))
+        sections.append(("Downlink: FedAvg over CHORD", ratios, "downlink-fedavg-over-chord"))
     if "chord" in by_strategy and len(by_strategy) > 1:
         others = [path for name, path in by_strategy.items() if name != "chord"]
-        tables.append(
-            write_table(paired_rows(by_strategy["chord"], others), out / "paired-vs-chord")
-        )
-    plots = plot_runs(run_dirs, out)
+        paired = paired_rows(by_strategy["chord"], others)
+        sections.append(("CHORD minus each strategy, paired by device", paired, "paired-vs-chord"))
+    tables = [write_table(rows, out / stem) for _, rows, stem in sections]
+    plots = plot_runs(run_dirs, out, horizon)
+    machine = machine_line()
+    page = write_html(
+        out / "report.html",
+        "chord-fl comparison: " + ", ".join(by_strategy),
+        [(heading, rows) for heading, rows, _ in sections],
+        [(path, FIGURE_CAPTIONS[path.stem]) for path in plots],
+        f"Runs: {', '.join(str(path) for path in run_dirs)}. Machine: {machine}.",
+    )
     return {
         "tables": [str(path) for pair in tables for path in pair],
         "plots": [str(path) for path in plots],
-        "machine": machine_line(),
+        "report": str(page),
+        "break_even": {
+            row["strategy"]: row.get(f"break_even_round_vs_{REFERENCE}") for row in sections[1][1]
+        },
+        "machine": machine,
     }
 
 
 def run_plot(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out or Path(args.run_dirs[0]).parent / "plots")
-    return write_report([Path(path) for path in args.run_dirs], out)
+    return write_report([Path(path) for path in args.run_dirs], out, args.horizon)
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -135,6 +195,11 @@ def _show_paths(report: dict[str, Any]) -> None:
     for key in ("tables", "plots"):
         for item in report.get(key, []):
             print(f"{key}: {item}")
+    print(f"report: {report['report']}")
+    for strategy, round_ in report["break_even"].items():
+        if strategy != REFERENCE:
+            reached = "never" if round_ is None else f"round {round_}"
+            print(f"break-even against {REFERENCE}: {strategy} at {reached}")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -149,7 +214,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     simulate.add_argument("--run-config", "-c", **run_config)
     simulate.add_argument("--num-supernodes", type=int, help="default: one per user")
     simulate.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
-    simulate.add_argument("--config-json", help=argparse.SUPPRESS)  # how compare passes settings
     simulate.add_argument("--json", action="store_true", help="print the summary as JSON")
     simulate.set_defaults(run=run_simulate, show=_show_simulate)
 
@@ -163,6 +227,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     plot = commands.add_parser("plot", help="table and plots of finished runs")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", help="default: RUN_DIR/../plots")
+    plot.add_argument(
+        "--horizon", type=int, default=DEFAULT_HORIZON, help="rounds of the cumulative figure"
+    )
     plot.add_argument("--json", action="store_true")
     plot.set_defaults(run=run_plot, show=_show_paths)
 

@@ -82,12 +82,12 @@ def _apply_codes(
 ) -> RecordDict:
     count = runtime.world.prepared.channels.channels
     held = state.config_records.get(HELD)
-    base = unpack_codes(held[protocol.CODES], count) if held is not None else None
+    base = unpack_codes(held[protocol.PAYLOAD], count) if held is not None else None
     try:
         codes, report = runtime.apply_codes(partition, round_, protocol.read_codes(content), base)
     except CodecError as exc:
         # What this device holds no longer matches the cloud's view: ask for full codes.
         state.config_records.pop(HELD, None)
         raise DeviceError(f"codes rejected ({exc.reason}): {exc}") from exc
-    state[HELD] = ConfigRecord({protocol.CODES: pack_codes(np.asarray(codes))})
+    state[HELD] = ConfigRecord({protocol.PAYLOAD: pack_codes(np.asarray(codes))})
     return protocol.report_content(report.as_dict())

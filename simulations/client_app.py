@@ -21,7 +21,7 @@ def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     app = ClientApp()
 
     def partition_of(context: Context) -> int:
-        return int(context.node_config["partition-id"])
+        return int(context.node_config[protocol.PARTITION])
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

@@ -178,7 +178,7 @@ def paired_rows(reference_dir: RunDir, other_dirs: Sequence[RunDir]) -> list[dic
     return rows
 
 
-def _cell(column: str, value: Any) -> str:
+def format_cell(column: str, value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -205,7 +205,7 @@ def _markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -
     lines = [
         "| " + " | ".join(columns) + " |",
         "|" + "|".join(align) + "|",
-        *("| " + " | ".join(_cell(c, row.get(c)) for c in columns) + " |" for row in rows),
+        *("| " + " | ".join(format_cell(c, row.get(c)) for c in columns) + " |" for row in rows),
     ]
     return "\n".join(lines) + "\n"
 

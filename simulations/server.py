@@ -17,7 +17,8 @@ from chord_fl.federation.runlog import RunLog, read_csv
 from chord_fl.federation.world import World, load_cloud, load_world
 from chord_fl.machine import machine_info
 from strategies import protocol
-from strategies.base import FleetRun, ledger_row
+from strategies.base import FleetRun
+from strategies.ledger import ledger_row
 from strategies.registry import build_strategy, strategy_spec
 
 POLL_SECONDS = 0.5

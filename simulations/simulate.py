@@ -52,10 +52,7 @@ def simulate(
         server_app=make_server_app(config.to_mapping()),
         client_app=client_app or make_client_app(config.to_mapping()),
         num_supernodes=num_supernodes or world.devices,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
-        },
+        backend_config=backend_config(),
     )
     # The server writes wall_s only once the last round is done.
     if not summary_path.exists() or summary_path.stat().st_mtime < started:
@@ -66,6 +63,14 @@ def simulate(
     if "wall_s" not in summary:
         raise ChordError(f"the {config.strategy} run stopped early: see {config.run_dir}")
     return summary
+
+
+def backend_config() -> dict[str, Any]:
+    """Ray: one CPU per simulated device, as many devices at once as the machine has cores."""
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
+    }
 
 
 def resume_overrides(run_dir: str | os.PathLike) -> tuple[dict[str, Any], int | None]:

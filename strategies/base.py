@@ -1,6 +1,6 @@
-"""What every chord-fl strategy shares: seeded device sampling, one message per node, the byte
-ledger for both directions, reply checking that drops a bad reply instead of ending the round,
-and the per-device rows of clients.csv.
+"""What every chord-fl strategy shares: seeded device sampling, one message per node charged to the
+byte ledger (`strategies.ledger`), reply triage that drops a bad reply instead of ending the round
+(`strategies.replies`), and the per-device rows of clients.csv, kept in one `RoundState`.
 
 A strategy mixes `FleetMixin` in before its Flower base class, so Flower's own round loop
 (`Strategy.start`) drives it and Flower's FedAvg keeps its constructor.
@@ -9,7 +9,7 @@ A strategy mixes `FleetMixin` in before its Flower base class, so Flower's own r
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
 
@@ -22,8 +22,9 @@ from chord_fl.federation.runconfig import RunConfig
 from chord_fl.federation.runlog import CLIENT_COLUMNS, CODE_COLUMNS, RunLog
 from chord_fl.federation.world import World
 from chord_fl.quant.budget import check_within_budget
-from chord_fl.tiers import transfer_seconds
 from strategies import protocol
+from strategies.ledger import Ledger
+from strategies.replies import ERROR, OK, REJECTED, TIMEOUT, triage
 
 
 @dataclass(frozen=True)
@@ -44,30 +45,18 @@ class FleetRun:
         return server_round + self.first_round - 1
 
 
-def ledger_row(
-    world: World,
-    round_: int,
-    node: int,
-    partition: int,
-    direction: str,
-    kind: str,
-    payload: int,
-    message_size: int,
-) -> dict[str, Any]:
-    """One ledger row; transfer time over the device tier's link in that direction."""
-    tier = world.tier(partition)
-    bps = tier.downlink_bps if direction == "down" else tier.uplink_bps
-    return {
-        "round": round_,
-        "node_id": node,
-        "partition": partition,
-        "tier": tier.name,
-        "direction": direction,
-        "kind": kind,
-        "payload_bytes": int(payload),
-        "message_bytes": int(message_size),
-        "transfer_s": round(transfer_seconds(message_size, bps), 6),
-    }
+@dataclass
+class RoundState:
+    """What a strategy learns during one round; a fresh one starts each round."""
+
+    clients: dict[int, dict[str, Any]] = field(default_factory=dict)  # node id -> clients.csv row
+    asked: list[int] = field(default_factory=list)  # nodes sent a message in the current phase
+    train_ms: dict[int, float] = field(default_factory=dict)  # node id -> local training time
+    # Model bytes each device's codes take, computed here: its report must agree.
+    model_bytes: dict[int, int] = field(default_factory=dict)
+
+
+LEDGER_KIND = {ERROR: "error", TIMEOUT: "late"}  # how the ledger names a reply that failed
 
 
 class FleetMixin:
@@ -76,13 +65,8 @@ class FleetMixin:
     def __init__(self, *, run: FleetRun, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.run = run
-        self._ledger: list[dict[str, Any]] = []
-        self._clients: dict[int, dict[str, Any]] = {}  # node id -> this round's row
-        self._holds_frozen: set[int] = set(run.holds_frozen)  # partitions
-        self.train_ms: dict[int, float] = {}  # node id -> this round's local training time
-        self._awaiting: list[int] = []  # nodes sent a message in the current phase
-        # Model bytes each device's codes take, computed here: a report must agree with it.
-        self.expected_bytes: dict[int, int] = {}
+        self.ledger = Ledger(run.world, run.partitions, run.frozen_download, run.holds_frozen)
+        self.current = RoundState()
 
     def summary(self) -> None:
         config = self.run.config
@@ -106,12 +90,12 @@ class FleetMixin:
         online = []
         for node, partition in chosen:
             if is_offline(self.run.config, self.run.world.tier(partition), round_, partition):
-                self.mark(round_, node, "offline")
+                self.set_status(round_, node, "offline")
             else:
                 online.append(node)
         return online
 
-    def send(
+    def build_messages(
         self,
         round_: int,
         contents: dict[int, RecordDict],
@@ -119,73 +103,49 @@ class FleetMixin:
         kind: str,
         payload_bytes: Callable[[int], int],
     ) -> list[Message]:
-        """One message per node, each written to the ledger."""
+        """One message per node, each charged to the ledger as it is about to be sent."""
         messages = []
-        self._awaiting = list(contents)
+        self.current.asked = list(contents)
         shared: dict[int, int] = {}  # id(content) -> its serialised bytes, computed once
         for node, content in contents.items():
             message = Message(content=content, message_type=message_type, dst_node_id=node)
-            self._record_download(node)
             if id(content) not in shared:
                 shared[id(content)] = protocol.content_bytes(content)
             size = protocol.message_bytes(message, shared[id(content)])
-            self._ledger_row(round_, node, "down", kind, payload_bytes(node), message, size)
+            self.ledger.record(round_, node, "down", kind, payload_bytes(node), size)
             messages.append(message)
         return messages
 
-    def _record_download(self, node: int) -> None:
-        partition = self.run.partitions[node]
-        if self.run.frozen_download is None or partition in self._holds_frozen:
-            return
-        self._holds_frozen.add(partition)
-        payload, message = self.run.frozen_download
-        row = ledger_row(
-            self.run.world, 0, node, partition, "down", "frozen-weights", payload, message
-        )
-        self._ledger.append(row)
-
     # -- receiving ---------------------------------------------------------------------------
 
-    def receive(
+    def accept_replies(
         self,
         round_: int,
         replies: Iterable[Message],
         kind: str,
         payload_bytes: Callable[[Message], int],
     ) -> list[tuple[int, Message]]:
-        """(node id, reply) of the replies that came in time and without an error, each written
-        to the ledger; the others are logged, written as "error" or "late" and marked, and a
-        node that was asked but never answered is marked "timeout"."""
-        good = []
+        """(node id, reply) of the replies that came in time and without an error, each charged
+        to the ledger; the others are charged without payload and get their status, and a node
+        that was asked but never answered is marked "timeout"."""
+        accepted = []
         answered = set()
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            if node not in self.run.partitions:
-                log(WARNING, "round %d: reply from unknown node %d ignored", round_, node)
+        for item in triage(replies, self.run.partitions, round_, self.run.config.round_timeout):
+            answered.add(item.node)
+            size = protocol.message_bytes(item.reply)
+            if item.status == OK:
+                self.ledger.record(round_, item.node, "up", kind, payload_bytes(item.reply), size)
+                accepted.append((item.node, item.reply))
                 continue
-            answered.add(node)
-            if reply.has_error():
-                self._ledger_row(round_, node, "up", "error", 0, reply)
-                self.mark(round_, node, "error", reply.error.reason)
-                continue
-            seconds, reason = protocol.read_device_seconds(reply.content)
-            if reason:
-                self._ledger_row(round_, node, "up", kind, 0, reply)
-                self.mark(round_, node, "rejected", reason)
-            elif seconds > self.run.config.round_timeout:
-                # Arrived after the deadline: the cloud has moved on without it.
-                self._ledger_row(round_, node, "up", "late", 0, reply)
-                self.mark(round_, node, "timeout")
-            else:
-                self._ledger_row(round_, node, "up", kind, payload_bytes(reply), reply)
-                good.append((node, reply))
-        for node in self._awaiting:
+            self.ledger.record(round_, item.node, "up", LEDGER_KIND.get(item.status, kind), 0, size)
+            self.set_status(round_, item.node, item.status, item.reason)
+        for node in self.current.asked:
             if node not in answered:
-                self.mark(round_, node, "timeout", "no reply before the round's timeout")
-        self._awaiting = []
-        return good
+                self.set_status(round_, node, TIMEOUT, "no reply before the round's timeout")
+        self.current.asked = []
+        return accepted
 
-    def mark(self, round_: int, node: int, status: str, reason: str = "") -> None:
+    def set_status(self, round_: int, node: int, status: str, reason: str = "") -> None:
         """Give a device this round's status; a reason is logged with the node."""
         if reason:
             partition = self.run.partitions[node]
@@ -200,7 +160,7 @@ class FleetMixin:
             )
         row = self._client_row(round_, node)
         row["status"] = status
-        self._clients[node] = row
+        self.current.clients[node] = row
 
     def _client_row(self, round_: int, node: int) -> dict[str, Any]:
         partition = self.run.partitions[node]
@@ -215,69 +175,52 @@ class FleetMixin:
         )
         return row
 
-    def _ledger_row(
-        self,
-        round_: int,
-        node: int,
-        direction: str,
-        kind: str,
-        payload: int,
-        message: Message,
-        size: int | None = None,
-    ) -> None:
-        size = protocol.message_bytes(message) if size is None else size
-        partition = self.run.partitions[node]
-        self._ledger.append(
-            ledger_row(self.run.world, round_, node, partition, direction, kind, payload, size)
-        )
-
     # -- evaluation replies and the end of a round -----------------------------------------------
 
-    def expect(self, node: int, model_bytes: int, budget: int) -> None:
+    def expect_model_bytes(self, node: int, model_bytes: int, budget: int) -> None:
         """Record the bytes `node`'s model will take; over its budget is a bug: the run fails."""
         if self.budgeted:
             check_within_budget([model_bytes], [budget], [f"partition {self.run.partitions[node]}"])
-        self.expected_bytes[node] = int(model_bytes)
+        self.current.model_bytes[node] = int(model_bytes)
 
     def collect_reports(self, round_: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Check each device's report, write the round's rows and return the round's means."""
-        for node, reply in self.receive(round_, replies, "metrics", lambda _: 0):
+        for node, reply in self.accept_replies(round_, replies, "metrics", lambda _: 0):
             report, reason = protocol.read_report(reply.content)
-            expected = self.expected_bytes.get(node)
+            expected = self.current.model_bytes.get(node)
             if not reason and expected is not None and report["model_bytes"] != expected:
                 reason = f"reports {report['model_bytes']:.0f} B, its codes take {expected} B"
             if reason:
-                self.mark(round_, node, "rejected", reason)
+                self.set_status(round_, node, REJECTED, reason)
             else:
                 self.accept_report(round_, node, report)
-        self.expected_bytes = {}
         return self.end_round(round_)
 
     def accept_report(self, round_: int, node: int, report: dict[str, float]) -> None:
         row = self._client_row(round_, node)
         row.update({key: report[key] for key in report if key in row})
         # FedAvg's device produces its model in the train phase: charge that time too.
-        row["adapt_ms"] = report["adapt_ms"] + self.train_ms.pop(node, 0.0)
+        row["adapt_ms"] = report["adapt_ms"] + self.current.train_ms.get(node, 0.0)
         row["model_bytes"] = int(report["model_bytes"])
         for column in CODE_COLUMNS:
             if row[column] != "":
                 row[column] = int(row[column])
-        row["status"] = "ok"
-        self._clients[node] = row
+        row["status"] = OK
+        self.current.clients[node] = row
 
     def save_state(self, round_: int) -> None:
         """What a resumed run needs beyond the CSV files (FedAvg: the global weights)."""
 
     def end_round(self, round_: int) -> MetricRecord | None:
         """Append and flush the round's rows; return its means over devices that answered."""
-        rows = sorted(self._clients.values(), key=lambda row: row["partition"])
+        # By partition, not by reply arrival: the same seed, the same file.
+        rows = sorted(self.current.clients.values(), key=lambda row: row["partition"])
         self.save_state(round_)
-        # By round and partition (stable), not by reply arrival: the same seed, the same file.
-        self.run.log.append_ledger(sorted(self._ledger, key=lambda r: (r["round"], r["partition"])))
+        self.ledger.flush(self.run.log)
         self.run.log.append_clients(rows)
         self.run.log.write_summary()
-        self._ledger, self._clients = [], {}
-        ok = [row for row in rows if row["status"] == "ok"]
+        self.current = RoundState()
+        ok = [row for row in rows if row["status"] == OK]
         if not ok:
             log(WARNING, "round %d: no device answered successfully", round_)
             return None

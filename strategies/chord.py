@@ -24,6 +24,7 @@ from chord_fl.quant.codec import encode_strategy
 from strategies import protocol
 from strategies.base import FleetMixin
 from strategies.protocol import Task
+from strategies.replies import REJECTED
 
 
 class CodeStrategy(FleetMixin, Strategy):
@@ -55,7 +56,7 @@ class CodeStrategy(FleetMixin, Strategy):
             node: RecordDict({protocol.CONFIG: protocol.instruction(round_, task)})
             for node in self.sample(round_)
         }
-        return self.send(round_, contents, MessageType.TRAIN, "request", lambda _: 0)
+        return self.build_messages(round_, contents, MessageType.TRAIN, "request", lambda _: 0)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -67,11 +68,11 @@ class CodeStrategy(FleetMixin, Strategy):
         floor = floor_bytes(world.prepared.channels, world.prepared.table)
         uploads = {}
         payload = protocol.upload_payload_bytes(hidden)
-        for node, reply in self.receive(round_, replies, kind, lambda _: payload):
+        for node, reply in self.accept_replies(round_, replies, kind, lambda _: payload):
             limit = int(world.budgets[self.run.partitions[node]])
             upload, reason = protocol.read_upload(reply.content, hidden, limit, floor)
             if reason:
-                self.mark(round_, node, "rejected", reason)
+                self.set_status(round_, node, REJECTED, reason)
             else:
                 uploads[node] = upload
         # A fixed order (by partition) makes the batch, and so every code, repeatable.
@@ -96,7 +97,7 @@ class CodeStrategy(FleetMixin, Strategy):
             self._codes = dict(zip(nodes, codes, strict=True))
             spent = coded_bytes(channels, world.prepared.table, codes)
         for node, model_bytes, budget in zip(nodes, spent, budgets, strict=True):
-            self.expect(node, int(model_bytes), int(budget))
+            self.expect_model_bytes(node, int(model_bytes), int(budget))
         return None, MetricRecord({"devices": len(nodes)})
 
     def configure_evaluate(
@@ -108,14 +109,18 @@ class CodeStrategy(FleetMixin, Strategy):
             contents = {
                 node: RecordDict({protocol.CONFIG: instruction}) for node in self.sample(round_)
             }
-            return self.send(round_, contents, MessageType.EVALUATE, "request", lambda _: 0)
+            return self.build_messages(
+                round_, contents, MessageType.EVALUATE, "request", lambda _: 0
+            )
         if self.gives == UNIFORM:
             contents = {
                 node: protocol.uniform_content(round_, *width)
                 for node, width in self._widths.items()
             }
             payload = protocol.UNIFORM_PAYLOAD_BYTES
-            return self.send(round_, contents, MessageType.EVALUATE, "width", lambda _: payload)
+            return self.build_messages(
+                round_, contents, MessageType.EVALUATE, "width", lambda _: payload
+            )
         payloads = {
             node: encode_strategy(codes, self._held.get(node))
             for node, codes in self._codes.items()
@@ -123,7 +128,7 @@ class CodeStrategy(FleetMixin, Strategy):
         contents = {
             node: protocol.codes_content(round_, payload) for node, payload in payloads.items()
         }
-        return self.send(
+        return self.build_messages(
             round_, contents, MessageType.EVALUATE, "codes", lambda node: len(payloads[node])
         )
 
@@ -137,7 +142,7 @@ class CodeStrategy(FleetMixin, Strategy):
             self._held[node] = self._codes[node]
         super().accept_report(round_, node, report)
 
-    def mark(self, round_: int, node: int, status: str, reason: str = "") -> None:
+    def set_status(self, round_: int, node: int, status: str, reason: str = "") -> None:
         # The device's state is unknown now: its next codes go in full.
         self._held.pop(node, None)
-        super().mark(round_, node, status, reason)
+        super().set_status(round_, node, status, reason)

@@ -18,6 +18,7 @@ from chord_fl.quant.budget import uniform_bytes
 from strategies import protocol
 from strategies.base import FleetMixin
 from strategies.protocol import Task
+from strategies.replies import REJECTED
 
 
 class LedgerFedAvg(FleetMixin, FedAvg):
@@ -42,7 +43,9 @@ class LedgerFedAvg(FleetMixin, FedAvg):
         instruction = protocol.instruction(round_, task)
         content = RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: instruction})
         contents = dict.fromkeys(nodes, content)
-        return self.send(round_, contents, message_type, "weights", lambda _: self._weights_bytes)
+        return self.build_messages(
+            round_, contents, message_type, "weights", lambda _: self._weights_bytes
+        )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -51,7 +54,6 @@ class LedgerFedAvg(FleetMixin, FedAvg):
         self._signature = protocol.weight_signature(arrays)
         self._weights_bytes = protocol.weights_nbytes(arrays)
         self._latest = arrays
-        self.train_ms.clear()
         return self._weights_to(round_, self.sample(round_), arrays, Task.FIT, MessageType.TRAIN)
 
     def aggregate_train(
@@ -60,13 +62,13 @@ class LedgerFedAvg(FleetMixin, FedAvg):
         round_ = self.run.round_of(server_round)
         valid = []
         # A valid reply carries exactly the global model's bytes; an invalid one is refused.
-        uploaded = self.receive(round_, replies, "weights", lambda _: self._weights_bytes)
+        uploaded = self.accept_replies(round_, replies, "weights", lambda _: self._weights_bytes)
         for node, reply in uploaded:
             train_ms, reason = protocol.read_weights(reply.content, self._signature)
             if reason:
-                self.mark(round_, node, "rejected", reason)
+                self.set_status(round_, node, REJECTED, reason)
                 continue
-            self.train_ms[node] = train_ms
+            self.current.train_ms[node] = train_ms
             valid.append((self.run.partitions[node], reply))
         if not valid:
             return None, None
@@ -79,14 +81,14 @@ class LedgerFedAvg(FleetMixin, FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         round_ = self.run.round_of(server_round)
-        trained = list(self.train_ms)  # the devices whose training joined the aggregate
+        trained = list(self.current.train_ms)  # the devices whose training joined the aggregate
         if self.budgeted:
             channels = self.run.world.prepared.channels
             budgets = [int(self.run.world.budgets[self.run.partitions[node]]) for node in trained]
             for node, budget, width in zip(
                 trained, budgets, uniform_widths(channels, budgets), strict=True
             ):
-                self.expect(node, uniform_bytes(channels, *width), budget)
+                self.expect_model_bytes(node, uniform_bytes(channels, *width), budget)
         return self._weights_to(round_, trained, arrays, self.evaluate_task, MessageType.EVALUATE)
 
     def aggregate_evaluate(

@@ -26,7 +26,6 @@ CONFIG = "config"  # the cloud's instruction (Flower's FedAvg uses the same key)
 TIMING = "timing"  # every device reply: the simulated seconds the phone took
 ARRAYS = "arrays"  # model weights (Flower's FedAvg default)
 UPLOAD = "upload"  # a device's profile and budget
-CODES = "codes"  # packed precision codes
 METRICS = "metrics"  # a device's report
 ROUND = "server-round"  # the run's round (Flower's own counter restarts when resuming)
 TASK = "task"
@@ -67,9 +66,11 @@ def instruction(round_: int, task: Task) -> ConfigRecord:
 
 
 def codes_content(round_: int, payload: bytes) -> RecordDict:
-    return RecordDict(
-        {CONFIG: instruction(round_, Task.CODES), CODES: ConfigRecord({PAYLOAD: payload})}
-    )
+    # The codes ride in the instruction's own record: a second record would cost its header and
+    # a 64-character object id in the message (about 160 B, measured in tests/test_protocol.py).
+    record = instruction(round_, Task.CODES)
+    record[PAYLOAD] = payload
+    return RecordDict({CONFIG: record})
 
 
 def uniform_content(round_: int, bits: int, per_tensor: bool) -> RecordDict:
@@ -95,7 +96,7 @@ def read_instruction(content: RecordDict) -> tuple[int, Task]:
 
 
 def read_codes(content: RecordDict) -> bytes:
-    return bytes(content.config_records[CODES][PAYLOAD])
+    return bytes(content.config_records[CONFIG][PAYLOAD])
 
 
 # -- device to cloud ---------------------------------------------------------------------------

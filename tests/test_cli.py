@@ -24,7 +24,7 @@ def test_pretrain_then_hypernet_on_a_csv_file(tmp_path, capsys):
             "20",
             "--out",
             str(backbone),
-        ]  # fmt: skip
+        ]  # format: skip
     )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
@@ -44,7 +44,7 @@ def test_pretrain_then_hypernet_on_a_csv_file(tmp_path, capsys):
             "1",
             "--out",
             str(hypernet),
-        ]  # fmt: skip
+        ]  # format: skip
     )
     assert code == 0
     report = json.loads(capsys.readouterr().out)

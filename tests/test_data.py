@@ -164,11 +164,11 @@ MALFORMED = [
 ]
 
 
-@pytest.mark.parametrize(("fmt", "name", "content", "detail"), MALFORMED)
-def test_malformed_line_names_file_and_line(tmp_path, fmt, name, content, detail):
+@pytest.mark.parametrize(("format", "name", "content", "detail"), MALFORMED)
+def test_malformed_line_names_file_and_line(tmp_path, format, name, content, detail):
     path = _write(tmp_path, name, content)
     with pytest.raises(DataError) as info:
-        read_interactions(path, fmt)
+        read_interactions(path, format)
     msg = str(info.value)
     assert name in msg
     assert ", line 3:" in msg
@@ -200,18 +200,18 @@ def test_unknown_format_is_config_error(tmp_path):
         read_interactions(path, "parquet")
 
 
-@pytest.mark.parametrize("fmt", ["grouplens-tab", "grouplens-dat", "pairs", "per-user", "table"])
-def test_missing_file_is_data_error(tmp_path, fmt):
+@pytest.mark.parametrize("format", ["grouplens-tab", "grouplens-dat", "pairs", "per-user", "table"])
+def test_missing_file_is_data_error(tmp_path, format):
     with pytest.raises(DataError, match="not found"):
-        read_interactions(tmp_path / "nowhere.txt", fmt)
+        read_interactions(tmp_path / "nowhere.txt", format)
 
 
-@pytest.mark.parametrize("fmt", ["grouplens-tab", "grouplens-dat", "pairs", "per-user", "table"])
+@pytest.mark.parametrize("format", ["grouplens-tab", "grouplens-dat", "pairs", "per-user", "table"])
 @pytest.mark.parametrize("content", ["", "\n\n  \n"])
-def test_empty_file_is_data_error(tmp_path, fmt, content):
+def test_empty_file_is_data_error(tmp_path, format, content):
     path = _write(tmp_path, "empty.txt", content)
     with pytest.raises(DataError, match="empty.txt"):
-        read_interactions(path, fmt)
+        read_interactions(path, format)
 
 
 def test_header_only_table_is_data_error(tmp_path):

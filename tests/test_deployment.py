@@ -259,20 +259,40 @@ def test_two_chord_rounds_on_a_real_superlink_and_three_supernodes(tmp_path, clu
 
     began = time.monotonic()
     try:
-        # fmt: off
-        cluster.start("superlink", [
-            "flower-superlink", "--insecure", "--isolation", "subprocess",
-            "--host", "127.0.0.1", "--port", str(link_port),  # Fleet, Control, Runtime APIs
-        ])
+        # format: off
+        cluster.start(
+            "superlink",
+            [
+                "flower-superlink",
+                "--insecure",
+                "--isolation",
+                "subprocess",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(link_port),  # Fleet, Control, Runtime APIs
+            ],
+        )
         _wait("the SuperLink", lambda: _healthy(link_port), cluster, STARTUP_S, 0.5)
         for partition, port in enumerate(node_ports):
-            cluster.start(f"supernode-{partition}", [
-                "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                "--isolation", "subprocess",
-                "--host", "127.0.0.1", "--port", str(port),  # its own Runtime API for ClientApps
-                "--node-config", f"partition-id={partition}",
-            ])
-        # fmt: on
+            cluster.start(
+                f"supernode-{partition}",
+                [
+                    "flower-supernode",
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{link_port}",
+                    "--isolation",
+                    "subprocess",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),  # its own Runtime API for ClientApps
+                    "--node-config",
+                    f"partition-id={partition}",
+                ],
+            )
+        # format: on
 
         def online() -> bool:
             nodes = cluster.flwr_json("supernode", "ls", CONNECTION)["nodes"]

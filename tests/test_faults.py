@@ -104,7 +104,7 @@ def _bad_profile(content: RecordDict, kind: str) -> RecordDict:
 def _corrupt_codes(content: RecordDict) -> RecordDict:
     payload = bytearray(protocol.read_codes(content))
     payload[-1] ^= 0xFF
-    content.config_records[protocol.CODES][protocol.PAYLOAD] = bytes(payload)
+    content.config_records[protocol.CONFIG][protocol.PAYLOAD] = bytes(payload)
     return content
 
 

@@ -7,7 +7,7 @@ from chord_fl.data import make_split, synthetic_dataset
 from chord_fl.errors import ConfigError, DataError
 from chord_fl.evaluation import evaluate_stages, target_ranks
 from chord_fl.models import BACKBONES, Popularity, build_backbone
-from chord_fl.train import TrainConfig, evaluation_negatives, fit
+from chord_fl.train import TrainConfig, batches, evaluation_negatives, fit, learning_rate_factor
 
 NUM_ITEMS = 50
 SMALL = {"hidden": 16, "max_len": 12}
@@ -106,3 +106,28 @@ def test_training_beats_popularity_on_synthetic_data():
     trained = evaluate_stages(model, split, [1, 2], negatives)["full"]["ndcg@10"]
     assert result.best_epoch >= 1
     assert trained > 2 * baseline
+
+
+def test_batches_by_length_cover_every_sample_once_with_little_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 200, size=1000)
+    for by_length in (True, False):
+        chosen = batches(lengths, 64, by_length, np.random.default_rng(1))
+        assert sorted(np.concatenate(chosen).tolist()) == list(range(1000))
+        padded = sum(len(batch) * lengths[batch].max() for batch in chosen)
+        if by_length:
+            assert padded < 1.1 * lengths.sum()
+        else:
+            assert padded > 1.5 * lengths.sum()
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    config = TrainConfig(schedule="cosine", warmup=0.1)
+    factors = [learning_rate_factor(config, step, 100) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:], strict=False))
+    assert factors[-1] < 0.01
+    constant = TrainConfig(schedule="constant")
+    assert {learning_rate_factor(constant, step, 100) for step in range(100)} == {1.0}
+    with pytest.raises(ConfigError, match="schedule"):
+        TrainConfig(schedule="linear")

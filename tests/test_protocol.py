@@ -316,6 +316,24 @@ def test_message_bytes_grows_with_the_payload_and_exceeds_it(task_identity):
     assert sizes[2] - sizes[1] >= 9_900
 
 
+def test_codes_travel_in_the_instruction_record(task_identity):
+    """One record instead of an instruction record plus a codes record: the second record's
+    header and object id alone cost more than 100 B on every codes message."""
+    payload = bytes(range(256)) + bytes(134)  # 390 B, a typical CHORD payload
+    lean = Message(
+        content=protocol.codes_content(3, payload), dst_node_id=2, message_type="evaluate"
+    )
+    two_records = RecordDict(
+        {
+            CONFIG: protocol.instruction(3, protocol.Task.CODES),
+            "codes": ConfigRecord({"payload": payload}),
+        }
+    )
+    wide = Message(content=two_records, dst_node_id=2, message_type="evaluate")
+    assert message_bytes(wide) - message_bytes(lean) > 100
+    assert protocol.read_codes(lean.content) == payload
+
+
 def test_message_bytes_counts_array_payloads(task_identity):
     small = Message(
         content=RecordDict({ARRAYS: ArrayRecord({"w": torch.zeros(10)})}),

@@ -240,20 +240,95 @@ def test_write_table_markdown_and_csv(fedavg, chord, tmp_path):
     assert first_round == ["1", "8,000", "8,220", "220", "380", "36.36", "21.63"]
 
 
-def test_plot_runs_writes_png_files(fedavg, chord, tmp_path):
-    written = plot_runs([fedavg, chord], tmp_path / "figures")
-    names = ["bytes.png", "ndcg_vs_bytes.png", "ndcg_by_tier.png", "codes_by_tier.png"]
-    assert [path.name for path in written] == names
+FIGURES = [
+    "bytes_per_round.png",
+    "cumulative_bytes.png",
+    "ndcg_vs_bytes.png",
+    "wire_time_by_tier.png",
+    "ndcg_by_tier.png",
+]
+
+
+def _read(path):
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_plot_runs_writes_png_files_with_their_numbers(fedavg, chord, tmp_path):
+    written = plot_runs([fedavg, chord], tmp_path / "figures", horizon=10)
+    assert [path.name for path in written] == [*FIGURES, "codes_by_tier.png"]
     for path in written:
         data = path.read_bytes()
         assert data[:8] == PNG_SIGNATURE
         width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk comes first
         assert width > 100 and height > 100
+        assert path.with_suffix(".csv").exists()
+
+
+def test_figure_numbers_match_the_ledger_by_hand(fedavg, chord, tmp_path):
+    """FedAvg: 60 B of query per device once; rounds carry 16,460 B down and 17,110 B up over
+    2 devices x 2 rounds. CHORD: 10,100 B of frozen weights per device once; 760 B down and
+    1,360 B up over its rounds."""
+    plot_runs([fedavg, chord], tmp_path, horizon=10)
+    per_round = {
+        (row["strategy"], row["direction"]): float(row["message_bytes_per_device_round"])
+        for row in _read(tmp_path / "bytes_per_round.csv")
+    }
+    assert per_round == {
+        ("fedavg", "downlink"): 4115.0,
+        ("fedavg", "uplink"): 4277.5,
+        ("chord", "downlink"): 190.0,
+        ("chord", "uplink"): 340.0,
+    }
+    cumulative = {
+        (row["strategy"], int(row["round"])): row
+        for row in _read(tmp_path / "cumulative_bytes.csv")
+    }
+    assert float(cumulative["chord", 2]["cumulative_message_bytes_per_device"]) == 10100 + 2 * 530
+    assert float(cumulative["fedavg", 10]["cumulative_message_bytes_per_device"]) == 60 + 83925
+    assert cumulative["chord", 2]["measured"] == "True"
+    assert cumulative["chord", 3]["measured"] == "False"
+    # CHORD spends more by round 1 (10,630 against 8,452.5 B) and less from round 2 on
+    # (11,160 against 16,845 B).
+    assert cumulative["chord", 0]["break_even_round_vs_fedavg"] == "2"
+    wire = {
+        (row["strategy"], row["tier"]): float(row["value"])
+        for row in _read(tmp_path / "wire_time_by_tier.csv")
+    }
+    # Every ledger row of the fixtures takes 0.01 s; FedAvg's device 1 (tier low) has 2 rows
+    # per round plus its metrics or error reply.
+    assert wire["fedavg", "low"] == pytest.approx(0.03)
+    assert wire["chord", "high"] == pytest.approx(0.03)
+
+
+def test_break_even_by_formula():
+    from simulations.costs import CommunicationCost, break_even_round
+
+    def cost(one_time, per_round):
+        return CommunicationCost("s", 1, 3, one_time, per_round, 0.0)
+
+    reference = cost(0.0, 100.0)
+    assert break_even_round(cost(50.0, 10.0), reference) == 1
+    assert break_even_round(cost(1000.0, 10.0), reference) == 12  # 1000 / 90 = 11.1
+    assert break_even_round(cost(900.0, 10.0), reference) == 10  # exactly 900 / 90
+    assert break_even_round(cost(1000.0, 100.0), reference) is None
+
+
+def test_report_page_holds_every_table_and_figure(fedavg, chord, tmp_path):
+    from simulations.cli import write_report
+
+    report = write_report([fedavg, chord], tmp_path / "out", horizon=10)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert report["break_even"] == {"fedavg": 1, "chord": 2}
+    assert page.count("data:image/png;base64,") == len(report["plots"]) == 6
+    for heading in ("Accuracy and bytes per strategy", "break-even round", "FedAvg over CHORD"):
+        assert heading in page
+    assert "<script" not in page and 'src="http' not in page  # nothing to fetch
 
 
 def test_codes_plot_skipped_without_codes(fedavg, tmp_path):
     written = plot_runs([fedavg], tmp_path / "figures")
-    assert [path.name for path in written] == ["bytes.png", "ndcg_vs_bytes.png", "ndcg_by_tier.png"]
+    assert [path.name for path in written] == FIGURES
     assert not (tmp_path / "figures" / "codes_by_tier.png").exists()
 
 

@@ -183,7 +183,22 @@ def test_plot_command_writes_the_table_ratio_and_figures(runs, tmp_path):
     out = tmp_path / "report"
     assert main(["plot", str(runs["chord"]), str(runs["fedavg"]), "--out", str(out)]) == 0
     names = {path.name for path in out.iterdir()}
-    assert {"compare.md", "compare.csv", "bytes.png", "ndcg_vs_bytes.png"} <= names
+    assert {"compare.md", "bytes_per_round.png", "cumulative_bytes.png", "report.html"} <= names
+    # The break-even round, counted round by round from the two ledgers alone.
+    spent = {}
+    for name in ("chord", "fedavg"):
+        ledger = read_csv(runs[name] / "ledger.csv")
+        once = sum(int(r["message_bytes"]) for r in ledger if r["round"] == "0") / USERS
+        rounds = sum(int(r["message_bytes"]) for r in ledger if r["round"] != "0")
+        spent[name] = (once, rounds / (USERS * ROUNDS))
+    round_ = 1
+    while (
+        spent["chord"][0] + round_ * spent["chord"][1]
+        > spent["fedavg"][0] + round_ * spent["fedavg"][1]
+    ):
+        round_ += 1
+    rows = {row["strategy"]: row for row in read_csv(out / "break-even.csv")}
+    assert int(rows["chord"]["break_even_round_vs_fedavg"]) == round_
     (paired,) = read_csv(out / "paired-vs-chord.csv")
     assert paired["strategy"] == "fedavg" and int(paired["ndcg@10_devices"]) > 1
     ratios = read_csv(out / "downlink-fedavg-over-chord.csv")

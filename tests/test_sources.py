@@ -108,7 +108,7 @@ def test_registry_entries():
     assert DATASETS["ml-1m"].url.endswith("/ml-1m.zip")
     assert DATASETS["yelp"].url is None
     for spec in DATASETS.values():
-        assert all(fmt in FORMATS for _, fmt in spec.files)
+        assert all(format in FORMATS for _, format in spec.files)
     assert dataset_defaults("ml-1m") == (0, 5)
     assert dataset_defaults("ml-100k") == (0, 0)
     assert dataset_defaults("some/file.csv") == (0, 0)
@@ -149,14 +149,14 @@ def test_locate_without_download_does_not_fetch(tmp_path, no_network):
 def test_download_extracts_members(tmp_path, toy):
     _, calls = toy
     root = tmp_path / "new" / "dir"
-    path, fmt = locate("toy", root)
-    assert (path, fmt) == (root / "toy" / "u.data", "grouplens-tab")
+    path, format = locate("toy", root)
+    assert (path, format) == (root / "toy" / "u.data", "grouplens-tab")
     assert path.read_bytes() == ROWS
     assert calls == [URL]
     assert not (root / "toy" / "README").exists()  # only the listed members
     assert not list(root.rglob("*.part"))
     # A second call finds the file and does not download again.
-    assert locate("toy", root) == (path, fmt)
+    assert locate("toy", root) == (path, format)
     assert calls == [URL]
 
 
@@ -223,7 +223,7 @@ def test_fetch_streams_to_file(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("name", "fmt"),
+    ("name", "format"),
     [
         ("ratings.csv", "table"),
         ("ratings.TSV", "table"),
@@ -231,15 +231,15 @@ def test_fetch_streams_to_file(tmp_path):
         ("ratings.dat", "grouplens-dat"),
     ],
 )
-def test_locate_path_infers_format(tmp_path, name, fmt):
+def test_locate_path_infers_format(tmp_path, name, format):
     path = _write(tmp_path / name)
-    assert locate(str(path)) == (path, fmt)
+    assert locate(str(path)) == (path, format)
 
 
 def test_locate_path_explicit_format(tmp_path):
     path = _write(tmp_path / "seqs.txt")
-    assert locate(str(path), fmt="per-user") == (path, "per-user")
-    assert locate(str(path), fmt="pairs") == (path, "pairs")
+    assert locate(str(path), format="per-user") == (path, "per-user")
+    assert locate(str(path), format="pairs") == (path, "pairs")
 
 
 def test_locate_path_needs_format(tmp_path):
@@ -252,7 +252,7 @@ def test_locate_path_needs_format(tmp_path):
 def test_locate_unknown_format(tmp_path):
     path = _write(tmp_path / "ratings.csv")
     with pytest.raises(ConfigError) as info:
-        locate(str(path), fmt="parquet")
+        locate(str(path), format="parquet")
     assert "parquet" in str(info.value)
     assert all(f in str(info.value) for f in FORMATS)
 

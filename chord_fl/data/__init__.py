@@ -22,7 +22,7 @@ from chord_fl.data.synthetic import synthetic_interactions
 def load_dataset(
     dataset: str,
     data_dir: str | None = None,
-    fmt: str | None = None,
+    format: str | None = None,
     user_min: int | None = None,
     item_min: int | None = None,
 ) -> SequenceData:
@@ -30,10 +30,10 @@ def load_dataset(
 
     `user_min`/`item_min` default to the data set's own filters (5 items for MovieLens-1M).
     """
-    path, fmt = locate(dataset, data_dir, fmt)
+    path, format = locate(dataset, data_dir, format)
     default_user_min, default_item_min = dataset_defaults(dataset)
     return build_sequences(
-        read_interactions(path, fmt),
+        read_interactions(path, format),
         name=dataset,
         user_min=default_user_min if user_min is None else user_min,
         item_min=default_item_min if item_min is None else item_min,

@@ -172,14 +172,14 @@ READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
 }
 
 
-def read_interactions(path: str | Path, fmt: str) -> pd.DataFrame:
-    """Read `path` in format `fmt`; an empty file is an error, not an empty data set."""
-    if fmt not in READERS:
-        raise ConfigError(f"unknown data format {fmt!r}; known: {', '.join(READERS)}")
+def read_interactions(path: str | Path, format: str) -> pd.DataFrame:
+    """Read `path` in `format`; an empty file is an error, not an empty data set."""
+    if format not in READERS:
+        raise ConfigError(f"unknown data format {format!r}; known: {', '.join(READERS)}")
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    frame = READERS[fmt](path)
+    frame = READERS[format](path)
     if frame.empty:
         raise DataError(f"{path}: no interactions found")
     return frame

@@ -148,24 +148,24 @@ def _infer_format(path: Path) -> str:
 
 
 def _first_existing(spec: DatasetSpec, root: Path) -> tuple[Path, str] | None:
-    for rel, fmt in spec.files:
+    for rel, file_format in spec.files:
         if (root / rel).is_file():
-            return root / rel, fmt
+            return root / rel, file_format
     return None
 
 
 def locate(
     dataset: str,
     data_dir: str | os.PathLike | None = None,
-    fmt: str | None = None,
+    format: str | None = None,
     download: bool = True,
 ) -> tuple[Path, str]:
     """Return (file path, reader format) for a registry name or a path to a file.
 
-    `fmt` only applies to paths: a registry entry's format follows the candidate file found.
+    `format` only applies to paths: a registry entry's format follows the candidate file found.
     """
-    if fmt is not None and fmt not in FORMATS:
-        raise ConfigError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    if format is not None and format not in FORMATS:
+        raise ConfigError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
     spec = DATASETS.get(dataset)
     if spec is not None:
         root = resolve_data_dir(data_dir)
@@ -183,7 +183,7 @@ def locate(
         )
     path = Path(dataset).expanduser()
     if path.is_file():
-        return path, fmt or _infer_format(path)
+        return path, format or _infer_format(path)
     raise ConfigError(
         f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)} or a path to a file"
     )

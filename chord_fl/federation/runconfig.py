@@ -18,6 +18,7 @@ from typing import Any
 
 from chord_fl.errors import ConfigError
 from chord_fl.experiment import INITS, Setup
+from chord_fl.hypernet.training import HyperTrainConfig
 from chord_fl.methods import METHODS
 from chord_fl.models import BACKBONES
 from chord_fl.pretrain import default_checkpoint
@@ -123,7 +124,14 @@ class RunConfig:
             init=self.init,
             seed=self.seed,
             checkpoint=os.fspath(Path(self.checkpoint_dir) / name),
-            fmt=self.format or None,
+            format=self.format or None,
+        )
+
+    @property
+    def hypernet_training(self) -> HyperTrainConfig:
+        """How the cloud trains hypernetworks it has not cached."""
+        return HyperTrainConfig(
+            epochs=self.hypernet_epochs, seed=self.seed, profile_window=self.profile_window
         )
 
     @property

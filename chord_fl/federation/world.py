@@ -24,7 +24,7 @@ from chord_fl.data import RoundSplit
 from chord_fl.errors import ConfigError
 from chord_fl.experiment import Setup, load_backbone, load_split
 from chord_fl.federation.runconfig import RunConfig, fleet_from_setting
-from chord_fl.hypernet.training import HyperTrainConfig, train_best
+from chord_fl.hypernet.training import train_best
 from chord_fl.methods import CHORD_VARIANTS, Cloud
 from chord_fl.quant.budget import floor_bytes
 from chord_fl.quant.quantizer import PreparedModel
@@ -101,9 +101,7 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
     stem = Path(setup.checkpoint_path).stem
     if method in CHORD_VARIANTS:
         recipes = CHORD_VARIANTS[method].recipes
-        train = HyperTrainConfig(
-            epochs=config.hypernet_epochs, seed=config.seed, profile_window=config.profile_window
-        )
+        train = config.hypernet_training
         identity = setup.backbone_identity(world.split.num_items)
         settings = hypernet_settings(identity, recipes, world.fleet, train)
         path = hypernet_cache_path(config.checkpoint_dir, f"{stem}-{method}", settings)

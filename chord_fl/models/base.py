@@ -58,6 +58,10 @@ class SequentialRecommender(nn.Module, abc.ABC):
         """The tensors a precision strategy covers, each with its channel axis."""
 
     @property
+    def device(self) -> torch.device:
+        return self.output_embeddings()[0].device
+
+    @property
     def hidden_size(self) -> int:
         """Width of `encode`'s output: the profile a device uploads has this many numbers."""
         return self.output_embeddings()[0].shape[1]

@@ -1,0 +1,117 @@
+"""Per-device cost of a federated round against Flower's own floor, on one fleet.
+
+The floor is a trivial pair of apps: the ServerApp sends every node an empty train and an empty
+evaluate message each round (as every chord-fl strategy does), and the ClientApp answers with an
+empty reply. Each strategy then runs the same fleet and rounds. Printed: milliseconds per
+device-round (rounds only, after the nodes have registered), the ratio to the floor, and the peak
+RSS of the process that hosts the ServerApp. Each case runs in a fresh process.
+
+    python benchmarks/fleet.py --dataset ml-100k --rounds 3 --strategies chord fp32 fedavg
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import resource
+import tempfile
+import time
+from typing import Any
+
+from chord_fl.machine import machine_line
+
+FLOOR = "floor"
+
+
+def _floor(devices: int, rounds: int) -> float:
+    """Seconds of `rounds` trivial rounds over `devices` nodes."""
+    from flwr.app import Context, Message, MessageType, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    from simulations.server import wait_for_nodes
+    from simulations.simulate import QUIET_ENV, backend_config
+
+    seconds: list[float] = []
+    server, client = ServerApp(), ClientApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        nodes = wait_for_nodes(grid, devices, patience=30.0)
+        started = time.perf_counter()
+        for _ in range(rounds):
+            for kind in (MessageType.TRAIN, MessageType.EVALUATE):
+                messages = [Message(RecordDict(), dst_node_id=n, message_type=kind) for n in nodes]
+                replies = list(grid.send_and_receive(messages, timeout=600))
+                assert len(replies) == len(nodes), "a trivial node did not answer"
+        seconds.append(time.perf_counter() - started)
+
+    def answer(message: Message, context: Context) -> Message:
+        return Message(RecordDict(), reply_to=message)
+
+    client.train()(answer)
+    client.evaluate()(answer)
+
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    run_simulation(server, client, num_supernodes=devices, backend_config=backend_config())
+    return seconds[0]
+
+
+def _strategy(overrides: dict[str, Any]) -> tuple[float, int]:
+    from simulations.simulate import simulate
+
+    summary = simulate(overrides)
+    return summary["rounds_wall_s"], int(summary["devices"])
+
+
+def _case(name: str, args: argparse.Namespace, out: Any) -> None:
+    """One case in this (fresh) process: seconds of the rounds, devices, peak RSS in MiB."""
+    if name == FLOOR:
+        seconds, devices = _floor(args.devices, args.rounds), args.devices
+    else:
+        overrides = {
+            "strategy": name,
+            "dataset": args.dataset,
+            "rounds": args.rounds,
+            "output-dir": args.output_dir,
+            "run-name": f"fleet-{name}",
+        }
+        seconds, devices = _strategy(overrides)
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.put((name, seconds, devices, rss_mib))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--devices", type=int, default=943, help="floor nodes (= the data's users)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--strategies", nargs="+", default=["chord", "fp32", "fedavg"])
+    parser.add_argument("--output-dir", default=os.path.join(tempfile.gettempdir(), "chord-fleet"))
+    args = parser.parse_args()
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for name in (FLOOR, *args.strategies):
+        queue = context.Queue()
+        process = context.Process(target=_case, args=(name, args, queue))
+        process.start()
+        row = queue.get()
+        process.join()
+        rows.append(row)
+        print(f"{name}: {row[1]:.1f} s", flush=True)
+    floor_ms = rows[0][1] * 1000 / (rows[0][2] * args.rounds)
+    print(f"\n{args.dataset}, {args.rounds} rounds; {machine_line()}\n")
+    print("| case | devices | rounds s | ms per device-round | x floor | ServerApp peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, seconds, devices, rss in rows:
+        ms = seconds * 1000 / (devices * args.rounds)
+        print(
+            f"| {name} | {devices} | {seconds:.1f} | {ms:.1f} | {ms / floor_ms:.2f} | {rss:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
