@@ -1,7 +1,30 @@
-"""One colour and one marker per method, in every figure of the project (strategies, and the
-benchmarks' reference points)."""
+"""How every figure looks and is saved: one colour and one marker per method in every figure of
+the project (strategies, and the benchmarks' reference points), the runs a comparison figure
+reads, bars with their values, and a CSV of each figure's numbers beside it."""
 
 from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from chord_fl.errors import ConfigError
+from chord_fl.federation.runlog import CODE_COLUMNS
+from simulations.costs import CommunicationCost, communication_cost
+from simulations.report import read_clients, read_ledger, read_summary
+
+matplotlib.use("Agg")  # headless: servers and tests have no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+DPI = 120
 
 # One colour per method in every figure (strategies, and the benchmarks' reference points).
 METHOD_COLOURS = {
@@ -46,3 +69,80 @@ def method_colour(name: str) -> str:
 
 def method_marker(name: str) -> str:
     return METHOD_MARKERS.get(name.split(" ")[0], "o")
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    label: str
+    strategy: str
+    cost: CommunicationCost
+    ledger: list[dict[str, str]]
+    clients: list[dict[str, str]]
+
+
+def load_runs(run_dirs: Sequence[str | os.PathLike]) -> list[RunFigures]:
+    if not run_dirs:
+        raise ConfigError("no run directories to plot")
+    strategies = [read_summary(run_dir)["strategy"] for run_dir in run_dirs]
+    runs = []
+    for run_dir, strategy in zip(run_dirs, strategies, strict=True):
+        # Two runs of one strategy (seeds, budgets) would otherwise share a legend entry.
+        label = (
+            strategy if strategies.count(strategy) == 1 else f"{strategy} ({Path(run_dir).name})"
+        )
+        cost = communication_cost(run_dir)
+        runs.append(RunFigures(label, strategy, cost, read_ledger(run_dir), read_clients(run_dir)))
+    return runs
+
+
+def tiers_by_budget(runs: Sequence[RunFigures]) -> list[str]:
+    """Tiers from the smallest budget to the largest."""
+    budgets: dict[str, list[float]] = {}
+    for run in runs:
+        for row in run.clients:
+            budgets.setdefault(row["tier"], []).append(float(row["budget_bytes"]))
+    return sorted(budgets, key=lambda tier: float(np.mean(budgets[tier])))
+
+
+def has_codes(row: dict[str, str]) -> bool:
+    return all(row[column] != "" for column in CODE_COLUMNS)
+
+
+def save_figure(fig: Figure, path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """The figure as PNG, and its numbers as a CSV of the same name."""
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    with path.with_suffix(".csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]) if rows else ["empty"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def bar_offsets(count: int) -> tuple[np.ndarray, float]:
+    width = 0.8 / count
+    return (np.arange(count) - (count - 1) / 2) * width, width
+
+
+def label_bars(ax: Any, bars: Any, fmt: str) -> None:
+    for bar in bars:
+        height = bar.get_height()
+        if np.isfinite(height) and height > 0:
+            ax.annotate(
+                fmt.format(height),
+                (bar.get_x() + bar.get_width() / 2, height),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                rotation=90,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
+
+
+def log_room(ax: Any, rows: Sequence[Mapping[str, Any]], key: str) -> None:
+    """A log axis from below the smallest bar to well above the largest, so labels fit."""
+    values = [float(row[key]) for row in rows if np.isfinite(float(row[key])) and row[key] > 0]
+    if values:
+        ax.set_yscale("log")
+        ax.set_ylim(min(values) / 2, max(values) * 5)
