@@ -185,11 +185,13 @@ def format_cell(column: str, value: Any) -> str:
         return str(value).replace("|", r"\|")  # a bare pipe would split the cell
     if "bytes" in column:
         return f"{value:,.0f}"
+    if isinstance(value, int):  # counts: devices, rounds, epochs
+        return str(value)
     if column.endswith(("ratio", "_z")):
         return f"{value:.2f}"
     if "@" in column:
         return f"{value:.4f}"
-    return f"{value:,.2f}" if isinstance(value, float) else str(value)
+    return f"{value:,.2f}"
 
 
 def _is_number(value: Any) -> bool:
