@@ -1,0 +1,164 @@
+"""The headroom benchmark's report: tables per setting and budget (paired by device, with the
+share of the global-to-window gap each method closes) and the budget sweep figure, read from the
+results file `benchmarks/headroom.py` writes."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from chord_fl.metrics import mean_and_standard_error
+from chord_fl.quant.channels import CodeTable
+
+ORDER = (
+    "fp32",
+    "uniform",
+    "random",
+    "global-target",
+    "global",
+    "init-relax",
+    "chord-relax",
+    "init-sens",
+    "chord-sens",
+    "chord",
+    "window",
+    "oracle",
+)
+
+
+# The budget sweep figure: the deployable methods and the two ceilings (the tables have the rest).
+SWEEP_METHODS = ("fp32", "uniform", "random", "global", "chord", "window", "oracle")
+
+
+def method_order(method: str) -> int:
+    return ORDER.index(method) if method in ORDER else len(ORDER)
+
+
+def _table_name(row: dict) -> str:
+    bits = tuple(row.get("code_bits", CodeTable().bits))
+    return "" if bits == CodeTable().bits else f" / codes {'-'.join(map(str, bits))} bits"
+
+
+def tables(rows: list[dict]) -> str:
+    """Per setting and budget: each method's NDCG@10, its paired difference from global, and the
+    share of the global-to-window gap it closes (both protocols)."""
+    by_key: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        key = (row["dataset"], row["backbone"], _table_name(row), row["budget_bits"])
+        by_key[key][row["method"]].append(row)
+    out = []
+    for (dataset, backbone, table, bits), methods in sorted(by_key.items()):
+        out.append(f"\n{dataset} / {backbone}{table} / {bits:g} bits ({_seeds(methods)} seeds)\n")
+        out.append(
+            "| method | avg bits | NDCG@10 full | sampled | minus global, full: diff ± s.e. (z) "
+            "| sampled | share of global-to-window gap closed, full / sampled |"
+        )
+        out.append("|---|---|---|---|---|---|---|")
+        means = {m: _means(group) for m, group in methods.items()}
+        for method in sorted(methods, key=method_order):
+            group = methods[method]
+            cells = [f"{np.mean([r['avg_bits'] for r in group]):.2f}"]
+            cells += [f"{means[method][p]:.4f}" for p in ("full", "sampled")]
+            cells += [_paired(group, methods.get("global"), p) for p in ("full", "sampled")]
+            cells.append(_gap_share(means, methods, method))
+            out.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def _seeds(methods: dict[str, list[dict]]) -> int:
+    return max(len(group) for group in methods.values())
+
+
+def _means(group: list[dict]) -> dict[str, float]:
+    return {p: float(np.mean([r[p]["ndcg@10"] for r in group])) for p in ("full", "sampled")}
+
+
+def _per_device(group: list[dict], protocol: str) -> np.ndarray:
+    """Each device's NDCG@10 averaged over the seeds measured."""
+    return np.mean([r[f"{protocol}_per_device"] for r in group], axis=0)
+
+
+def _paired(group: list[dict], reference: list[dict] | None, protocol: str) -> str:
+    if not reference:
+        return "-"
+    mean, error = mean_and_standard_error(
+        _per_device(group, protocol) - _per_device(reference, protocol)
+    )
+    if not error:
+        return f"{mean:+.4f}"
+    return f"{mean:+.4f} ± {error:.4f} ({mean / error:+.1f})"
+
+
+def _gap_share(
+    means: dict[str, dict[str, float]], methods: dict[str, list[dict]], method: str
+) -> str:
+    """(method - global) / (window - global), where that gap is real: a gap within two paired
+    standard errors of zero has no share to close ("no gap")."""
+    if "global" not in means or "window" not in means:
+        return "-"
+    shares = []
+    for protocol in ("full", "sampled"):
+        gap, error = mean_and_standard_error(
+            _per_device(methods["window"], protocol) - _per_device(methods["global"], protocol)
+        )
+        if not error or abs(gap) < 2 * error:
+            shares.append("no gap")
+            continue
+        shares.append(f"{(means[method][protocol] - means['global'][protocol]) / gap:+.0%}")
+    return " / ".join(shares)
+
+
+def pareto_figure(rows: list[dict], dataset: str, backbone: str, out: Path) -> Path:
+    """NDCG@10 (full, sampled) against the average bits each method used, a line per method,
+    error bars the standard error over devices (seeds averaged per device)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from simulations.style import method_colour
+
+    chosen = [
+        r
+        for r in rows
+        if r["dataset"] == dataset
+        and r["backbone"] == backbone
+        and not _table_name(r)
+        and r["method"] in SWEEP_METHODS
+    ]
+    by_method: dict[str, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for row in chosen:
+        by_method[row["method"]][row["budget_bits"]].append(row)
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    for axis, protocol in zip(axes, ("full", "sampled"), strict=True):
+        for method in sorted(by_method, key=method_order):
+            budgets = sorted(by_method[method])
+            bits = [np.mean([r["avg_bits"] for r in by_method[method][b]]) for b in budgets]
+            stats = [
+                mean_and_standard_error(_per_device(by_method[method][b], protocol))
+                for b in budgets
+            ]
+            if method == "fp32":  # one point at 32 bits: drawn as a level line instead
+                axis.axhline(stats[0][0], color=method_colour(method), ls=":", label="fp32")
+                continue
+            axis.errorbar(
+                bits,
+                [s[0] for s in stats],
+                yerr=[s[1] or 0.0 for s in stats],
+                color=method_colour(method),
+                marker="o",
+                ms=4,
+                capsize=2,
+                label=method,
+            )
+        axis.set_xlabel("average bits per quantizable weight (what each method used)")
+        axis.set_ylabel(f"NDCG@10, {protocol}")
+        axis.set_title(f"{dataset} / {backbone}: {protocol} ranking")
+        axis.grid(alpha=0.3)
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
+    return out
