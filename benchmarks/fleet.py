@@ -4,7 +4,9 @@ The floor is a trivial pair of apps: the ServerApp sends every node an empty tra
 evaluate message each round (as every chord-fl strategy does), and the ClientApp answers with an
 empty reply. Each strategy then runs the same fleet and rounds. Printed: milliseconds per
 device-round (rounds only, after the nodes have registered), the ratio to the floor, and the peak
-RSS of the process that hosts the ServerApp. Each case runs in a fresh process.
+RSS of the process that hosts the ServerApp. Each case runs in a fresh process. Then where
+CHORD's own time goes, per device, timed outside Flower on the same cloud models: the profile,
+the cloud's codes (batched), and on the device decode, quantize and scoring.
 
     python benchmarks/fleet.py --dataset ml-100k --rounds 3 --strategies chord fp32 fedavg
 """
@@ -84,6 +86,43 @@ def _case(name: str, args: argparse.Namespace, out: Any) -> None:
     out.put((name, seconds, devices, rss_mib))
 
 
+def breakdown(dataset: str, devices: int) -> dict[str, float]:
+    """Milliseconds per device of each CHORD step, over the first `devices` devices, round 1."""
+    import numpy as np
+
+    from chord_fl.federation.phone import Phone
+    from chord_fl.federation.runconfig import RunConfig
+    from chord_fl.federation.world import load_cloud, load_world
+    from chord_fl.methods import method_codes
+    from chord_fl.quant.codec import decode_strategy, encode_strategy
+
+    config = RunConfig.from_mapping({"dataset": dataset})
+    world = load_world(config)
+    cloud, phone, prepared = (
+        load_cloud(world, "chord", config),
+        Phone(world, config),
+        world.prepared,
+    )
+    devices = min(devices, world.devices)
+    steps = dict.fromkeys(("profile", "cloud codes", "decode", "quantize", "score"), 0.0)
+
+    def timed(step: str, work: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        result = work(*args, **kwargs)
+        steps[step] += (time.perf_counter() - started) * 1000 / devices
+        return result
+
+    profiles = np.stack([timed("profile", phone.profile, p, 1) for p in range(devices)])
+    budgets = world.budgets[:devices]
+    codes = timed("cloud codes", method_codes, "chord", cloud, profiles, budgets)
+    count = prepared.channels.channels
+    for partition, own in enumerate(codes):
+        decoded = timed("decode", decode_strategy, encode_strategy(own, None), count, None)
+        quantized = timed("quantize", prepared.quantize, decoded, fresh_model=False)
+        timed("score", phone.score, quantized.model, partition, 1)
+    return steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")
@@ -91,7 +130,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--strategies", nargs="+", default=["chord", "fp32", "fedavg"])
     parser.add_argument("--output-dir", default=os.path.join(tempfile.gettempdir(), "chord-fleet"))
+    parser.add_argument("--breakdown-devices", type=int, default=300, help="0: no breakdown")
+    parser.add_argument("--breakdown-only", action="store_true", help="skip the fleet runs")
     args = parser.parse_args()
+    if args.breakdown_devices:
+        steps = breakdown(args.dataset, args.breakdown_devices)
+        print(f"CHORD per device, ms ({args.breakdown_devices} devices, one thread of work):")
+        print("| " + " | ".join(steps) + " | total |")
+        print("|" + "---:|" * (len(steps) + 1))
+        print(
+            "| "
+            + " | ".join(f"{ms:.2f}" for ms in steps.values())
+            + f" | {sum(steps.values()):.2f} |"
+        )
+    if args.breakdown_only:
+        return
     context = multiprocessing.get_context("spawn")
     rows = []
     for name in (FLOOR, *args.strategies):

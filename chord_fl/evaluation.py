@@ -13,7 +13,6 @@ from chord_fl.models import SequentialRecommender
 PROTOCOLS = ("full", "sampled")
 
 
-@torch.no_grad()
 def target_ranks(
     model: SequentialRecommender,
     windows: list[np.ndarray],
@@ -27,32 +26,52 @@ def target_ranks(
     With `negatives` (U, N): among the target and its N negatives ("sampled" protocol). Without:
     among all items ("full"), leaving out items already in the window when `exclude_seen`.
     """
+    protocol = "full" if negatives is None else "sampled"
+    return protocol_ranks(
+        model, windows, targets, negatives, (protocol,), exclude_seen, batch_size
+    )[protocol]
+
+
+@torch.no_grad()
+def protocol_ranks(
+    model: SequentialRecommender,
+    windows: list[np.ndarray],
+    targets: np.ndarray,
+    negatives: np.ndarray | None,
+    protocols: tuple[str, ...] = PROTOCOLS,
+    exclude_seen: bool = True,
+    batch_size: int = 256,
+) -> dict[str, np.ndarray]:
+    """Ranks under each of `protocols` ("sampled" needs `negatives`), every batch encoded once."""
     was_training = model.training
-    model.eval()
-    ranks = []
+    if was_training:  # switching modes walks every module: only when needed
+        model.eval()
+    ranks: dict[str, list[torch.Tensor]] = {protocol: [] for protocol in protocols}
     for start in range(0, len(windows), batch_size):
         stop = start + batch_size
         batch_windows = windows[start:stop]
         seqs = torch.from_numpy(pad_left(batch_windows, model.max_len)).to(model.device)
         target = torch.from_numpy(np.asarray(targets[start:stop], dtype=np.int64)).to(seqs.device)
-        if negatives is not None:
+        states = model.encode(seqs)
+        if "sampled" in ranks:
             batch_negatives = torch.from_numpy(negatives[start:stop]).to(seqs.device)
             candidates = torch.cat([target[:, None], batch_negatives], 1)
-            scores = model.score(seqs, candidates)
-            ranks.append(pessimistic_ranks(scores, scores[:, 0]))
+            scores = model.score_encoded(states, candidates)
+            ranks["sampled"].append(pessimistic_ranks(scores, scores[:, 0]))
+        if "full" not in ranks:
             continue
-        scores = model.full_scores(seqs)
+        scores = model.full_scores_encoded(states)
         target_scores = scores.gather(1, target[:, None]).squeeze(1)
         if exclude_seen:
             seen = torch.from_numpy(pad_left(batch_windows, max(map(len, batch_windows))))
-            seen = seen.to(seqs.device)
-            scores.scatter_(1, seen, float("-inf"))
+            scores.scatter_(1, seen.to(seqs.device), float("-inf"))
             # A repeated item may be both seen and the target: the target always competes.
             scores.scatter_(1, target[:, None], target_scores[:, None])
         scores[:, PADDING] = float("-inf")
-        ranks.append(pessimistic_ranks(scores, target_scores))
-    model.train(was_training)
-    return torch.cat(ranks).cpu().numpy()
+        ranks["full"].append(pessimistic_ranks(scores, target_scores))
+    if was_training:
+        model.train()
+    return {protocol: torch.cat(parts).cpu().numpy() for protocol, parts in ranks.items()}
 
 
 def evaluate_stages(

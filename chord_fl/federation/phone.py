@@ -17,7 +17,7 @@ import torch
 
 from chord_fl.data.split import pad_left
 from chord_fl.errors import ConfigError
-from chord_fl.evaluation import target_ranks
+from chord_fl.evaluation import protocol_ranks
 from chord_fl.federation.runconfig import RunConfig
 from chord_fl.federation.runlog import CODE_COLUMNS
 from chord_fl.federation.world import World
@@ -177,10 +177,13 @@ class Phone:
         windows, targets = [user.window(round_)], np.array([user.target(round_)])
         negatives = self.world.negatives[partition : partition + 1]
         metrics = {}
-        for prefix, candidates in (("", None), ("sampled_", negatives)):
-            ranks = target_ranks(model, windows, targets, candidates)
+        ranks = protocol_ranks(model, windows, targets, negatives)
+        for prefix, protocol in (("", "full"), ("sampled_", "sampled")):
             metrics.update(
-                {prefix + name: float(v[0]) for name, v in per_user_metrics(ranks).items()}
+                {
+                    prefix + name: float(v[0])
+                    for name, v in per_user_metrics(ranks[protocol]).items()
+                }
             )
         return metrics
 

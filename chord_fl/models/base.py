@@ -87,14 +87,21 @@ class SequentialRecommender(nn.Module, abc.ABC):
 
     def score(self, seqs: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """(B, L) sequences and (B, C) candidate items -> (B, C) scores."""
-        scores = self._logits(self.encode(seqs), candidates)
+        return self.score_encoded(self.encode(seqs), candidates)
+
+    def full_scores(self, seqs: torch.Tensor) -> torch.Tensor:
+        """(B, L) sequences -> (B, num_items + 1) scores; the padding column is -inf."""
+        return self.full_scores_encoded(self.encode(seqs))
+
+    def score_encoded(self, states: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """`score` from `encode`'s output: one encoding can serve both protocols."""
+        scores = self._logits(states, candidates)
         if self.unavailable is not None:
             scores = scores.masked_fill(self.unavailable[candidates], float("-inf"))
         return scores
 
-    def full_scores(self, seqs: torch.Tensor) -> torch.Tensor:
-        """(B, L) sequences -> (B, num_items + 1) scores; the padding column is -inf."""
-        scores = self._logits(self.encode(seqs))
+    def full_scores_encoded(self, states: torch.Tensor) -> torch.Tensor:
+        scores = self._logits(states)
         if self.unavailable is not None:
             scores = scores.masked_fill(self.unavailable, float("-inf"))
         return scores
