@@ -23,7 +23,6 @@ from chord_fl.federation.runlog import CODE_COLUMNS, METRIC_COLUMNS
 from chord_fl.hypernet.profile import PROFILE_DTYPE
 
 CONFIG = "config"  # the cloud's instruction (Flower's FedAvg uses the same key)
-TIMING = "timing"  # every device reply: the simulated seconds the phone took
 ARRAYS = "arrays"  # model weights (Flower's FedAvg default)
 UPLOAD = "upload"  # a device's profile and budget
 METRICS = "metrics"  # a device's report
@@ -124,9 +123,21 @@ def fit_content(weights: dict[str, torch.Tensor], examples: int, train_ms: float
 
 
 def timed(content: RecordDict, device_seconds: float) -> RecordDict:
-    """`content` with the simulated seconds the phone took to produce it."""
-    content[TIMING] = ConfigRecord({DEVICE_S: float(device_seconds)})
+    """`content` with the simulated seconds the phone took to produce it, inside the reply's own
+    record: a record of its own would cost a header and an object id (about 150 B a reply)."""
+    record = _reply_record(content)
+    if record is None:
+        raise ValueError(f"a reply needs a {METRICS!r} or {UPLOAD!r} record to carry its time")
+    record[DEVICE_S] = float(device_seconds)
     return content
+
+
+def _reply_record(content: RecordDict) -> ConfigRecord | MetricRecord | None:
+    """The record that carries a reply's device time: its metrics (reports, FedAvg), else its
+    upload (profile and budget)."""
+    if METRICS in content.metric_records:
+        return content.metric_records[METRICS]
+    return content.config_records.get(UPLOAD)
 
 
 # -- checking replies: each returns (value, None) or (None, reason) ----------------------------
@@ -157,10 +168,10 @@ def _is_finite_number(value: object) -> bool:
 
 
 def read_device_seconds(content: RecordDict) -> tuple[float | None, str | None]:
-    record = content.config_records.get(TIMING)
+    record = _reply_record(content)
     value = None if record is None else record.get(DEVICE_S)
     if isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value):
-        return None, f"no finite {DEVICE_S!r} in a {TIMING!r} record"
+        return None, f"no finite {DEVICE_S!r} in the reply's {METRICS!r} or {UPLOAD!r} record"
     if value < 0:
         return None, f"{DEVICE_S} must be >= 0, got {value}"
     return value, None
@@ -177,11 +188,11 @@ def read_upload(
     content: RecordDict, hidden: int | None, max_budget: int, min_budget: int
 ) -> tuple[tuple[np.ndarray | None, int] | None, str | None]:
     """(profile, budget) of a device's upload; `hidden` None: no profile expected."""
-    reason = _unexpected(content, configs=(UPLOAD, TIMING))
+    reason = _unexpected(content, configs=(UPLOAD,))
     if reason:
         return None, reason
     record = content.config_records[UPLOAD]
-    allowed = {BUDGET} if hidden is None else {BUDGET, PROFILE}
+    allowed = {BUDGET, DEVICE_S} if hidden is None else {BUDGET, PROFILE, DEVICE_S}
     if set(record) - allowed:
         return None, f"unexpected upload keys {sorted(set(record) - allowed)}"
     budget = record.get(BUDGET)
@@ -203,11 +214,11 @@ def read_upload(
 
 
 def read_report(content: RecordDict) -> tuple[dict[str, float] | None, str | None]:
-    reason = _unexpected(content, configs=(TIMING,), metrics=(METRICS,))
+    reason = _unexpected(content, metrics=(METRICS,))
     if reason:
         return None, reason
     record = content.metric_records[METRICS]
-    extra = set(record) - set(REPORT_KEYS) - set(CODE_COLUMNS)
+    extra = set(record) - set(REPORT_KEYS) - set(CODE_COLUMNS) - {DEVICE_S}
     if extra:
         return None, f"unexpected report keys {sorted(extra)}"
     missing = [key for key in REPORT_KEYS if key not in record]
@@ -229,11 +240,11 @@ def read_weights(
 ) -> tuple[int | None, str | None]:
     """Check a FedAvg reply's weights against the global model's names, shapes and dtypes, and
     its metrics; returns the device's training milliseconds."""
-    reason = _unexpected(content, configs=(TIMING,), metrics=(METRICS,), arrays=(ARRAYS,))
+    reason = _unexpected(content, metrics=(METRICS,), arrays=(ARRAYS,))
     if reason:
         return None, reason
     arrays, metrics = content.array_records[ARRAYS], content.metric_records[METRICS]
-    if set(metrics) != {NUM_EXAMPLES, TRAIN_MS}:
+    if set(metrics) - {DEVICE_S} != {NUM_EXAMPLES, TRAIN_MS}:
         return (
             None,
             f"FedAvg reply metrics must be {NUM_EXAMPLES!r} and {TRAIN_MS!r}: {sorted(metrics)}",

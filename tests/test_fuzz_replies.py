@@ -13,7 +13,7 @@ from chord_fl.federation.runlog import CODE_COLUMNS
 from strategies import protocol
 
 RECORD_NAMES = st.sampled_from(
-    [protocol.UPLOAD, protocol.METRICS, protocol.ARRAYS, protocol.TIMING, protocol.CONFIG, "x"]
+    [protocol.UPLOAD, protocol.METRICS, protocol.ARRAYS, protocol.CONFIG, "x"]
 )
 KEYS = st.sampled_from(
     [
@@ -63,15 +63,14 @@ ARRAYS = st.one_of(HONEST_ARRAYS, SPOOFED_ARRAYS)
 
 def _valid_records() -> dict[str, dict]:
     """One well-formed reply of each kind (a device's upload, report, FedAvg weights)."""
-    timing = ConfigRecord({protocol.DEVICE_S: 0.1})
-    report = MetricRecord(dict.fromkeys(protocol.REPORT_KEYS, 0.5))
-    fit = MetricRecord({protocol.NUM_EXAMPLES: 3, protocol.TRAIN_MS: 1.0})
+    report = MetricRecord({**dict.fromkeys(protocol.REPORT_KEYS, 0.5), protocol.DEVICE_S: 0.1})
+    fit = MetricRecord({protocol.NUM_EXAMPLES: 3, protocol.TRAIN_MS: 1.0, protocol.DEVICE_S: 0.1})
     weights = ArrayRecord({"w": torch.zeros(2, 3), "b": torch.zeros(3)})
-    upload = ConfigRecord({protocol.BUDGET: 50, protocol.PROFILE: bytes(8)})
+    upload = ConfigRecord({protocol.BUDGET: 50, protocol.PROFILE: bytes(8), protocol.DEVICE_S: 0.1})
     return {
-        "upload": {protocol.UPLOAD: upload, protocol.TIMING: timing},
-        "report": {protocol.METRICS: report, protocol.TIMING: timing},
-        "fit": {protocol.ARRAYS: weights, protocol.METRICS: fit, protocol.TIMING: timing},
+        "upload": {protocol.UPLOAD: upload},
+        "report": {protocol.METRICS: report},
+        "fit": {protocol.ARRAYS: weights, protocol.METRICS: fit},
     }
 
 
@@ -137,8 +136,9 @@ def test_upload_checks_never_accept_a_profile_of_the_wrong_size_or_a_budget_out_
 ):
     content = RecordDict(
         {
-            protocol.UPLOAD: ConfigRecord({protocol.BUDGET: budget, protocol.PROFILE: raw}),
-            protocol.TIMING: ConfigRecord({protocol.DEVICE_S: 0.1}),
+            protocol.UPLOAD: ConfigRecord(
+                {protocol.BUDGET: budget, protocol.PROFILE: raw, protocol.DEVICE_S: 0.1}
+            ),
         }
     )
     value, reason = protocol.read_upload(content, 8, 5000, 100)

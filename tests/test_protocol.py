@@ -94,7 +94,7 @@ def test_upload_round_trip_budget_only():
 def test_upload_without_a_record_is_rejected():
     reason = _rejected(read_upload(RecordDict(), None, MAX_BUDGET, MIN_BUDGET))
     assert UPLOAD in reason
-    other = timed(RecordDict({CONFIG: ConfigRecord({BUDGET: 2_000})}), 0.25)
+    other = RecordDict({CONFIG: ConfigRecord({BUDGET: 2_000, protocol.DEVICE_S: 0.25})})
     assert "expected" in _rejected(read_upload(other, None, MAX_BUDGET, MIN_BUDGET))
 
 
@@ -332,6 +332,19 @@ def test_codes_travel_in_the_instruction_record(task_identity):
     wide = Message(content=two_records, dst_node_id=2, message_type="evaluate")
     assert message_bytes(wide) - message_bytes(lean) > 100
     assert protocol.read_codes(lean.content) == payload
+
+
+def test_device_time_travels_in_the_reply_record(task_identity):
+    report = dict.fromkeys(protocol.REPORT_KEYS, 0.5)
+    lean = Message(
+        content=timed(protocol.report_content(report), 0.25), dst_node_id=2, message_type="evaluate"
+    )
+    separate = protocol.report_content(report)
+    separate["timing"] = ConfigRecord({protocol.DEVICE_S: 0.25})
+    wide = Message(content=separate, dst_node_id=2, message_type="evaluate")
+    assert message_bytes(wide) - message_bytes(lean) > 100
+    assert protocol.read_device_seconds(lean.content) == (0.25, None)
+    assert protocol.read_report(lean.content)[0] == report
 
 
 def test_message_bytes_counts_array_payloads(task_identity):
