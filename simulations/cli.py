@@ -128,10 +128,11 @@ def write_report(run_dirs: list[Path], out: Path, horizon: int = DEFAULT_HORIZON
     """The comparison tables (accuracy and bytes, FedAvg's downlink over CHORD's when both ran,
     paired differences, break-even rounds), the figures and one HTML page of all of them."""
     by_strategy = {read_summary(path)["strategy"]: path for path in run_dirs}
-    sections = [("Accuracy and bytes per strategy", comparison_rows(run_dirs), "compare")]
-    sections.append(
-        ("Bytes per device and break-even round", break_even_rows(run_dirs, horizon), "break-even")
-    )
+    break_even = break_even_rows(run_dirs, horizon)
+    sections = [
+        ("Accuracy and bytes per strategy", comparison_rows(run_dirs), "compare"),
+        ("Bytes per device and break-even round", break_even, "break-even"),
+    ]
     if "fedavg" in by_strategy and "chord" in by_strategy:
         ratios = downlink_ratio_rows(by_strategy["fedavg"], by_strategy["chord"])
         sections.append(("Downlink: FedAvg over CHORD", ratios, "downlink-fedavg-over-chord"))
@@ -154,7 +155,7 @@ def write_report(run_dirs: list[Path], out: Path, horizon: int = DEFAULT_HORIZON
         "plots": [str(path) for path in plots],
         "report": str(page),
         "break_even": {
-            row["strategy"]: row.get(f"break_even_round_vs_{REFERENCE}") for row in sections[1][1]
+            row["strategy"]: row.get(f"break_even_round_vs_{REFERENCE}") for row in break_even
         },
         "machine": machine,
     }

@@ -9,11 +9,12 @@ measured round; every figure and table marks which rounds are measured.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
-from simulations.report import RunDir, bytes_by_round, read_ledger, read_summary
+from simulations.report import RunDir, bytes_by_round, read_ledger, read_summary, total_bytes
 
 DEFAULT_HORIZON = 100
 
@@ -42,20 +43,16 @@ def communication_cost(run_dir: RunDir) -> CommunicationCost:
     summary = read_summary(run_dir)
     devices, rounds = int(summary["devices"]), len(summary["rounds"])
     by_round = bytes_by_round(read_ledger(run_dir))
-    one_time = by_round.get(0, {})
-    in_rounds = {"down": 0, "up": 0}
-    for number, counts in by_round.items():
-        if number > 0:
-            for direction in in_rounds:
-                in_rounds[direction] += counts[f"{direction}_message"]
+    one_time = by_round.get(0, Counter())
+    in_rounds = total_bytes(by_round, one_time=False)
     per_device_round = devices * max(rounds, 1)
     return CommunicationCost(
         strategy=summary["strategy"],
         devices=devices,
         rounds=rounds,
-        one_time=(one_time.get("down_message", 0) + one_time.get("up_message", 0)) / devices,
-        down_per_round=in_rounds["down"] / per_device_round,
-        up_per_round=in_rounds["up"] / per_device_round,
+        one_time=(one_time["down_message"] + one_time["up_message"]) / devices,
+        down_per_round=in_rounds["down_message"] / per_device_round,
+        up_per_round=in_rounds["up_message"] / per_device_round,
     )
 
 

@@ -156,7 +156,8 @@ def _plot_ndcg_vs_bytes(runs: Sequence[RunFigures], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.8))
     rows = []
     for run in runs:
-        mean, error = mean_and_standard_error(_device_ndcg(run))
+        per_device = _device_ndcg(run)
+        mean, error = mean_and_standard_error(per_device)
         if mean is None:
             continue
         rows.append(
@@ -165,7 +166,7 @@ def _plot_ndcg_vs_bytes(runs: Sequence[RunFigures], path: Path) -> Path:
                 "message_bytes_per_device_round": run.cost.per_round,
                 "ndcg@10": mean,
                 "standard_error": error or 0.0,
-                "devices": len(_device_ndcg(run)),
+                "devices": len(per_device),
             }
         )
         ax.errorbar(
