@@ -133,7 +133,7 @@ def learned_importance(
 
 
 def run(args: argparse.Namespace, results: Path) -> None:
-    setup = Setup(args.dataset, args.backbone, args.data_dir, rounds=1)
+    setup = Setup(args.dataset, args.backbone, args.data_dir, rounds=1, checkpoint=args.checkpoint)
     split = load_split(setup)
     prepared = PreparedModel(load_backbone(setup, split), CodeTable(tuple(args.code_bits)))
     frozen, channels = prepared.frozen, prepared.channels
@@ -243,6 +243,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16, help="targets per window (Fisher)")
     parser.add_argument("--hypernet-epochs", type=int, default=4)
     parser.add_argument("--data-dir")
+    parser.add_argument(
+        "--checkpoint", help="the frozen backbone (default: trained once and cached by pretrain)"
+    )
     parser.add_argument("--threads", type=int)
     parser.add_argument("--results", default="benchmarks/results/headroom.jsonl")
     parser.add_argument("--table-only", action="store_true")

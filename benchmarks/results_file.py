@@ -1,9 +1,16 @@
-"""Benchmark rows as JSON lines: appended one at a time, so a long run loses nothing."""
+"""Benchmark rows as JSON lines (appended one at a time, so a long run loses nothing), and what
+the benchmarks share: their common options and paired differences by device."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+
+import numpy as np
+import torch
+
+from chord_fl.metrics import mean_and_standard_error
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -16,3 +23,34 @@ def read_rows(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def benchmark_parser(doc: str, results: str) -> argparse.ArgumentParser:
+    """The options every per-setting benchmark shares; `doc` is the script's docstring."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--backbone", default="sasrec")
+    parser.add_argument("--data-dir", default="")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--results", default=results, help="JSON-lines file rows are added to")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def paired(
+    minuend: dict[str, np.ndarray], subtrahend: dict[str, np.ndarray]
+) -> dict[str, list[float]]:
+    """Per protocol, the mean and standard error over devices of per-device NDCG@10 differences."""
+    return {
+        protocol: list(mean_and_standard_error(minuend[protocol] - subtrahend[protocol]))
+        for protocol in minuend
+    }
+
+
+def paired_text(differences: dict[str, list[float]]) -> str:
+    return ", ".join(f"{p} {m:+.4f} +- {e:.4f}" for p, (m, e) in differences.items())

@@ -61,17 +61,28 @@ def protocol_ranks(
         if "full" not in ranks:
             continue
         scores = model.full_scores_encoded(states)
-        target_scores = scores.gather(1, target[:, None]).squeeze(1)
-        if exclude_seen:
-            seen = torch.from_numpy(pad_left(batch_windows, max(map(len, batch_windows))))
-            scores.scatter_(1, seen.to(seqs.device), float("-inf"))
-            # A repeated item may be both seen and the target: the target always competes.
-            scores.scatter_(1, target[:, None], target_scores[:, None])
-        scores[:, PADDING] = float("-inf")
-        ranks["full"].append(pessimistic_ranks(scores, target_scores))
+        ranks["full"].append(full_ranks(scores, batch_windows, target, exclude_seen))
     if was_training:
         model.train()
     return {protocol: torch.cat(parts).cpu().numpy() for protocol, parts in ranks.items()}
+
+
+def full_ranks(
+    scores: torch.Tensor,
+    windows: list[np.ndarray],
+    targets: torch.Tensor,
+    exclude_seen: bool = True,
+) -> torch.Tensor:
+    """Pessimistic ranks of `targets` among all items of (B, num_items + 1) `scores` (modified in
+    place), leaving out the windows' items when `exclude_seen`."""
+    target_scores = scores.gather(1, targets[:, None]).squeeze(1)
+    if exclude_seen:
+        seen = torch.from_numpy(pad_left(windows, max(map(len, windows))))
+        scores.scatter_(1, seen.to(scores.device), float("-inf"))
+        # A repeated item may be both seen and the target: the target always competes.
+        scores.scatter_(1, targets[:, None], target_scores[:, None])
+    scores[:, PADDING] = float("-inf")
+    return pessimistic_ranks(scores, target_scores)
 
 
 def evaluate_stages(

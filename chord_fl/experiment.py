@@ -19,6 +19,7 @@ from chord_fl.methods import FP32, UNIFORM, Cloud, method, method_codes, uniform
 from chord_fl.models import SequentialRecommender, seeded_backbone
 from chord_fl.pretrain import default_checkpoint, pretrain
 from chord_fl.quant.budget import check_within_budget, coded_bytes
+from chord_fl.quant.master import check_master, int8_master
 from chord_fl.quant.uniform import quantize_uniform
 from chord_fl.train import default_training
 
@@ -37,10 +38,12 @@ class Setup:
     format: str | None = None
     user_min: int | None = None
     item_min: int | None = None
+    master: str = "fp32"  # what devices hold: the fp32 backbone or its 8-bit master
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
             raise ConfigError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        check_master(self.master)
 
     @property
     def data_options(self) -> dict[str, Any]:
@@ -48,10 +51,12 @@ class Setup:
 
     def backbone_identity(self, num_items: int) -> str:
         """What names the frozen backbone: a trained one is its checkpoint's bytes, a seeded one
-        its recipe."""
+        its recipe; an 8-bit master is another backbone."""
         if self.init == "random":
-            return f"random:{self.backbone}:{num_items}:{self.seed}"
-        return "sha256:" + hashlib.sha256(self.checkpoint_path.read_bytes()).hexdigest()
+            identity = f"random:{self.backbone}:{num_items}:{self.seed}"
+        else:
+            identity = "sha256:" + hashlib.sha256(self.checkpoint_path.read_bytes()).hexdigest()
+        return identity if self.master == "fp32" else f"{identity}:{self.master}-master"
 
     @property
     def checkpoint_path(self) -> Path:
@@ -63,11 +68,12 @@ class Setup:
 def load_backbone(
     setup: Setup, split: RoundSplit, progress: bool = True, **backbone_options: Any
 ) -> SequentialRecommender:
-    """The frozen backbone: regenerated from the seed (init "random"), or the cached cloud
-    checkpoint, trained on the history split first if there is none."""
+    """The frozen backbone as devices hold it: regenerated from the seed (init "random"), or the
+    cached cloud checkpoint, trained on the history split first if there is none; decoded from its
+    8-bit master when `setup.master` is "int8"."""
     if setup.init == "random":
         model = seeded_backbone(setup.backbone, split.num_items, setup.seed, **backbone_options)
-        return model.eval()
+        return _as_held(model.eval(), setup)
     path = setup.checkpoint_path
     if not path.exists():
         pretrain(
@@ -87,7 +93,11 @@ def load_backbone(
             f"{path} was trained for {model.num_items} items, {setup.dataset} has "
             f"{split.num_items}; pass another --checkpoint"
         )
-    return model
+    return _as_held(model, setup)
+
+
+def _as_held(model: SequentialRecommender, setup: Setup) -> SequentialRecommender:
+    return int8_master(model) if setup.master == "int8" else model
 
 
 def load_split(setup: Setup) -> RoundSplit:

@@ -29,13 +29,18 @@ GRADIENT_BATCH = 64  # targets per batched backward pass
 
 
 def _channel_squares(
-    model: SequentialRecommender, channels: ChannelMap, window: np.ndarray, targets: np.ndarray
+    model: SequentialRecommender,
+    channels: ChannelMap,
+    window: np.ndarray,
+    targets: np.ndarray,
+    per_weight: bool = False,
 ) -> torch.Tensor:
-    """(K, C) squared gradient of each target's loss, summed per channel, for one window."""
+    """(K, C) squared gradient of each target's loss, summed per channel (or (K, W) per weight),
+    for one window."""
     params = dict(model.named_parameters())
     weights = [params[group.name] for group in channels.groups]
     with _gradients_on(weights):
-        return _squares(model, channels, weights, window, targets)
+        return _squares(model, channels, weights, window, targets, per_weight)
 
 
 @contextlib.contextmanager
@@ -58,7 +63,10 @@ def _squares(
     weights: list[torch.Tensor],
     window: np.ndarray,
     targets: np.ndarray,
+    per_weight: bool = False,
 ) -> torch.Tensor:
+    """(K, C) squared gradients summed per channel, or (K, W) per weight (`per_weight`), every
+    channel's weights in a row in code-vector order."""
     scores = model.full_scores(torch.from_numpy(pad_left([window], model.max_len)))[0]
     probabilities = torch.softmax(scores, dim=0).detach()
     out = []
@@ -69,15 +77,11 @@ def _squares(
         grads = torch.autograd.grad(
             scores, weights, grad_outputs=directions, is_grads_batched=True, retain_graph=True
         )
-        out.append(
-            torch.cat(
-                [
-                    (grad.movedim(group.channel_axis + 1, 1) ** 2).flatten(2).sum(2)
-                    for grad, group in zip(grads, channels.groups, strict=True)
-                ],
-                dim=1,
-            )
-        )
+        squares = [
+            (grad.movedim(group.channel_axis + 1, 1) ** 2).flatten(2)  # (targets, C_l, K_l)
+            for grad, group in zip(grads, channels.groups, strict=True)
+        ]
+        out.append(torch.cat([sq.flatten(1) if per_weight else sq.sum(2) for sq in squares], 1))
     return torch.cat(out)
 
 
@@ -149,6 +153,20 @@ def expected_sensitivity(
             rows = out[row, table.codes]  # a view: writing it writes `out`
             rows[outside] = exact[outside]
     return out
+
+
+def expected_weight_sensitivity(
+    model: SequentialRecommender, channels: ChannelMap, window: np.ndarray
+) -> np.ndarray:
+    """(W,) the window's expected sensitivity per weight, exact over every item the user has not
+    seen (for small catalogues): what a perfect element-level map could output. Weights are in
+    code-vector order, each channel's `elements` in a row; summed per channel it equals
+    `expected_sensitivity(..., samples=None)`."""
+    model.eval()
+    q = predictive_distribution(model, window)
+    items = np.flatnonzero(q > 0)
+    squares = _channel_squares(model, channels, window, items, per_weight=True).double().numpy()
+    return q[items] @ squares
 
 
 def _output_rows(model: SequentialRecommender, window: np.ndarray, q: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ import time
 from logging import INFO, WARNING
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
@@ -16,6 +16,7 @@ from chord_fl.federation.runconfig import RunConfig
 from chord_fl.federation.runlog import RunLog, read_csv
 from chord_fl.federation.world import World, load_cloud, load_world
 from chord_fl.machine import machine_info
+from chord_fl.quant.master import master_arrays, master_bytes
 from strategies import protocol
 from strategies.base import FleetRun
 from strategies.ledger import ledger_row
@@ -40,6 +41,7 @@ def serve(grid: Grid, config: RunConfig) -> dict[str, Any]:
         "devices": world.devices,
         "channels": world.prepared.channels.channels,
         "fp32_bytes": world.prepared.channels.fp32_bytes,
+        "master_bytes": master_bytes(world.prepared.channels, config.master),
         "machine": machine_info(),
     }
     run_log.write_config({**config.replace(resume=False).to_mapping(), **description})
@@ -50,7 +52,7 @@ def serve(grid: Grid, config: RunConfig) -> dict[str, Any]:
     run_log.meta["devices"] = len(partitions)
     frozen = None
     if spec.frozen_weights and config.init == "pretrained":
-        frozen = frozen_download_bytes(world, next(iter(partitions)))
+        frozen = frozen_download_bytes(world, config.master, next(iter(partitions)))
     holds = frozenset(
         int(row["partition"])
         for row in read_csv(run_log.ledger_path)
@@ -165,9 +167,12 @@ def map_partitions(
     return partitions
 
 
-def frozen_download_bytes(world: World, node: int) -> tuple[int, int]:
-    """Payload and message bytes of sending the frozen fp32 backbone to a device once."""
-    arrays = ArrayRecord(world.prepared.frozen.state_dict())
+def frozen_download_bytes(world: World, master: str, node: int) -> tuple[int, int]:
+    """Payload and message bytes of sending the frozen backbone (fp32, or its 8-bit master) to a
+    device once."""
+    arrays = ArrayRecord(
+        {name: Array(a) for name, a in master_arrays(world.prepared.frozen, master).items()}
+    )
     content = RecordDict({protocol.ARRAYS: arrays})
     message = Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
     return protocol.weights_nbytes(arrays), protocol.message_bytes(message)

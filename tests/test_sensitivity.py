@@ -10,6 +10,7 @@ from chord_fl.models import seeded_backbone
 from chord_fl.quant.channels import channel_map, channel_rows
 from chord_fl.sensitivity import (
     expected_sensitivity,
+    expected_weight_sensitivity,
     predictive_distribution,
     target_sensitivity,
 )
@@ -22,20 +23,20 @@ def model(request):
     return seeded_backbone(request.param, NUM_ITEMS, seed=5, hidden=8, max_len=6).eval()
 
 
-def _plain(model, channels, window, target):
-    """Squared gradient of one target's cross-entropy, summed per channel, by hand."""
+def _plain(model, channels, window, target, per_weight=False):
+    """Squared gradient of one target's cross-entropy, summed per channel (or per weight, in
+    code-vector order), by hand."""
     params = dict(model.named_parameters())
     weights = [params[g.name] for g in channels.groups]
     model.zero_grad()
     scores = model.full_scores(torch.from_numpy(pad_left([window], model.max_len)))
     loss = F.cross_entropy(scores, torch.tensor([int(target)]))
     grads = torch.autograd.grad(loss, weights)
-    return torch.cat(
-        [
-            (channel_rows(g, group.channel_axis) ** 2).sum(1)
-            for g, group in zip(grads, channels.groups, strict=True)
-        ]
-    ).numpy()
+    squares = [
+        channel_rows(g, group.channel_axis) ** 2
+        for g, group in zip(grads, channels.groups, strict=True)
+    ]
+    return torch.cat([sq.flatten() if per_weight else sq.sum(1) for sq in squares]).numpy()
 
 
 WINDOWS = [np.array([3, 1, 7]), np.array([2, 9, 4, 4, 11, 5]), np.array([12])]
@@ -60,6 +61,21 @@ def test_exact_expected_sensitivity_weights_every_item_by_its_probability(model)
         assert q.sum() == pytest.approx(1.0)
         expected = sum(q[y] * _plain(model, channels, window, y) for y in range(1, NUM_ITEMS + 1))
         np.testing.assert_allclose(got[row], expected, rtol=1e-4, atol=1e-9)
+
+
+def test_expected_weight_sensitivity_is_the_per_weight_expectation(model):
+    channels = channel_map(model)
+    window = WINDOWS[1]
+    q = predictive_distribution(model, window)
+    expected = sum(
+        q[y] * _plain(model, channels, window, y, per_weight=True) for y in range(1, NUM_ITEMS + 1)
+    )
+    got = expected_weight_sensitivity(model, channels, window)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-9)
+    by_channel = np.add.reduceat(got, np.cumsum([0, *channels.elements()[:-1]]))
+    np.testing.assert_allclose(
+        by_channel, expected_sensitivity(model, channels, [window], samples=None)[0], rtol=1e-6
+    )
 
 
 def test_sampled_expected_sensitivity_converges_to_the_exact_one(model):

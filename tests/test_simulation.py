@@ -46,8 +46,11 @@ def runs(base):
         ("fedavg", "fedavg"),
         ("uniform", "uniform"),
         ("fedavg-uniform", "fedavg-uniform"),
+        ("global-int8", "global"),
     ):
         overrides = {**base, "strategy": strategy, "run-name": name}
+        if name.endswith("int8"):
+            overrides["master"] = "int8"
         simulate(overrides)
         out[name] = RunConfig.from_mapping(overrides).run_dir
     return out
@@ -128,6 +131,24 @@ def test_frozen_weights_are_downloaded_once_by_code_strategies_only(runs, base):
     # Per round: weights down for training, up from every device, down again for evaluation.
     assert len(weights) == 3 * USERS * ROUNDS
     assert {int(r["payload_bytes"]) for r in weights} == {size}
+
+
+def test_an_int8_master_is_downloaded_once_at_its_size_and_codes_stay_within_budget(runs, base):
+    _, world = _world(base)
+    quantized = {tensor.name for tensor in world.prepared.frozen.quantizable_tensors()}
+    # Counted here from the state dict: 1 byte per quantized weight and a 2-byte scale per row.
+    size = sum(
+        t.numel() + 2 * t.shape[0] if name in quantized else 4 * t.numel()
+        for name, t in world.prepared.frozen.state_dict().items()
+    )
+    ledger = read_csv(runs["global-int8"] / "ledger.csv")
+    frozen = [r for r in ledger if r["kind"] == "frozen-weights"]
+    assert sorted(int(r["partition"]) for r in frozen) == list(range(USERS))
+    assert {(r["round"], int(r["payload_bytes"])) for r in frozen} == {("0", size)}
+    clients = read_csv(runs["global-int8"] / "clients.csv")
+    assert {r["status"] for r in clients} == {"ok"}
+    assert all(int(r["model_bytes"]) <= int(r["budget_bytes"]) for r in clients)
+    assert all(0.0 <= float(r["ndcg@10"]) <= 1.0 for r in clients)
 
 
 def test_fedavg_uniform_devices_hold_the_size_the_cloud_computed_within_budget(runs):

@@ -19,14 +19,17 @@ from typing import Any
 from chord_fl.errors import ConfigError
 from chord_fl.experiment import INITS, Setup
 from chord_fl.hypernet.training import HyperTrainConfig
-from chord_fl.methods import METHODS
+from chord_fl.methods import FP32, METHODS
 from chord_fl.models import BACKBONES
 from chord_fl.pretrain import default_checkpoint
+from chord_fl.quant.master import check_master
 from chord_fl.tiers import DEFAULT_FLEET, Fleet, load_fleet
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 # Every method of the registry, plus FedAvg and FedAvg with a uniformly quantized aggregate.
 STRATEGIES = (*METHODS, "fedavg", "fedavg-uniform")
+# Strategies whose devices quantize the frozen weights they hold (so may hold an 8-bit master).
+QUANTIZING = tuple(name for name, method in METHODS.items() if method.gives != FP32)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class RunConfig:
     checkpoint_dir: str = "checkpoints"
     tiers: str = ""
     init: str = "pretrained"
+    master: str = "fp32"  # the one-time download: fp32 backbone or 8-bit master ("int8")
     negatives: int = 100
     local_epochs: int = 5
     local_lr: float = 1e-3
@@ -74,6 +78,12 @@ class RunConfig:
             raise ConfigError(f"unknown backbone {self.backbone!r}; known: {', '.join(BACKBONES)}")
         if self.init not in INITS:
             raise ConfigError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        check_master(self.master)
+        if self.master != "fp32" and self.strategy not in QUANTIZING:
+            raise ConfigError(
+                f"master {self.master!r} needs a strategy that quantizes the frozen weights on "
+                f"the device ({', '.join(QUANTIZING)}), not {self.strategy!r}"
+            )
         if not 0 < self.fraction <= 1:
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
         for name in ("rounds", "negatives", "local_epochs", "hypernet_epochs"):
@@ -125,6 +135,7 @@ class RunConfig:
             seed=self.seed,
             checkpoint=os.fspath(Path(self.checkpoint_dir) / name),
             format=self.format or None,
+            master=self.master,
         )
 
     @property

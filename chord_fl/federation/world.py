@@ -116,8 +116,9 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
             save_hypernet(path, net, meta)
         cloud.hypernets[method] = net.eval()
     elif method == "global":
-        # Depends on the data, the backbone and the seed only.
-        path = Path(config.checkpoint_dir) / f"{stem}-global-fisher.npy"
+        # Depends on the data, the backbone (and its master) and the seed only.
+        master = "" if setup.master == "fp32" else f"-{setup.master}-master"
+        path = Path(config.checkpoint_dir) / f"{stem}{master}-global-fisher.npy"
         if path.exists():
             cloud.global_importance = np.load(path, allow_pickle=False)
         else:
