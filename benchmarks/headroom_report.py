@@ -28,6 +28,10 @@ ORDER = (
 )
 
 
+# What the default strategy is compared with, paired, beside the table against global.
+CHORD_AGAINST = ("init-relax", "init-sens", "global", "uniform", "fp32", "window")
+PROTOCOLS = ("full", "sampled")
+
 # The budget sweep figure: the deployable methods and the two ceilings (the tables have the rest).
 SWEEP_METHODS = ("fp32", "uniform", "random", "global", "chord", "window", "oracle")
 
@@ -64,6 +68,16 @@ def tables(rows: list[dict]) -> str:
             cells += [_paired(group, methods.get("global"), p) for p in ("full", "sampled")]
             cells.append(_gap_share(means, methods, method))
             out.append(f"| {method} | " + " | ".join(cells) + " |")
+        if "chord" in methods:
+            out.append(
+                f"\n`chord` minus each comparator ({dataset} / {backbone}{table} / {bits:g} bits)\n"
+            )
+            out.append("| comparator | full: diff ± s.e. (z) | sampled |")
+            out.append("|---|---|---|")
+            for other in CHORD_AGAINST:
+                if other in methods:
+                    cells = [_paired(methods["chord"], methods[other], p) for p in PROTOCOLS]
+                    out.append(f"| {other} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> None:
                 checkpoint_dir=args.checkpoint_dir,
             )
             world = load_world(config, progress=True)
-            downloads[master] = master_bytes(world.prepared.channels, master)
+            downloads[master] = master_bytes(world.prepared.frozen, master)
             cloud = load_cloud(world, method, config, progress=True)
             windows = world.split.windows(1)
             profiles = encode_profiles(world.prepared.frozen, windows)

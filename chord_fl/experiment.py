@@ -19,7 +19,7 @@ from chord_fl.methods import FP32, UNIFORM, Cloud, method, method_codes, uniform
 from chord_fl.models import SequentialRecommender, seeded_backbone
 from chord_fl.pretrain import default_checkpoint, pretrain
 from chord_fl.quant.budget import check_within_budget, coded_bytes
-from chord_fl.quant.master import check_master, int8_master
+from chord_fl.quant.master import check_master, int8_master, master_tag
 from chord_fl.quant.uniform import quantize_uniform
 from chord_fl.train import default_training
 
@@ -56,7 +56,8 @@ class Setup:
             identity = f"random:{self.backbone}:{num_items}:{self.seed}"
         else:
             identity = "sha256:" + hashlib.sha256(self.checkpoint_path.read_bytes()).hexdigest()
-        return identity if self.master == "fp32" else f"{identity}:{self.master}-master"
+        tag = master_tag(self.master)
+        return f"{identity}:{tag}" if tag else identity
 
     @property
     def checkpoint_path(self) -> Path:

@@ -23,6 +23,7 @@ from simulations.report import (
     downlink_ratio_rows,
     paired_rows,
     read_summary,
+    run_label,
     write_table,
 )
 from strategies.registry import STRATEGIES
@@ -127,7 +128,7 @@ def break_even_rows(run_dirs: list[Path], horizon: int) -> list[dict[str, Any]]:
 def write_report(run_dirs: list[Path], out: Path, horizon: int = DEFAULT_HORIZON) -> dict[str, Any]:
     """The comparison tables (accuracy and bytes, FedAvg's downlink over CHORD's when both ran,
     paired differences, break-even rounds), the figures and one HTML page of all of them."""
-    by_strategy = {read_summary(path)["strategy"]: path for path in run_dirs}
+    by_strategy = {run_label(read_summary(path)): path for path in run_dirs}
     break_even = break_even_rows(run_dirs, horizon)
     sections = [
         ("Accuracy and bytes per strategy", comparison_rows(run_dirs), "compare"),

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulations.report import RunDir, bytes_by_round, read_ledger, read_summary, total_bytes
+from simulations.report import (
+    RunDir,
+    bytes_by_round,
+    read_ledger,
+    read_summary,
+    run_label,
+    total_bytes,
+)
 
 DEFAULT_HORIZON = 100
 
@@ -47,7 +54,7 @@ def communication_cost(run_dir: RunDir) -> CommunicationCost:
     in_rounds = total_bytes(by_round, one_time=False)
     per_device_round = devices * max(rounds, 1)
     return CommunicationCost(
-        strategy=summary["strategy"],
+        strategy=run_label(summary),
         devices=devices,
         rounds=rounds,
         one_time=(one_time["down_message"] + one_time["up_message"]) / devices,

@@ -42,6 +42,12 @@ def read_summary(run_dir: RunDir) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid JSON: {error}") from error
 
 
+def run_label(summary: Mapping[str, Any]) -> str:
+    """How tables and figures name a run: its strategy, and its master when not fp32."""
+    master = summary.get("master", "fp32")
+    return summary["strategy"] if master == "fp32" else f"{summary['strategy']} ({master} master)"
+
+
 def read_ledger(run_dir: RunDir) -> list[dict[str, str]]:
     return read_csv(_require(run_dir, "ledger.csv"))
 
@@ -82,7 +88,7 @@ def _comparison_row(run_dir: RunDir) -> dict[str, Any]:
     if not rounds or devices < 1:
         raise ConfigError(f"{Path(run_dir) / 'summary.json'} has no rounds or no devices")
     row: dict[str, Any] = {
-        "strategy": summary["strategy"],
+        "strategy": run_label(summary),
         "devices": devices,
         "rounds": len(rounds),
     }
@@ -159,10 +165,10 @@ def paired_rows(reference_dir: RunDir, other_dirs: Sequence[RunDir]) -> list[dic
     rounds averaged, over the rounds where both runs have its metrics), since one device's rounds
     are not independent.
     """
-    reference = read_summary(reference_dir)["strategy"]
+    reference = run_label(read_summary(reference_dir))
     rows = []
     for other_dir in other_dirs:
-        row: dict[str, Any] = {"strategy": read_summary(other_dir)["strategy"]}
+        row: dict[str, Any] = {"strategy": run_label(read_summary(other_dir))}
         for metric in PAIRED_METRICS:
             ours, theirs = _device_means(reference_dir, metric), _device_means(other_dir, metric)
             by_device: dict[str, list[float]] = defaultdict(list)

@@ -41,12 +41,13 @@ def serve(grid: Grid, config: RunConfig) -> dict[str, Any]:
         "devices": world.devices,
         "channels": world.prepared.channels.channels,
         "fp32_bytes": world.prepared.channels.fp32_bytes,
-        "master_bytes": master_bytes(world.prepared.channels, config.master),
+        "master_bytes": master_bytes(world.prepared.frozen, config.master),
         "machine": machine_info(),
     }
     run_log.write_config({**config.replace(resume=False).to_mapping(), **description})
     run_log.meta = {"strategy": config.strategy, "dataset": config.dataset}
     run_log.meta["backbone"] = config.backbone
+    run_log.meta["master"] = config.master
     nodes = wait_for_nodes(grid, world.devices, config.node_wait)
     partitions = map_partitions(grid, nodes, world, config, run_log)
     run_log.meta["devices"] = len(partitions)

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from chord_fl.errors import ConfigError
 from chord_fl.federation.runlog import CODE_COLUMNS
 from simulations.costs import CommunicationCost, communication_cost
-from simulations.report import read_clients, read_ledger, read_summary
+from simulations.report import read_clients, read_ledger, read_summary, run_label
 
 matplotlib.use("Agg")  # headless: servers and tests have no display
 
@@ -83,15 +83,16 @@ class RunFigures:
 def load_runs(run_dirs: Sequence[str | os.PathLike]) -> list[RunFigures]:
     if not run_dirs:
         raise ConfigError("no run directories to plot")
-    strategies = [read_summary(run_dir)["strategy"] for run_dir in run_dirs]
+    summaries = [read_summary(run_dir) for run_dir in run_dirs]
+    labels = [run_label(summary) for summary in summaries]
     runs = []
-    for run_dir, strategy in zip(run_dirs, strategies, strict=True):
+    for run_dir, summary, label in zip(run_dirs, summaries, labels, strict=True):
         # Two runs of one strategy (seeds, budgets) would otherwise share a legend entry.
-        label = (
-            strategy if strategies.count(strategy) == 1 else f"{strategy} ({Path(run_dir).name})"
-        )
+        if labels.count(label) > 1:
+            label = f"{label} ({Path(run_dir).name})"
         cost = communication_cost(run_dir)
-        runs.append(RunFigures(label, strategy, cost, read_ledger(run_dir), read_clients(run_dir)))
+        ledger, clients = read_ledger(run_dir), read_clients(run_dir)
+        runs.append(RunFigures(label, summary["strategy"], cost, ledger, clients))
     return runs
 
 

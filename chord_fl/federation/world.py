@@ -27,6 +27,7 @@ from chord_fl.federation.runconfig import RunConfig, fleet_from_setting
 from chord_fl.hypernet.training import train_best
 from chord_fl.methods import CHORD_VARIANTS, Cloud
 from chord_fl.quant.budget import floor_bytes
+from chord_fl.quant.master import master_tag
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.sensitivity import global_sensitivity
 from chord_fl.tiers import Fleet, Tier, assign_tiers
@@ -117,8 +118,8 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
         cloud.hypernets[method] = net.eval()
     elif method == "global":
         # Depends on the data, the backbone (and its master) and the seed only.
-        master = "" if setup.master == "fp32" else f"-{setup.master}-master"
-        path = Path(config.checkpoint_dir) / f"{stem}{master}-global-fisher.npy"
+        tag = master_tag(setup.master)
+        path = Path(config.checkpoint_dir) / f"{stem}{'-' if tag else ''}{tag}-global-fisher.npy"
         if path.exists():
             cloud.global_importance = np.load(path, allow_pickle=False)
         else:
