@@ -9,7 +9,7 @@ import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
 from chord_fl.errors import ChordError
-from chord_fl.federation.faults import ERROR, SLOW, device_fault
+from chord_fl.federation.faults import ERROR, SLOW, damage, damaged_downlink, device_fault
 from chord_fl.federation.phone import Phone
 from chord_fl.federation.runconfig import RunConfig
 from chord_fl.federation.world import load_world
@@ -83,8 +83,12 @@ def _apply_codes(
     count = runtime.world.prepared.channels.channels
     held = state.config_records.get(HELD)
     base = unpack_codes(held[protocol.PAYLOAD], count) if held is not None else None
+    payload = protocol.read_codes(content)
+    mask = damaged_downlink(runtime.config, round_, partition)
+    if mask is not None:
+        payload = damage(payload, mask)
     try:
-        codes, report = runtime.apply_codes(partition, round_, protocol.read_codes(content), base)
+        codes, report = runtime.apply_codes(partition, round_, payload, base)
     except CodecError as exc:
         # What this device holds no longer matches the cloud's view: ask for full codes.
         state.config_records.pop(HELD, None)

@@ -16,7 +16,14 @@ from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from chord_fl.errors import ChordError
-from chord_fl.federation.faults import ERROR, SLOW, device_fault, is_offline
+from chord_fl.federation.faults import (
+    ERROR,
+    SLOW,
+    damage,
+    damaged_downlink,
+    device_fault,
+    is_offline,
+)
 from chord_fl.federation.runconfig import RunConfig
 from chord_fl.federation.runlog import read_csv
 from chord_fl.federation.world import load_cloud, load_world
@@ -86,6 +93,40 @@ def test_injected_faults_get_their_status_and_returning_devices_full_codes(base)
         base_codes = codes[partition] if held else None
         assert size == len(encode_strategy(codes[partition], base_codes))
     assert [r for r in ledger if r["kind"] == "late"]  # slow replies are on the ledger
+
+
+def test_damaged_code_messages_become_errors_and_full_codes_next_round(base):
+    changes = {"strategy": "global", "corrupt-rate": 0.3}
+    clients, ledger = _run(base, "damaged", **changes)
+    config = RunConfig.from_mapping({**base, **changes})
+    damaged = {
+        (r, p)
+        for r in range(1, ROUNDS + 1)
+        for p in range(USERS)
+        if damaged_downlink(config, r, p) is not None
+    }
+    assert damaged and any(r == 1 for r, _ in damaged)  # the seed damages something in round 1
+    status = {(int(r["round"]), int(r["partition"])): r["status"] for r in clients}
+    assert {key for key, value in status.items() if value != "ok"} == damaged
+    assert {status[key] for key in damaged} == {"error"}
+    # What was sent is what the cloud meant: the damage happened on the way.
+    world = load_world(config)
+    codes = method_codes("global", load_cloud(world, "global", config), np.empty((USERS, 0)),
+                         world.budgets)  # fmt: skip
+    for partition, size in _payloads(ledger, 2).items():
+        held = (1, partition) not in damaged
+        assert size == len(encode_strategy(codes[partition], codes[partition] if held else None))
+
+
+def test_damage_draws_meet_the_configured_rate_and_always_change_a_byte():
+    config = RunConfig(corrupt_rate=0.01, seed=3)
+    draws = [damaged_downlink(config, r, p) for r in range(1, 4) for p in range(10_000)]
+    hits = sum(d is not None for d in draws)
+    n = len(draws)
+    assert abs(hits / n - 0.01) <= 5 * math.sqrt(0.01 * 0.99 / n), hits
+    payload = bytes(range(40))
+    for mask in {d for d in draws if d is not None}:
+        assert damage(payload, mask) != payload and len(damage(payload, mask)) == len(payload)
 
 
 def _bad_profile(content: RecordDict, kind: str) -> RecordDict:

@@ -2,7 +2,9 @@
 
 Each (round, partition) gets one fate: offline (drawn from the device tier's availability, when
 `offline` is on), a ClientApp that raises (`fail_rate`), a reply after the round's timeout
-(`slow_rate`), or none. Draws are per device, so one device's fate never depends on another's.
+(`slow_rate`), or none. Separately, a message of codes may arrive damaged (`corrupt_rate`): one
+byte flipped on the way down, which the codec's checks reject. Draws are per device, so one
+device's fate never depends on another's.
 """
 
 from __future__ import annotations
@@ -33,3 +35,18 @@ def device_fault(config: RunConfig, round_: int, partition: int) -> str | None:
     if draw < config.fail_rate + config.slow_rate:
         return SLOW
     return None
+
+
+def damaged_downlink(config: RunConfig, round_: int, partition: int) -> int | None:
+    """A seeded nonzero byte to XOR into this device's codes this round, or None (intact)."""
+    if not config.corrupt_rate:
+        return None
+    rng = np.random.default_rng([config.seed, round_, partition, 0x636F])
+    return int(rng.integers(1, 256)) if rng.random() < config.corrupt_rate else None
+
+
+def damage(payload: bytes, mask: int) -> bytes:
+    """`payload` with its middle byte XORed by `mask`, as a bad link would deliver it."""
+    damaged = bytearray(payload)
+    damaged[len(damaged) // 2] ^= mask
+    return bytes(damaged)

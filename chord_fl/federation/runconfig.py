@@ -58,6 +58,7 @@ class RunConfig:
     offline: bool = False  # each device answers a round with its tier's availability
     fail_rate: float = 0.0  # share of devices whose ClientApp raises in a round
     slow_rate: float = 0.0  # share of devices answering after the round's timeout
+    corrupt_rate: float = 0.0  # share of code messages damaged on the way to the device
     resume: bool = False  # continue the run in run-dir after its last complete round
 
     def __post_init__(self) -> None:
@@ -92,7 +93,7 @@ class RunConfig:
         for name in ("local_lr", "round_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{_key(name)} must be > 0, got {getattr(self, name)}")
-        for name in ("fail_rate", "slow_rate"):
+        for name in ("fail_rate", "slow_rate", "corrupt_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{_key(name)} must be in [0, 1], got {getattr(self, name)}")
         if self.fail_rate + self.slow_rate > 1:
