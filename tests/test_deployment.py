@@ -260,11 +260,42 @@ def _healthy(port: int) -> bool:
 # -- the tests -----------------------------------------------------------------------------------
 
 
+def _start_superlink(cluster: Cluster, port: int, name: str, *extra: str) -> None:
+    cluster.start(
+        name,
+        ["flower-superlink", "--insecure", "--isolation", "subprocess", "--host", "127.0.0.1",
+         "--port", str(port), *extra],  # Fleet, Control, Runtime APIs
+    )  # fmt: skip
+    _wait("the SuperLink", lambda: _healthy(port), cluster, STARTUP_S, 0.5)
+
+
+def _all_online(cluster: Cluster) -> None:
+    def online() -> bool:
+        nodes = cluster.flwr_json("supernode", "ls", CONNECTION)["nodes"]
+        return sum(node["status"] == "online" for node in nodes) == DEVICES
+
+    # All of them before the run: the ServerApp starts with those present after node-wait s.
+    _wait(f"{DEVICES} SuperNodes online", online, cluster, STARTUP_S, 1.0)
+
+
+def _submit(cluster: Cluster, run_config: Path) -> str:
+    started = cluster.flwr_json("run", ".", CONNECTION, "--run-config", str(run_config))
+    assert started["success"], started
+    cluster.run_id = started["run-id"]
+    return cluster.run_id
+
+
 def _deploy(
-    cluster: Cluster, tmp_path: Path, small_fleet, rounds: int = ROUNDS, **changes
-) -> tuple[str, Path]:
-    """Pretrain a small backbone, start a SuperLink and DEVICES SuperNodes, submit a CHORD run;
-    returns the run id and its run directory."""
+    cluster: Cluster,
+    tmp_path: Path,
+    small_fleet,
+    rounds: int = ROUNDS,
+    superlink: tuple[str, ...] = (),
+    **changes,
+) -> tuple[str, Path, int]:
+    """Pretrain a small backbone, start a SuperLink (with `superlink` options) and DEVICES
+    SuperNodes, submit a CHORD run; returns the run id, its run directory and the SuperLink's
+    port."""
     link_port, *node_ports = _free_ports(1 + DEVICES)
     (Path(cluster.env["FLWR_HOME"]) / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
@@ -282,12 +313,7 @@ def _deploy(
     run_config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in overrides.items()))
 
     began = time.monotonic()
-    cluster.start(
-        "superlink",
-        ["flower-superlink", "--insecure", "--isolation", "subprocess", "--host", "127.0.0.1",
-         "--port", str(link_port)],  # Fleet, Control, Runtime APIs
-    )  # fmt: skip
-    _wait("the SuperLink", lambda: _healthy(link_port), cluster, STARTUP_S, 0.5)
+    _start_superlink(cluster, link_port, "superlink", *superlink)
     for partition, port in enumerate(node_ports):
         cluster.start(
             f"supernode-{partition}",
@@ -297,17 +323,9 @@ def _deploy(
              "--node-config", f"partition-id={partition}"],
         )  # fmt: skip
 
-    def online() -> bool:
-        nodes = cluster.flwr_json("supernode", "ls", CONNECTION)["nodes"]
-        return sum(node["status"] == "online" for node in nodes) == DEVICES
-
-    # All of them before the run: the ServerApp starts with those present after node-wait s.
-    _wait(f"{DEVICES} SuperNodes online", online, cluster, STARTUP_S, 1.0)
+    _all_online(cluster)
     print(f"SuperLink and {DEVICES} SuperNodes up in {time.monotonic() - began:.1f} s")
-    started = cluster.flwr_json("run", ".", CONNECTION, "--run-config", str(run_config))
-    assert started["success"], started
-    cluster.run_id = started["run-id"]
-    return cluster.run_id, config.run_dir
+    return _submit(cluster, run_config), config.run_dir, link_port
 
 
 def _finished(cluster: Cluster, run_id: str) -> dict:
@@ -320,6 +338,13 @@ def _finished(cluster: Cluster, run_id: str) -> dict:
     print(f"run {run_id}: {run['status']} after {run['elapsed']:.1f} s")
     assert run["status"] == "finished:completed", json.dumps(run, indent=1)
     return run
+
+
+def _wait_for_round_one(cluster: Cluster, clients_csv: Path) -> None:
+    def done() -> bool:
+        return clients_csv.exists() and any(r["round"] == "1" for r in read_csv(clients_csv))
+
+    _wait("round 1", done, cluster, RUN_S, 0.2)
 
 
 def _check_codes_within_budgets(run_dir: Path, rows: list[dict]) -> None:
@@ -336,7 +361,7 @@ def _check_codes_within_budgets(run_dir: Path, rows: list[dict]) -> None:
 
 def test_chord_rounds_on_a_real_superlink_and_supernodes(tmp_path, cluster, small_fleet):
     try:
-        run_id, run_dir = _deploy(cluster, tmp_path, small_fleet, **{"corrupt-rate": CORRUPT})
+        run_id, run_dir, _ = _deploy(cluster, tmp_path, small_fleet, **{"corrupt-rate": CORRUPT})
         run = _finished(cluster, run_id)
         clients = read_csv(run_dir / "clients.csv")
         assert Counter((int(r["round"]), int(r["partition"])) for r in clients) == Counter(
@@ -411,6 +436,47 @@ def test_a_supernode_killed_mid_run_times_out_and_the_run_goes_on(tmp_path, clus
         print("killed device, last round:", [r["status"] for r in killed])
         assert all(r["status"] in {"timeout", "error"} for r in killed), killed
         assert killed, "the killed device was not asked in the last round"
+    except BaseException:
+        cluster.print_logs()
+        raise
+
+
+def test_a_superlink_killed_mid_run_restarts_and_the_run_resumes(tmp_path, cluster, small_fleet):
+    """The SuperLink keeps its state in a database file; killed after round 1 (with its ServerApp)
+    and restarted on the same port, it gets the SuperNodes back, and the run submitted again with
+    `resume=true` continues after its last complete round: every (round, device) once, the
+    one-time download charged once."""
+    rounds = 3
+    database = str(tmp_path / "superlink.db")
+    try:
+        _, run_dir, port = _deploy(cluster, tmp_path, small_fleet, rounds, ("--database", database))
+        _wait_for_round_one(cluster, run_dir / "clients.csv")
+        cluster.kill(0)
+        done = {int(r["round"]) for r in read_csv(run_dir / "clients.csv")}
+        print(f"killed the SuperLink and its ServerApp after rounds {sorted(done)}")
+        assert max(done) < rounds  # mid-run
+        _start_superlink(cluster, port, "superlink-restarted", "--database", database)
+        _all_online(cluster)
+        resumed = tmp_path / "run-config-resume.toml"
+        resumed.write_text((tmp_path / "run-config.toml").read_text() + "resume = true\n")
+        _finished(cluster, _submit(cluster, resumed))
+
+        clients = read_csv(run_dir / "clients.csv")
+        assert Counter((int(r["round"]), int(r["partition"])) for r in clients) == Counter(
+            {(number, p): 1 for number in range(1, rounds + 1) for p in range(DEVICES)}
+        )
+        assert {r["status"] for r in clients} == {"ok"}
+        _check_codes_within_budgets(run_dir, clients)
+        ledger = read_csv(run_dir / "ledger.csv")
+        per_message = Counter(
+            (r["round"], r["partition"], r["direction"], r["kind"])
+            for r in ledger
+            if r["kind"] != "query"  # each start asks every node for its partition again
+        )
+        assert set(per_message.values()) == {1}, per_message
+        frozen = sorted(int(r["partition"]) for r in ledger if r["kind"] == "frozen-weights")
+        assert frozen == list(range(DEVICES))
+        assert len(json.loads((run_dir / "summary.json").read_text())["rounds"]) == rounds
     except BaseException:
         cluster.print_logs()
         raise
