@@ -48,8 +48,10 @@ def run_simulate(args: argparse.Namespace) -> dict[str, Any]:
         if args.strategy or args.run_config:
             raise ConfigError("--resume takes the run's own settings: drop the other settings")
         overrides, supernodes = resume_overrides(args.resume)
-        return simulate(overrides, args.num_supernodes or supernodes)
-    return simulate(_overrides(args, args.strategy), args.num_supernodes)
+        return simulate(overrides, args.num_supernodes or supernodes, ray_address=args.ray_address)
+    return simulate(
+        _overrides(args, args.strategy), args.num_supernodes, ray_address=args.ray_address
+    )
 
 
 def _simulate_in_child(overrides: dict[str, Any]) -> None:
@@ -216,6 +218,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     simulate.add_argument("--run-config", "-c", **run_config)
     simulate.add_argument("--num-supernodes", type=int, help="default: one per user")
     simulate.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    simulate.add_argument(
+        "--ray-address", metavar="HOST:PORT", help="run on this Ray cluster (its head node)"
+    )
     simulate.add_argument("--json", action="store_true", help="print the summary as JSON")
     simulate.set_defaults(run=run_simulate, show=_show_simulate)
 

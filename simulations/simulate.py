@@ -28,11 +28,15 @@ def simulate(
     overrides: Mapping[str, Any],
     num_supernodes: int | None = None,
     client_app: ClientApp | None = None,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Simulate one run and return its summary.
 
     Settings, data, checkpoints and budgets are all checked (and missing cloud models trained)
     before Ray starts. `client_app` replaces the ClientApp (tests use it to play hostile devices).
+    `ray_address` ("HOST:PORT" of a running Ray head): run the devices on that cluster instead of
+    a Ray instance started here; every node must be able to import this project and read the
+    data and checkpoint paths of the run config.
     """
     from flwr.simulation import run_simulation
 
@@ -52,7 +56,7 @@ def simulate(
         server_app=make_server_app(config.to_mapping()),
         client_app=client_app or make_client_app(config.to_mapping()),
         num_supernodes=num_supernodes or world.devices,
-        backend_config=backend_config(),
+        backend_config=backend_config(ray_address),
     )
     # The server writes wall_s only once the last round is done.
     if not summary_path.exists() or summary_path.stat().st_mtime < started:
@@ -65,11 +69,13 @@ def simulate(
     return summary
 
 
-def backend_config() -> dict[str, Any]:
-    """Ray: one CPU per simulated device, as many devices at once as the machine has cores."""
+def backend_config(ray_address: str | None = None) -> dict[str, Any]:
+    """Ray: one CPU per simulated device, as many devices at once as the machine has cores, or
+    as the cluster at `ray_address` has CPUs."""
+    cluster = {"address": ray_address} if ray_address else {"num_cpus": os.cpu_count() or 1}
     return {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
+        "init_args": {**cluster, "include_dashboard": False},
     }
 
 
