@@ -468,6 +468,10 @@ def test_a_superlink_killed_mid_run_restarts_and_the_run_resumes(tmp_path, clust
         assert {r["status"] for r in clients} == {"ok"}
         _check_codes_within_budgets(run_dir, clients)
         ledger = read_csv(run_dir / "ledger.csv")
+        # Both starts asked every node for its partition: the second continued the first's
+        # files (a fresh run would have started them over).
+        queries = Counter((r["partition"], r["direction"]) for r in ledger if r["kind"] == "query")
+        assert queries == {(str(p), d): 2 for p in range(DEVICES) for d in ("down", "up")}
         per_message = Counter(
             (r["round"], r["partition"], r["direction"], r["kind"])
             for r in ledger
