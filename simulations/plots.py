@@ -56,7 +56,7 @@ def _plot_bytes_per_round(runs: Sequence[RunFigures], path: Path) -> Path:
             [value if value > 0 else np.nan for value in values],
             width,
             label=run.label,
-            color=method_colour(run.strategy),
+            color=method_colour(run.label),
         )
         label_bars(ax, bars, "{:,.0f}")
     ax.set_xticks(np.arange(len(directions)), list(directions))
@@ -80,7 +80,7 @@ def _plot_cumulative_bytes(runs: Sequence[RunFigures], path: Path, horizon: int)
     for run in runs:
         cumulative = run.cost.cumulative(horizon)
         measured = min(run.cost.rounds, horizon)
-        colour = method_colour(run.strategy)
+        colour = method_colour(run.label)
         for ax in axes[0] if run in light else axes[0][:1]:
             ax.plot(
                 np.arange(measured + 1), cumulative[: measured + 1], color=colour, label=run.label
@@ -107,7 +107,7 @@ def _plot_cumulative_bytes(runs: Sequence[RunFigures], path: Path, horizon: int)
                 even,
                 point,
                 marker=method_marker(run.strategy),
-                color=method_colour(run.strategy),
+                color=method_colour(run.label),
                 ms=8,
             )
         names = ", ".join(run.label for run in reached)
@@ -174,7 +174,7 @@ def _plot_ndcg_vs_bytes(runs: Sequence[RunFigures], path: Path) -> Path:
             mean,
             yerr=error or 0.0,
             marker=method_marker(run.strategy),
-            color=method_colour(run.strategy),
+            color=method_colour(run.label),
             capsize=3,
             ms=8,
             ls="none",

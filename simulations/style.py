@@ -47,6 +47,8 @@ METHOD_COLOURS = {
     "fedavg": "#4d4d4d",
     "fedavg-uniform": "#f0e442",
 }
+# A method run with devices holding the 8-bit master: its own shade (labels from `run_label`).
+MASTER_COLOURS = {"int8": "#7f2704"}
 METHOD_MARKERS = {
     "fp32": "s",
     "uniform": "D",
@@ -64,6 +66,9 @@ METHOD_MARKERS = {
 
 
 def method_colour(name: str) -> str:
+    for master, colour in MASTER_COLOURS.items():
+        if name.endswith(f"({master} master)"):
+            return colour
     return METHOD_COLOURS.get(name.split(" ")[0], "#bababa")
 
 

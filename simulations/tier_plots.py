@@ -58,7 +58,7 @@ def plot_by_tier(
             heights,
             width,
             label=run.label,
-            color=method_colour(run.strategy),
+            color=method_colour(run.label),
         )
         label_bars(ax, bars, "{:.3g}")
     ax.set_xticks(np.arange(len(tiers)), tiers)
