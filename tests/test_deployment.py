@@ -408,13 +408,11 @@ def test_chord_rounds_on_a_real_superlink_and_supernodes(tmp_path, cluster, smal
 def test_a_supernode_killed_mid_run_times_out_and_the_run_goes_on(tmp_path, cluster, small_fleet):
     rounds = 3
     try:
-        run_id, run_dir = _deploy(cluster, tmp_path, small_fleet, rounds, **{"round-timeout": 20})
+        run_id, run_dir, _ = _deploy(
+            cluster, tmp_path, small_fleet, rounds, **{"round-timeout": 20}
+        )
         clients_csv = run_dir / "clients.csv"
-
-        def round_one_done() -> bool:
-            return clients_csv.exists() and any(r["round"] == "1" for r in read_csv(clients_csv))
-
-        _wait("round 1", round_one_done, cluster, RUN_S, 0.2)
+        _wait_for_round_one(cluster, clients_csv)
         victim = cluster.kill(1 + KILLED)  # after the SuperLink, in partition order
         print(f"killed supernode-{KILLED} (pid {victim.pid})")
         _finished(cluster, run_id)
