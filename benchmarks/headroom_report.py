@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chord_fl.evaluation import PROTOCOLS
 from chord_fl.metrics import mean_and_standard_error
 from chord_fl.quant.channels import CodeTable
 
@@ -30,7 +31,6 @@ ORDER = (
 
 # What the default strategy is compared with, paired, beside the table against global.
 CHORD_AGAINST = ("init-relax", "init-sens", "global", "uniform", "fp32", "window")
-PROTOCOLS = ("full", "sampled")
 
 # The budget sweep figure: the deployable methods and the two ceilings (the tables have the rest).
 SWEEP_METHODS = ("fp32", "uniform", "random", "global", "chord", "window", "oracle")

@@ -49,11 +49,12 @@ def run(args: argparse.Namespace) -> None:
                 master=master,
                 checkpoint_dir=args.checkpoint_dir,
             )
-            world = load_world(config, progress=True)
-            downloads[master] = master_bytes(world.prepared.frozen, master)
+            world = load_world(config, progress=True)  # cached: one per master
+            if master not in downloads:
+                downloads[master] = master_bytes(world.prepared.frozen, master)
+                windows = world.split.windows(1)
+                profiles = encode_profiles(world.prepared.frozen, windows)
             cloud = load_cloud(world, method, config, progress=True)
-            windows = world.split.windows(1)
-            profiles = encode_profiles(world.prepared.frozen, windows)
             row, metrics = evaluate_method(
                 method,
                 cloud,

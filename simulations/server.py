@@ -7,6 +7,7 @@ import time
 from logging import INFO, WARNING
 from typing import Any
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
@@ -16,7 +17,7 @@ from chord_fl.federation.runconfig import RunConfig
 from chord_fl.federation.runlog import RunLog, read_csv
 from chord_fl.federation.world import World, load_cloud, load_world
 from chord_fl.machine import machine_info
-from chord_fl.quant.master import master_arrays, master_bytes
+from chord_fl.quant.master import master_arrays
 from strategies import protocol
 from strategies.base import FleetRun
 from strategies.ledger import ledger_row
@@ -37,11 +38,12 @@ def serve(grid: Grid, config: RunConfig) -> dict[str, Any]:
         raise ConfigError(f"{config.run_dir} holds no run to resume: config.json is missing")
     run_log = RunLog(config.run_dir, fresh=not config.resume)
     done = resume_point(run_log, config) if config.resume else 0
+    download = master_arrays(world.prepared.frozen, config.master)  # what devices hold once
     description = {
         "devices": world.devices,
         "channels": world.prepared.channels.channels,
         "fp32_bytes": world.prepared.channels.fp32_bytes,
-        "master_bytes": master_bytes(world.prepared.frozen, config.master),
+        "master_bytes": sum(array.nbytes for array in download.values()),
         "machine": machine_info(),
     }
     run_log.write_config({**config.replace(resume=False).to_mapping(), **description})
@@ -53,7 +55,7 @@ def serve(grid: Grid, config: RunConfig) -> dict[str, Any]:
     run_log.meta["devices"] = len(partitions)
     frozen = None
     if spec.frozen_weights and config.init == "pretrained":
-        frozen = frozen_download_bytes(world, config.master, next(iter(partitions)))
+        frozen = frozen_download_bytes(download, next(iter(partitions)))
     holds = frozenset(
         int(row["partition"])
         for row in read_csv(run_log.ledger_path)
@@ -168,12 +170,10 @@ def map_partitions(
     return partitions
 
 
-def frozen_download_bytes(world: World, master: str, node: int) -> tuple[int, int]:
-    """Payload and message bytes of sending the frozen backbone (fp32, or its 8-bit master) to a
-    device once."""
-    arrays = ArrayRecord(
-        {name: Array(a) for name, a in master_arrays(world.prepared.frozen, master).items()}
-    )
+def frozen_download_bytes(download: dict[str, np.ndarray], node: int) -> tuple[int, int]:
+    """Payload and message bytes of sending the frozen backbone's `download` arrays (fp32, or
+    its 8-bit master) to a device once."""
+    arrays = ArrayRecord({name: Array(a) for name, a in download.items()})
     content = RecordDict({protocol.ARRAYS: arrays})
     message = Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
     return protocol.weights_nbytes(arrays), protocol.message_bytes(message)

@@ -119,7 +119,8 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
     elif method == "global":
         # Depends on the data, the backbone (and its master) and the seed only.
         tag = master_tag(setup.master)
-        path = Path(config.checkpoint_dir) / f"{stem}{'-' if tag else ''}{tag}-global-fisher.npy"
+        name = f"{stem}-{tag}-global-fisher.npy" if tag else f"{stem}-global-fisher.npy"
+        path = Path(config.checkpoint_dir) / name
         if path.exists():
             cloud.global_importance = np.load(path, allow_pickle=False)
         else:
