@@ -42,12 +42,8 @@ from chord_fl.methods import CHORD_VARIANTS, METHODS, Cloud
 from chord_fl.metrics import mean_and_standard_error
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.sensitivity import global_sensitivity
-from chord_fl.tiers import DEFAULT_FLEET, Fleet, Tier
+from chord_fl.tiers import DEFAULT_FLEET, Fleet
 from chord_fl.train import evaluation_negatives
-
-
-def single_tier(bits: float) -> Fleet:
-    return Fleet((Tier(f"{bits:g}-bit", 1.0, 1e6, 1e6, 1.0, 1.0, avg_bits=bits),))
 
 
 def paired_path(results: Path) -> Path:
@@ -101,7 +97,7 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
                 cloud.hypernets[method] = net
                 train_seconds[method] = fit.seconds
         for bits in args.bits:
-            budgets = np.full(len(users), tier_budgets(single_tier(bits), prepared.channels)[0])
+            budgets = np.full(len(users), tier_budgets(Fleet.at_bits(bits), prepared.channels)[0])
             for method in args.methods:
                 start = time.perf_counter()
                 row, per_device = evaluate_method(

@@ -22,7 +22,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from headroom import single_tier
 from results_file import append_row, benchmark_parser, paired, paired_text, parse
 from tqdm import tqdm
 
@@ -35,6 +34,7 @@ from chord_fl.quant.budget import channel_budget
 from chord_fl.quant.channels import channel_rows
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.sensitivity import expected_weight_sensitivity
+from chord_fl.tiers import Fleet
 from chord_fl.train import evaluation_negatives
 
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
     channel_importance = np.add.reduceat(per_weight, starts, axis=1)  # (D, C)
     elements = channels.elements()[None, :]
     for bits in args.bits:
-        budget = tier_budgets(single_tier(bits), channels)[0]
+        budget = tier_budgets(Fleet.at_bits(bits), channels)[0]
         left = channel_budget(channels, np.array([budget]))
         by_channel = allocate(
             channel_importance / elements,

@@ -34,8 +34,9 @@ import torch
 from headroom_report import method_order, pareto_figure, tables
 from results_file import append_row, read_rows
 
+from chord_fl.cli import add_quantizer_options
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
-from chord_fl.experiment import Setup, evaluate_method, load_backbone, load_split
+from chord_fl.experiment import Setup, evaluate_method, load_split, prepare
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.supervision import (
     SensitivitySet,
@@ -47,7 +48,6 @@ from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
 from chord_fl.machine import machine_line
 from chord_fl.methods import CHORD_VARIANTS, Cloud, hypernet_importance
 from chord_fl.quant.budget import coded_bytes
-from chord_fl.quant.channels import CodeTable
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.sensitivity import (
     expected_sensitivity,
@@ -55,16 +55,12 @@ from chord_fl.sensitivity import (
     normalised,
     target_sensitivity,
 )
-from chord_fl.tiers import DEFAULT_FLEET, Fleet, Tier
+from chord_fl.tiers import DEFAULT_FLEET, Fleet
 from chord_fl.train import evaluation_negatives
 
 CEILINGS = ("oracle", "window")
 FIXED = ("fp32", "uniform", "random")  # scored through the method registry
 LEARNED = ("chord-relax", "chord-sens")  # by default; "init*": the same networks untrained
-
-
-def single_tier(bits: float) -> Fleet:
-    return Fleet((Tier(f"{bits:g}-bit", 1.0, 1e6, 1e6, 1.0, 1.0, avg_bits=bits),))
 
 
 def realised_target_sensitivity(frozen, channels, split, max_users: int = 1000) -> np.ndarray:
@@ -133,9 +129,17 @@ def learned_importance(
 
 
 def run(args: argparse.Namespace, results: Path) -> None:
-    setup = Setup(args.dataset, args.backbone, args.data_dir, rounds=1, checkpoint=args.checkpoint)
+    setup = Setup(
+        args.dataset,
+        args.backbone,
+        args.data_dir,
+        rounds=1,
+        checkpoint=args.checkpoint,
+        code_bits=tuple(args.code_bits),
+        scales=args.scales,
+    )
     split = load_split(setup)
-    prepared = PreparedModel(load_backbone(setup, split), CodeTable(tuple(args.code_bits)))
+    prepared = prepare(setup, split)
     frozen, channels = prepared.frozen, prepared.channels
     users = np.sort(np.random.default_rng(0).permutation(len(split))[: args.eval_users])
     windows = [split.users[i].window(1) for i in users]
@@ -169,7 +173,7 @@ def run(args: argparse.Namespace, results: Path) -> None:
         importances = {**fixed, **learned}
         print_fit(importances, fixed["window"], prepared)
         for bits in args.bits:
-            budgets = np.full(len(users), tier_budgets(single_tier(bits), channels)[0])
+            budgets = np.full(len(users), tier_budgets(Fleet.at_bits(bits), channels)[0])
             available = sorted([*FIXED, *importances], key=method_order)
             for method in [m for m in available if not args.methods or m in args.methods]:
                 if method in FIXED:
@@ -194,6 +198,7 @@ def run(args: argparse.Namespace, results: Path) -> None:
                     }
                 row.update(
                     code_bits=list(prepared.table.bits),
+                    scales=args.scales,
                     dataset=args.dataset,
                     backbone=args.backbone,
                     budget_bits=bits,
@@ -229,13 +234,7 @@ def main() -> None:
         default=list(LEARNED),
         help="CHORD variants to train (each also scored untrained, as init*)",
     )
-    parser.add_argument(
-        "--code-bits",
-        nargs=4,
-        type=int,
-        default=list(CodeTable().bits),
-        help="bits of the four codes (0: pruned)",
-    )
+    add_quantizer_options(parser)
     parser.add_argument("--eval-users", type=int, default=1000)
     parser.add_argument(
         "--supervision-users", type=int, default=2000, help="training users for chord-sens"

@@ -42,7 +42,8 @@ def method_order(method: str) -> int:
 
 def _table_name(row: dict) -> str:
     bits = tuple(row.get("code_bits", CodeTable().bits))
-    return "" if bits == CodeTable().bits else f" / codes {'-'.join(map(str, bits))} bits"
+    codes = "" if bits == CodeTable().bits else f" / codes {'-'.join(map(str, bits))} bits"
+    return codes + (" / shared scales" if row.get("scales") == "tensor" else "")
 
 
 def tables(rows: list[dict]) -> str:

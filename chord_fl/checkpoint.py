@@ -85,12 +85,14 @@ def load_hypernet(
 
 
 def hypernet_settings(
-    backbone: str, recipes: Sequence[Any], fleet: Fleet, training: Any
+    backbone: str, quantizer: dict[str, Any], recipes: Sequence[Any], fleet: Fleet, training: Any
 ) -> dict[str, Any]:
     """Everything that shapes trained hypernetworks, as plain data: the frozen backbone's identity
-    (`Setup.backbone_identity`), the network, the fleet it was trained for, the training config."""
+    (`Setup.backbone_identity`), its quantizer (`Setup.quantizer`), the network, the fleet it was
+    trained for, the training config."""
     return {
         "backbone": backbone,
+        "quantizer": quantizer,
         "recipes": [asdict(recipe) for recipe in recipes],
         "fleet": fleet_to_toml(fleet),
         "training": asdict(training),

@@ -20,7 +20,7 @@ from chord_fl.data import load_dataset, make_split
 from chord_fl.data.sources import DATA_DIR_ENV, DATASETS, FORMATS
 from chord_fl.errors import ChordError, ConfigError
 from chord_fl.evaluation import PROTOCOLS
-from chord_fl.experiment import INITS, Setup, evaluate_method, load_backbone, load_split
+from chord_fl.experiment import INITS, Setup, evaluate_method, load_split, prepare
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.training import HyperTrainConfig, train_best
 from chord_fl.machine import DEVICES
@@ -28,9 +28,26 @@ from chord_fl.methods import CHORD_VARIANTS, Cloud
 from chord_fl.metrics import METRICS
 from chord_fl.models import BACKBONES, LOSSES
 from chord_fl.pretrain import BASELINES, pretrain
-from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.quant.channels import SCALES, CodeTable
 from chord_fl.tiers import DEFAULT_FLEET, assign_tiers, load_fleet
 from chord_fl.train import SCHEDULES, TrainConfig, default_training, evaluation_negatives
+
+
+def add_quantizer_options(parser: argparse.ArgumentParser) -> None:
+    """The code table and the scale granularity of code strategies (`Setup.code_bits`, `scales`)."""
+    parser.add_argument(
+        "--code-bits",
+        nargs=4,
+        type=int,
+        default=list(CodeTable().bits),
+        help="the width each 2-bit code stands for (0: pruned)",
+    )
+    parser.add_argument(
+        "--scales",
+        choices=SCALES,
+        default="channel",
+        help="an fp16 scale per stored channel, or shared per tensor and width",
+    )
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -174,15 +191,17 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
         args.seed,
         args.checkpoint,
         **_data_options(args),
+        code_bits=tuple(args.code_bits),
+        scales=args.scales,
     )
     fleet = load_fleet(args.tiers) if args.tiers else DEFAULT_FLEET
     split = load_split(setup)
-    prepared = PreparedModel(load_backbone(setup, split, not args.no_progress))
+    prepared = prepare(setup, split, not args.no_progress)
     recipes = CHORD_VARIANTS[args.variant].recipes
     config = HyperTrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
     net, result, recipe = train_best(prepared, split, fleet, recipes, config, not args.no_progress)
     identity = setup.backbone_identity(split.num_items)
-    settings = hypernet_settings(identity, recipes, fleet, config)
+    settings = hypernet_settings(identity, setup.quantizer, recipes, fleet, config)
     stem = f"{Path(setup.checkpoint_path).stem}-{args.variant}"
     out = Path(args.out or hypernet_cache_path(args.checkpoint_dir, stem, settings))
     budgets = tier_budgets(fleet, prepared.channels)[assign_tiers(fleet, len(split), args.seed)]
@@ -313,6 +332,7 @@ def build_parser(
         "--checkpoint", help="frozen backbone (default: pretrain's; trained if absent)"
     )
     hyper.add_argument("--tiers", help="device tiers TOML (default: the built-in fleet)")
+    add_quantizer_options(hyper)
     hyper.add_argument("--epochs", type=int, default=HyperTrainConfig().epochs)
     hyper.add_argument("--lr", type=float, default=HyperTrainConfig().lr)
     hyper.add_argument("--seed", type=int, default=0)

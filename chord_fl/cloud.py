@@ -18,8 +18,8 @@ from chord_fl.tiers import Fleet, budget_bytes
 
 
 def tier_budgets(fleet: Fleet, channels: ChannelMap) -> np.ndarray:
-    """(T,) whole-model byte budget of each tier for this model."""
-    return np.array([budget_bytes(t, channels.fixed_bytes, channels.weights) for t in fleet.tiers])
+    """(T,) whole-model byte budget of each tier for this model (the same whatever its scales)."""
+    return np.array([budget_bytes(t, channels.base_bytes, channels.weights) for t in fleet.tiers])
 
 
 def issue_codes(prepared: PreparedModel, importance: np.ndarray, budgets: np.ndarray) -> np.ndarray:

@@ -19,7 +19,9 @@ from chord_fl.methods import FP32, UNIFORM, Cloud, method, method_codes, uniform
 from chord_fl.models import SequentialRecommender, seeded_backbone
 from chord_fl.pretrain import default_checkpoint, pretrain
 from chord_fl.quant.budget import check_within_budget, coded_bytes
+from chord_fl.quant.channels import SCALES, CodeTable
 from chord_fl.quant.master import check_master, int8_master, master_tag
+from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.quant.uniform import quantize_uniform
 from chord_fl.train import default_training
 
@@ -39,11 +41,22 @@ class Setup:
     user_min: int | None = None
     item_min: int | None = None
     master: str = "fp32"  # what devices hold: the fp32 backbone or its 8-bit master
+    code_bits: tuple[int, ...] = CodeTable().bits  # the width each 2-bit code stands for
+    scales: str = "channel"  # an fp16 scale per stored channel, or shared per tensor ("tensor")
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
             raise ConfigError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         check_master(self.master)
+        CodeTable(tuple(self.code_bits))
+        if self.scales not in SCALES:
+            raise ConfigError(f"scales must be one of {', '.join(SCALES)}, got {self.scales!r}")
+
+    @property
+    def quantizer(self) -> dict[str, Any]:
+        """What shapes every channel's levels, errors and bytes (cached cloud models depend on
+        it)."""
+        return {"code_bits": list(self.code_bits), "scales": self.scales}
 
     @property
     def data_options(self) -> dict[str, Any]:
@@ -95,6 +108,13 @@ def load_backbone(
             f"{split.num_items}; pass another --checkpoint"
         )
     return _as_held(model, setup)
+
+
+def prepare(setup: Setup, split: RoundSplit, progress: bool = True) -> PreparedModel:
+    """The frozen backbone as devices hold it, with every channel's levels at every width of the
+    setup's code table."""
+    model = load_backbone(setup, split, progress)
+    return PreparedModel(model, CodeTable(tuple(setup.code_bits)), scales=setup.scales)
 
 
 def _as_held(model: SequentialRecommender, setup: Setup) -> SequentialRecommender:

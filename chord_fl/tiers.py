@@ -125,6 +125,11 @@ class Fleet:
     def shares(self) -> np.ndarray:
         return np.array([tier.share for tier in self.tiers])
 
+    @classmethod
+    def at_bits(cls, avg_bits: float) -> Fleet:
+        """One tier, every device at the same all-in budget (for benchmarks at equal bytes)."""
+        return cls((Tier(f"{avg_bits:g}-bit", 1.0, 1e6, 1e6, 1.0, 1.0, avg_bits=avg_bits),))
+
     @property
     def mean_bits(self) -> float | None:
         """Share-weighted avg_bits over the fleet; None when a tier is set in bytes."""
@@ -170,8 +175,9 @@ def budget_bytes(tier: Tier, fixed_bytes: int, weights: int) -> int:
     """The device's model budget in bytes: memory_bytes, or fixed_bytes + ceil(avg_bits *
     weights / 8) for `weights` quantizable weight elements.
 
-    The 2-byte scale of every channel must fit inside this budget, so avg_bits is an all-in
-    figure: a tier at 2.0 bits cannot hold every channel at 2 bits plus its scale.
+    Scales (an fp16 one per channel, or shared per tensor) must fit inside this budget, so
+    avg_bits is an all-in figure: a tier at 2.0 bits cannot hold every channel at 2 bits plus its
+    scale.
     """
     fixed_bytes = _count(fixed_bytes, "fixed_bytes")
     weights = _count(weights, "weights")

@@ -5,10 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from chord_fl.cloud import tier_budgets
 from chord_fl.errors import ConfigError
 from chord_fl.models import build_backbone, seeded_backbone
-from chord_fl.quant.channels import CodeTable, channel_map, channel_rows
+from chord_fl.quant.budget import coded_bytes
+from chord_fl.quant.channels import SCALES, CodeTable, channel_map, channel_rows
 from chord_fl.quant.quantizer import PreparedModel, pack_bits, quantize, quantize_rows, unpack_bits
+from chord_fl.tiers import Fleet
 
 NUM_ITEMS = 40
 
@@ -53,8 +56,9 @@ def test_quantize_never_touches_the_frozen_weights(frozen):
     assert "item_embedding.weight" in changed
 
 
-def test_model_bytes_are_the_packed_buffers(frozen):
-    prepared = PreparedModel(frozen)
+@pytest.mark.parametrize("scales", SCALES)
+def test_model_bytes_are_the_packed_buffers(frozen, scales):
+    prepared = PreparedModel(frozen, scales=scales)
     channels, table = prepared.channels, prepared.table
     cost = channels.cost(table)
     rng = np.random.default_rng(1)
@@ -74,8 +78,9 @@ def test_model_bytes_are_the_packed_buffers(frozen):
     assert eight_bit.nbytes - channels.unquantized_bytes < 0.3 * 4 * channels.weights
 
 
-def test_the_model_runs_exactly_what_its_packed_storage_holds(frozen):
-    prepared = PreparedModel(frozen)
+@pytest.mark.parametrize("scales", SCALES)
+def test_the_model_runs_exactly_what_its_packed_storage_holds(frozen, scales):
+    prepared = PreparedModel(frozen, scales=scales)
     codes = np.random.default_rng(2).integers(0, 4, prepared.channels.channels)
     quantized = prepared.quantize(codes)
     params = dict(quantized.model.named_parameters())
@@ -91,6 +96,44 @@ def test_the_model_runs_exactly_what_its_packed_storage_holds(frozen):
         torch.testing.assert_close(rows[eight], original[eight], atol=0.02, rtol=0.02)
         four = group_codes == 2
         assert ((rows[four] - original[four]).abs().amax(dim=1) > 0).any()
+
+
+def test_shared_scales_are_one_per_tensor_and_width_and_errors_are_measured(frozen):
+    prepared = PreparedModel(frozen, scales="tensor")
+    codes = np.random.default_rng(4).integers(0, 4, prepared.channels.channels)
+    quantized = prepared.quantize(codes)
+    originals = dict(frozen.named_parameters())
+    params = dict(quantized.model.named_parameters())
+    errors = []
+    for group in prepared.channels.groups:
+        packed = quantized.tensors[group.name]
+        assert sorted(packed.scales) == [2, 4, 8]  # every stored width, used or not
+        assert all(scale.shape == (1,) for scale in packed.scales.values())
+        rows = channel_rows(params[group.name], group.channel_axis)
+        original = channel_rows(originals[group.name], group.channel_axis).detach()
+        errors.append(((rows - original) ** 2).sum(dim=1))
+        four = torch.from_numpy(codes[group.codes] == 2)
+        ratios = rows[four] / packed.scales[4].astype(np.float32)[0]
+        torch.testing.assert_close(ratios, ratios.round())  # integer multiples of the one scale
+    chosen = prepared.errors[np.arange(len(codes)), codes]
+    np.testing.assert_allclose(torch.cat(errors).detach().numpy(), chosen, rtol=1e-4, atol=1e-7)
+
+
+def test_shared_scales_free_bytes_for_wider_channels_at_the_same_budget(frozen):
+    own, shared = PreparedModel(frozen), PreparedModel(frozen, scales="tensor")
+    fleet_budget = tier_budgets(Fleet.at_bits(3.0), own.channels)
+    assert (fleet_budget == tier_budgets(Fleet.at_bits(3.0), shared.channels)).all()
+    cost_own, cost_shared = own.channels.cost(own.table), shared.channels.cost(shared.table)
+    np.testing.assert_array_equal(cost_own[:, 1:] - cost_shared[:, 1:], 2)
+    assert shared.channels.fixed_bytes == own.channels.fixed_bytes + 2 * 3 * len(
+        own.channels.groups
+    )
+    codes = np.full(own.channels.channels, 2)
+    assert coded_bytes(shared.channels, shared.table, codes) < coded_bytes(
+        own.channels, own.table, codes
+    )
+    with pytest.raises(ConfigError, match="scales"):
+        PreparedModel(frozen, scales="row")
 
 
 def test_pruned_items_cannot_be_recommended(frozen):

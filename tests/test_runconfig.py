@@ -136,6 +136,10 @@ def test_fraction_inside_zero_one_is_accepted(fraction):
         ({"node-wait": -0.5}, "node-wait"),
         ({"backbone": "bert4rec"}, "bert4rec"),
         ({"init": "zeros"}, "zeros"),
+        ({"code-bits": "0,2,4"}, "(0, 2, 4)"),
+        ({"code-bits": "0,2,x,8"}, "code-bits"),
+        ({"code-bits": "0,4,2,8"}, "increasing"),
+        ({"scales": "row"}, "row"),
     ],
 )
 def test_out_of_range_values_are_rejected(values, mentioned):
@@ -235,6 +239,15 @@ def test_load_world_accepts_a_tier_above_the_floor(tiny_csv, tmp_path):
     assert world.fleet.names == ("roomy",)
     assert world.budgets.shape == (12,) and (world.budgets > 10).all()
     assert world.negatives.shape == (12, 10)
+
+
+def test_the_world_quantizes_with_the_configured_code_table_and_scales(tiny_csv, tmp_path):
+    config = _world_config(tiny_csv, tmp_path, _tier("roomy", 10**9))
+    shared = config.replace(code_bits="0,2,3,4", scales="tensor")
+    default, world = load_world(config).prepared, load_world(shared).prepared
+    assert default.table.bits == (0, 2, 4, 8) and default.channels.shared_scales == 0
+    assert world.table.bits == (0, 2, 3, 4) and world.channels.shared_scales == 3
+    assert config.setup.quantizer != shared.setup.quantizer  # so cached hypernetworks differ
 
 
 # -- simulations.cli ---------------------------------------------------------------------------

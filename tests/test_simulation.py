@@ -22,6 +22,7 @@ from simulations.simulate import simulate
 
 ROUNDS = 2
 USERS = 16
+MASTER_SHARED = {"master": "int8", "code-bits": "0,2,3,4", "scales": "tensor"}
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,8 @@ def runs(base):
         ("global-int8", "global"),
     ):
         overrides = {**base, "strategy": strategy, "run-name": name}
-        if name.endswith("int8"):
-            overrides["master"] = "int8"
+        if name.endswith("int8"):  # the 8-bit master, and a code table with shared scales
+            overrides.update(MASTER_SHARED)
         simulate(overrides)
         out[name] = RunConfig.from_mapping(overrides).run_dir
     return out
@@ -133,7 +134,7 @@ def test_frozen_weights_are_downloaded_once_by_code_strategies_only(runs, base):
     assert {int(r["payload_bytes"]) for r in weights} == {size}
 
 
-def test_an_int8_master_is_downloaded_once_at_its_size_and_codes_stay_within_budget(runs, base):
+def test_an_int8_master_is_downloaded_once_and_shared_scales_cost_no_channel_bytes(runs, base):
     _, world = _world(base)
     # Counted here from the state dict: every matrix 1 byte a weight and a 2-byte scale a row
     # (SASRec's rows are its first axis), every vector fp32.
@@ -149,6 +150,15 @@ def test_an_int8_master_is_downloaded_once_at_its_size_and_codes_stay_within_bud
     assert {r["status"] for r in clients} == {"ok"}
     assert all(int(r["model_bytes"]) <= int(r["budget_bytes"]) for r in clients)
     assert all(0.0 <= float(r["ndcg@10"]) <= 1.0 for r in clients)
+    # Shared scales: a channel costs only its packed integers (SASRec's rows are all `hidden` long).
+    _, shared = _world({**base, **MASTER_SHARED})
+    hidden, fixed = shared.prepared.frozen.hidden_size, shared.prepared.channels.fixed_bytes
+    for row in clients:
+        counts = [int(row[f"codes_{k}"]) for k in range(4)]
+        packed = sum(
+            n * -(-hidden * bits // 8) for n, bits in zip(counts, (0, 2, 3, 4), strict=True)
+        )
+        assert int(row["model_bytes"]) == fixed + packed
 
 
 def test_fedavg_uniform_devices_hold_the_size_the_cloud_computed_within_budget(runs):

@@ -48,6 +48,8 @@ class RunConfig:
     tiers: str = ""
     init: str = "pretrained"
     master: str = "fp32"  # the one-time download: fp32 backbone or 8-bit master ("int8")
+    code_bits: str = "0,2,4,8"  # the width each 2-bit code stands for, comma-separated
+    scales: str = "channel"  # code strategies: an fp16 scale per channel, or per tensor ("tensor")
     negatives: int = 100
     local_epochs: int = 5
     local_lr: float = 1e-3
@@ -103,6 +105,7 @@ class RunConfig:
         if not 0 <= self.node_wait < math.inf or not self.round_timeout < math.inf:
             raise ConfigError("node-wait must be finite and >= 0, round-timeout finite")
         self.fleet  # noqa: B018 - a malformed tier file fails here, before any work
+        self.setup  # noqa: B018 - and a bad code table or scale granularity here
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
@@ -137,6 +140,8 @@ class RunConfig:
             checkpoint=os.fspath(Path(self.checkpoint_dir) / name),
             format=self.format or None,
             master=self.master,
+            code_bits=_code_bits(self.code_bits),
+            scales=self.scales,
         )
 
     @property
@@ -168,3 +173,12 @@ def fleet_from_setting(tiers: str) -> Fleet:
 
 def _key(name: str) -> str:
     return name.replace("_", "-")
+
+
+def _code_bits(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"code-bits must be four comma-separated integers, got {text!r}"
+        ) from None

@@ -22,7 +22,7 @@ from chord_fl.checkpoint import (
 from chord_fl.cloud import tier_budgets
 from chord_fl.data import RoundSplit
 from chord_fl.errors import ConfigError
-from chord_fl.experiment import Setup, load_backbone, load_split
+from chord_fl.experiment import Setup, load_split, prepare
 from chord_fl.federation.runconfig import RunConfig, fleet_from_setting
 from chord_fl.hypernet.training import train_best
 from chord_fl.methods import CHORD_VARIANTS, Cloud
@@ -74,7 +74,7 @@ def _cached_world(
             f"the frozen backbone {setup.checkpoint_path} is missing on this device: the cloud "
             "trains it before the first round"
         )
-    prepared = PreparedModel(load_backbone(setup, split, progress))
+    prepared = prepare(setup, split, progress)
     tier_of = assign_tiers(fleet, len(split), setup.seed)
     by_tier = tier_budgets(fleet, prepared.channels)
     floor = floor_bytes(prepared.channels, prepared.table)
@@ -104,7 +104,7 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
         recipes = CHORD_VARIANTS[method].recipes
         train = config.hypernet_training
         identity = setup.backbone_identity(world.split.num_items)
-        settings = hypernet_settings(identity, recipes, world.fleet, train)
+        settings = hypernet_settings(identity, setup.quantizer, recipes, world.fleet, train)
         path = hypernet_cache_path(config.checkpoint_dir, f"{stem}-{method}", settings)
         if path.exists():
             net, _ = load_hypernet(path, world.prepared)

@@ -3,6 +3,11 @@
 A channel is one output slice of a quantizable tensor (a Linear row, a Conv filter, an item
 embedding row). Codes index a `CodeTable`; the whole model's codes form one flat vector, tensor
 after tensor in `ChannelMap` order. Every other tensor stays fp32 and is counted in `fixed_bytes`.
+
+Scales come in two granularities: one fp16 scale per stored channel (the default), or a few shared
+per tensor, one for each stored width, so that a channel costs only its packed integers. Shared
+scales fit a channel less well but save 16 bits a channel, a quarter of a bit a weight at 64-weight
+rows: at low budgets that buys wider channels.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import torch
 from chord_fl.errors import ConfigError
 from chord_fl.models import SequentialRecommender
 
-SCALE_BYTES = 2  # one fp16 scale per stored channel
+SCALE_BYTES = 2  # one fp16 scale
 CODE_BITS = 2
+SCALES = ("channel", "tensor")
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,11 @@ class CodeTable:
     @property
     def array(self) -> np.ndarray:
         return np.asarray(self.bits, dtype=np.int64)
+
+    @property
+    def stored(self) -> tuple[int, ...]:
+        """The widths that store integers (every entry but pruning)."""
+        return tuple(bits for bits in self.bits if bits)
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,8 @@ class ChannelGroup:
 class ChannelMap:
     groups: tuple[ChannelGroup, ...]
     unquantized_bytes: int  # fp32 tensors outside every group (biases, norms, positions)
+    # 0: an fp16 scale per stored channel; n > 0: n fp16 scales per tensor, one per stored width
+    shared_scales: int = 0
 
     @property
     def channels(self) -> int:
@@ -73,9 +86,14 @@ class ChannelMap:
         return sum(group.channels * group.elements for group in self.groups)
 
     @property
-    def fixed_bytes(self) -> int:
-        """Bytes a quantized model takes whatever its codes: fp32 leftovers plus packed codes."""
+    def base_bytes(self) -> int:
+        """fp32 leftovers plus packed codes: what budgets are set on top of, whatever the scales."""
         return self.unquantized_bytes + sum(group.code_bytes for group in self.groups)
+
+    @property
+    def fixed_bytes(self) -> int:
+        """Bytes a quantized model takes whatever its codes: `base_bytes` plus shared scales."""
+        return self.base_bytes + len(self.groups) * self.shared_scales * SCALE_BYTES
 
     @property
     def fp32_bytes(self) -> int:
@@ -86,10 +104,12 @@ class ChannelMap:
         return np.concatenate([np.full(g.channels, g.elements, np.int64) for g in self.groups])
 
     def cost(self, table: CodeTable) -> np.ndarray:
-        """(C, Q) bytes each channel takes at each code: packed integers plus its fp16 scale."""
+        """(C, Q) bytes each channel takes at each code: packed integers plus, unless scales are
+        shared, its fp16 scale."""
         bits = table.array[None, :]
         packed = -(-self.elements()[:, None] * bits // 8)
-        return np.where(bits > 0, packed + SCALE_BYTES, 0)
+        own_scale = 0 if self.shared_scales else SCALE_BYTES
+        return np.where(bits > 0, packed + own_scale, 0)
 
 
 def channel_rows(weight: torch.Tensor, axis: int) -> torch.Tensor:
@@ -105,7 +125,9 @@ def rows_to_tensor(rows: torch.Tensor, group: ChannelGroup) -> torch.Tensor:
     return rows.reshape(*batch, *moved).movedim(len(batch), len(batch) + axis)
 
 
-def channel_map(model: SequentialRecommender, embedding_axis: int = 0) -> ChannelMap:
+def channel_map(
+    model: SequentialRecommender, embedding_axis: int = 0, shared_scales: int = 0
+) -> ChannelMap:
     """Map every tensor the backbone lists as quantizable; embedding tables use `embedding_axis`
     (0: one channel per item, 1: one channel per hidden dimension)."""
     if embedding_axis not in (0, 1):
@@ -125,4 +147,4 @@ def channel_map(model: SequentialRecommender, embedding_axis: int = 0) -> Channe
         offset += channels
     quantized = {group.name for group in groups}
     leftover = sum(4 * t.numel() for name, t in model.state_dict().items() if name not in quantized)
-    return ChannelMap(tuple(groups), leftover)
+    return ChannelMap(tuple(groups), leftover, shared_scales)

@@ -1,8 +1,9 @@
 """Per-channel symmetric quantization with real bit-packed storage.
 
 A channel at b bits stores integers in [-(2^(b-1) - 1), 2^(b-1) - 1], shifted to unsigned and packed
-b bits per weight, plus one fp16 scale. The scale's clipping ratio is chosen per channel from a grid
-to minimise the squared error. `PreparedModel` does that once per frozen model (a device holds the
+b bits per weight, plus one fp16 scale (or, with shared scales, the tensor's scale for that width).
+The scale's clipping ratio is chosen from a grid to minimise the squared error of the channel (or
+of the whole tensor). `PreparedModel` does that once per frozen model (a device holds the
 frozen weights anyway); `quantize` then only selects, packs and dequantizes for a code vector.
 """
 
@@ -17,6 +18,7 @@ import torch
 from chord_fl.errors import ConfigError
 from chord_fl.models import SequentialRecommender
 from chord_fl.quant.channels import (
+    SCALES,
     ChannelGroup,
     ChannelMap,
     CodeTable,
@@ -60,6 +62,22 @@ def quantize_rows(
         best_scale = torch.where(better, scale, best_scale)
         best_levels[better] = levels[better].to(torch.int8)
     return best_levels, best_scale, best_error
+
+
+def quantize_channels(
+    rows: torch.Tensor,
+    bits: int,
+    shared_scale: bool,
+    clip_grid: tuple[float, ...] = DEFAULT_CLIP_GRID,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`quantize_rows` with a scale per row, or one scale for all rows (`shared_scale`, scales
+    (1,)); errors are per row either way."""
+    if not shared_scale:
+        return quantize_rows(rows, bits, clip_grid)
+    levels, scale, _ = quantize_rows(rows.reshape(1, -1), bits, clip_grid)
+    levels = levels.reshape(rows.shape)
+    error = ((levels * scale.float() - rows.detach().float()) ** 2).sum(dim=1)
+    return levels, scale, error
 
 
 def level_offset(bits: int) -> int:
@@ -106,7 +124,8 @@ def unpack_bits(packed: np.ndarray, bits: int, elements: int) -> np.ndarray:
 @dataclass(frozen=True)
 class PackedTensor:
     """What a device stores for one quantized tensor: its codes, then for each precision the
-    channels at that precision (in channel order) as packed integers and fp16 scales."""
+    channels at that precision (in channel order) as packed integers and fp16 scales (one per
+    channel, or with shared scales the tensor's one scale for each stored width)."""
 
     group: ChannelGroup
     codes: np.ndarray  # packed 2-bit codes, ceil(2C/8) bytes
@@ -163,14 +182,21 @@ class PreparedModel:
         embedding_axis: int = 0,
         clip_grid: tuple[float, ...] = DEFAULT_CLIP_GRID,
         pruned_items: str = "exclude",
+        scales: str = "channel",
     ) -> None:
         """`pruned_items`: "exclude" means an item whose scoring row is pruned is not on the
-        device and is never recommended; "zero" scores it with a zero row like any pruned weight."""
+        device and is never recommended; "zero" scores it with a zero row like any pruned weight.
+        `scales`: "channel" (an fp16 scale per stored channel) or "tensor" (shared per tensor and
+        width)."""
         if pruned_items not in PRUNED_ITEMS:
             raise ConfigError(f"pruned_items must be one of {', '.join(PRUNED_ITEMS)}")
+        if scales not in SCALES:
+            raise ConfigError(f"scales must be one of {', '.join(SCALES)}, got {scales!r}")
         self.frozen = frozen
         self.table = table
-        self.channels = channel_map(frozen, embedding_axis)
+        self.scales = scales
+        shared = len(table.stored) if scales == "tensor" else 0
+        self.channels = channel_map(frozen, embedding_axis, shared)
         self.item_group = next(
             (
                 g
@@ -191,9 +217,9 @@ class PreparedModel:
                 if bits == 0:
                     group_errors.append((rows.detach().float() ** 2).sum(dim=1))
                     continue
-                levels, scales, error = quantize_rows(rows, bits, clip_grid)
+                levels, scale, error = quantize_channels(rows, bits, bool(shared), clip_grid)
                 unsigned = to_unsigned(levels, bits)
-                by_bits[bits] = (unsigned, scales.numpy())
+                by_bits[bits] = (unsigned, scale.numpy())
                 group_errors.append(error)
             self._levels[group.name] = by_bits
             errors.append(torch.stack(group_errors, dim=1))
@@ -221,13 +247,19 @@ class PreparedModel:
 
     def _pack(self, group: ChannelGroup, codes: np.ndarray) -> PackedTensor:
         packed, scales = {}, {}
+        shared = bool(self.channels.shared_scales)
         for code, bits in enumerate(self.table.bits):
-            chosen = np.flatnonzero(codes == code)
-            if bits == 0 or not len(chosen):
+            if bits == 0:
                 continue
             unsigned, all_scales = self._levels[group.name][bits]
+            if shared:  # stored whether used or not, so a model's bytes never depend on its codes
+                scales[bits] = all_scales
+            chosen = np.flatnonzero(codes == code)
+            if not len(chosen):
+                continue
             packed[bits] = pack_bits(unsigned[chosen], bits)
-            scales[bits] = all_scales[chosen]
+            if not shared:
+                scales[bits] = all_scales[chosen]
         code_bytes = np.frombuffer(pack_codes(codes), dtype=np.uint8)
         return PackedTensor(group, code_bytes, packed, scales)
 

@@ -18,7 +18,7 @@ from chord_fl.quant.quantizer import (
     DEFAULT_CLIP_GRID,
     from_unsigned,
     pack_bits,
-    quantize_rows,
+    quantize_channels,
     to_unsigned,
 )
 
@@ -58,12 +58,13 @@ def quantize_uniform(
     with torch.no_grad():
         for group in channels.groups:
             rows = channel_rows(params[group.name], group.channel_axis)
-            runs = rows.reshape(1, -1) if per_tensor else rows
-            levels, scale, _ = quantize_rows(runs, bits, clip_grid)
+            levels, scale, _ = quantize_channels(rows, bits, per_tensor, clip_grid)
             unsigned = to_unsigned(levels, bits)
-            packed[group.name] = pack_bits(unsigned, bits)
+            # A per-tensor scale packs the tensor as one run, with no padding between channels.
+            runs = unsigned.reshape(1, -1) if per_tensor else unsigned
+            packed[group.name] = pack_bits(runs, bits)
             scales[group.name] = scale.numpy()
             values = from_unsigned(unsigned, bits) * scale.numpy().astype(np.float32)[:, None]
-            dequantized = torch.from_numpy(values).reshape(group.channels, group.elements)
+            dequantized = torch.from_numpy(values)
             params[group.name].copy_(rows_to_tensor(dequantized, group))
     return UniformModel(model, bits, per_tensor, packed, scales, channels.unquantized_bytes)
