@@ -9,6 +9,10 @@ CHORD's own time goes, per device, timed outside Flower on the same cloud models
 the cloud's codes (batched), and on the device decode, quantize and scoring.
 
     python benchmarks/fleet.py --dataset ml-100k --rounds 3 --strategies chord fp32 fedavg
+
+Each case's row is printed and appended to a JSON-lines file as soon as it ends (with the case's
+whole wall time, cloud training included), so a long fleet keeps what finished; a case that dies
+is reported and the next one runs.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import queue
 import resource
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
+
+from results_file import append_row
 
 from chord_fl.machine import machine_line
 
@@ -71,6 +79,7 @@ def _strategy(overrides: dict[str, Any]) -> tuple[float, int]:
 
 def _case(name: str, args: argparse.Namespace, out: Any) -> None:
     """One case in this (fresh) process: seconds of the rounds, devices, peak RSS in MiB."""
+    started = time.perf_counter()
     if name == FLOOR:
         seconds, devices = _floor(args.devices, args.rounds), args.devices
     else:
@@ -83,7 +92,25 @@ def _case(name: str, args: argparse.Namespace, out: Any) -> None:
         }
         seconds, devices = _strategy(overrides)
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.put((name, seconds, devices, rss_mib))
+    out.put((name, seconds, devices, rss_mib, time.perf_counter() - started))
+
+
+def run_case(name: str, args: argparse.Namespace) -> tuple | None:
+    """`_case` in a fresh spawned process; None when that process dies without a result."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(target=_case, args=(name, args, results))
+    process.start()
+    while True:
+        try:
+            row = results.get(timeout=5)
+            break
+        except queue.Empty:
+            if not process.is_alive():
+                row = None
+                break
+    process.join()
+    return row
 
 
 def breakdown(dataset: str, devices: int) -> dict[str, float]:
@@ -132,6 +159,7 @@ def main() -> None:
     parser.add_argument("--output-dir", default=os.path.join(tempfile.gettempdir(), "chord-fleet"))
     parser.add_argument("--breakdown-devices", type=int, default=300, help="0: no breakdown")
     parser.add_argument("--breakdown-only", action="store_true", help="skip the fleet runs")
+    parser.add_argument("--results", default="benchmarks/results/fleet.jsonl")
     args = parser.parse_args()
     if args.breakdown_devices:
         steps = breakdown(args.dataset, args.breakdown_devices)
@@ -145,24 +173,40 @@ def main() -> None:
         )
     if args.breakdown_only:
         return
-    context = multiprocessing.get_context("spawn")
-    rows = []
-    for name in (FLOOR, *args.strategies):
-        queue = context.Queue()
-        process = context.Process(target=_case, args=(name, args, queue))
-        process.start()
-        row = queue.get()
-        process.join()
-        rows.append(row)
-        print(f"{name}: {row[1]:.1f} s", flush=True)
-    floor_ms = rows[0][1] * 1000 / (rows[0][2] * args.rounds)
     print(f"\n{args.dataset}, {args.rounds} rounds; {machine_line()}\n")
-    print("| case | devices | rounds s | ms per device-round | x floor | ServerApp peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, seconds, devices, rss in rows:
+    print(
+        "| case | devices | rounds s | ms per device-round | x floor | case s "
+        "| ServerApp peak RSS MiB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|", flush=True)
+    floor_ms = None
+    for name in (FLOOR, *args.strategies):
+        row = run_case(name, args)
+        if row is None:
+            print(f"| {name} | the case's process died without a result | | | | | |", flush=True)
+            continue
+        _, seconds, devices, rss, case_seconds = row
         ms = seconds * 1000 / (devices * args.rounds)
+        floor_ms = floor_ms or (ms if name == FLOOR else None)
+        ratio = f"{ms / floor_ms:.2f}" if floor_ms else "-"
         print(
-            f"| {name} | {devices} | {seconds:.1f} | {ms:.1f} | {ms / floor_ms:.2f} | {rss:.0f} |"
+            f"| {name} | {devices} | {seconds:.1f} | {ms:.1f} | {ratio} | {case_seconds:.0f} "
+            f"| {rss:.0f} |",
+            flush=True,
+        )
+        append_row(
+            Path(args.results),
+            {
+                "case": name,
+                "dataset": args.dataset,
+                "devices": devices,
+                "rounds": args.rounds,
+                "rounds_s": seconds,
+                "ms_per_device_round": ms,
+                "case_s": case_seconds,
+                "server_peak_rss_mib": rss,
+                "machine": machine_line(),
+            },
         )
 
 
