@@ -29,6 +29,7 @@ from typing import Any
 
 from results_file import append_row
 
+from chord_fl.cli import parse_pairs
 from chord_fl.machine import machine_line
 
 FLOOR = "floor"
@@ -84,6 +85,7 @@ def _case(name: str, args: argparse.Namespace, out: Any) -> None:
         seconds, devices = _floor(args.devices, args.rounds), args.devices
     else:
         overrides = {
+            **parse_pairs(args.run_config, "--run-config"),
             "strategy": name,
             "dataset": args.dataset,
             "rounds": args.rounds,
@@ -160,6 +162,14 @@ def main() -> None:
     parser.add_argument("--breakdown-devices", type=int, default=300, help="0: no breakdown")
     parser.add_argument("--breakdown-only", action="store_true", help="skip the fleet runs")
     parser.add_argument("--results", default="benchmarks/results/fleet.jsonl")
+    parser.add_argument(
+        "--run-config",
+        "-c",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run config of every strategy case, e.g. round-timeout=3600 for a big fleet",
+    )
     args = parser.parse_args()
     if args.breakdown_devices:
         steps = breakdown(args.dataset, args.breakdown_devices)
