@@ -194,7 +194,6 @@ class PreparedModel:
             raise ConfigError(f"scales must be one of {', '.join(SCALES)}, got {scales!r}")
         self.frozen = frozen
         self.table = table
-        self.scales = scales
         shared = len(table.stored) if scales == "tensor" else 0
         self.channels = channel_map(frozen, embedding_axis, shared)
         self.item_group = next(
@@ -252,7 +251,7 @@ class PreparedModel:
             if bits == 0:
                 continue
             unsigned, all_scales = self._levels[group.name][bits]
-            if shared:  # stored whether used or not, so a model's bytes never depend on its codes
+            if shared:  # kept whether used or not: the shared scales are fixed bytes
                 scales[bits] = all_scales
             chosen = np.flatnonzero(codes == code)
             if not len(chosen):
