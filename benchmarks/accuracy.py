@@ -31,6 +31,7 @@ from chord_fl.errors import ConfigError
 from chord_fl.experiment import (
     INITS,
     Setup,
+    eval_devices,
     evaluate_method,
     load_backbone,
     load_split,
@@ -43,7 +44,6 @@ from chord_fl.metrics import mean_and_standard_error
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.sensitivity import global_sensitivity
 from chord_fl.tiers import DEFAULT_FLEET, Fleet
-from chord_fl.train import evaluation_negatives
 
 
 def paired_path(results: Path) -> Path:
@@ -77,10 +77,7 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
     setup = Setup(dataset, backbone, args.data_dir, rounds=1, init=args.init)
     split = load_split(setup)
     prepared = PreparedModel(load_backbone(setup, split), pruned_items=args.pruned_items)
-    users = np.sort(np.random.default_rng(0).permutation(len(split))[: args.eval_users])
-    windows = [split.users[i].window(1) for i in users]
-    targets = split.targets(1)[users]
-    negatives = evaluation_negatives(split, 100, seed=0)[users]
+    users, windows, targets, negatives = eval_devices(split, args.eval_users)
     profiles = encode_profiles(prepared.frozen, windows)
     importance = global_sensitivity(prepared.frozen, prepared.channels, split)
     cloud = Cloud(prepared, global_importance=importance)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from chord_fl.cloud import evaluate_codes, tier_budgets
 from chord_fl.evaluation import PROTOCOLS
-from chord_fl.experiment import Setup, load_backbone, load_split
+from chord_fl.experiment import Setup, eval_devices, load_backbone, load_split
 from chord_fl.machine import machine_line
 from chord_fl.quant.allocation import allocate, codes_error
 from chord_fl.quant.budget import channel_budget
@@ -35,7 +35,6 @@ from chord_fl.quant.channels import channel_rows
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.sensitivity import expected_weight_sensitivity
 from chord_fl.tiers import Fleet
-from chord_fl.train import evaluation_negatives
 
 
 def weight_errors(prepared: PreparedModel) -> np.ndarray:
@@ -56,10 +55,7 @@ def run(args: argparse.Namespace) -> None:
     split = load_split(setup)
     prepared = PreparedModel(load_backbone(setup, split))
     channels = prepared.channels
-    users = np.sort(np.random.default_rng(0).permutation(len(split))[: args.users])
-    windows = [split.users[i].window(1) for i in users]
-    targets = split.targets(1)[users]
-    negatives = evaluation_negatives(split, 100, seed=0)[users]
+    users, windows, targets, negatives = eval_devices(split, args.users)
     starts = np.cumsum([0, *channels.elements()[:-1]])
     errors = weight_errors(prepared)  # (W, Q)
     per_weight = np.stack(

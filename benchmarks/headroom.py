@@ -36,7 +36,7 @@ from results_file import append_row, read_rows
 
 from chord_fl.cli import add_quantizer_options
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
-from chord_fl.experiment import Setup, evaluate_method, load_split, prepare
+from chord_fl.experiment import Setup, eval_devices, evaluate_method, load_split, prepare
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.supervision import (
     SensitivitySet,
@@ -56,7 +56,6 @@ from chord_fl.sensitivity import (
     target_sensitivity,
 )
 from chord_fl.tiers import DEFAULT_FLEET, Fleet
-from chord_fl.train import evaluation_negatives
 
 CEILINGS = ("oracle", "window")
 FIXED = ("fp32", "uniform", "random")  # scored through the method registry
@@ -141,10 +140,7 @@ def run(args: argparse.Namespace, results: Path) -> None:
     split = load_split(setup)
     prepared = prepare(setup, split)
     frozen, channels = prepared.frozen, prepared.channels
-    users = np.sort(np.random.default_rng(0).permutation(len(split))[: args.eval_users])
-    windows = [split.users[i].window(1) for i in users]
-    targets = split.targets(1)[users]
-    negatives = evaluation_negatives(split, 100, seed=0)[users]
+    users, windows, targets, negatives = eval_devices(split, args.eval_users)
     profiles = encode_profiles(frozen, windows)
 
     start = time.perf_counter()

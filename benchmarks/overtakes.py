@@ -25,13 +25,12 @@ from tqdm import tqdm
 from chord_fl.cli import add_quantizer_options
 from chord_fl.cloud import issue_codes, tier_budgets
 from chord_fl.data.split import pad_left
-from chord_fl.experiment import Setup, load_split, prepare
+from chord_fl.experiment import Setup, eval_devices, load_split, prepare
 from chord_fl.machine import machine_line
 from chord_fl.quant.budget import widest_uniform
 from chord_fl.quant.uniform import quantize_uniform
 from chord_fl.sensitivity import expected_sensitivity
 from chord_fl.tiers import Fleet
-from chord_fl.train import evaluation_negatives
 
 
 @torch.no_grad()
@@ -54,10 +53,7 @@ def run(args: argparse.Namespace) -> dict:
     split = load_split(setup)
     prepared = prepare(setup, split)
     frozen, channels = prepared.frozen, prepared.channels
-    users = np.sort(np.random.default_rng(0).permutation(len(split))[: args.users])
-    windows = [split.users[i].window(1) for i in users]
-    targets = split.targets(1)[users]
-    negatives = evaluation_negatives(split, 100, seed=0)[users]
+    users, windows, targets, negatives = eval_devices(split, args.users)
 
     budget = tier_budgets(Fleet.at_bits(args.bits), channels)[0]
     window = expected_sensitivity(frozen, channels, windows, args.samples, seed=1)

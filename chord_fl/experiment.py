@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from chord_fl.quant.channels import SCALES, CodeTable
 from chord_fl.quant.master import check_master, int8_master, master_tag
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.quant.uniform import quantize_uniform
-from chord_fl.train import default_training
+from chord_fl.train import default_training, evaluation_negatives
 
 INITS = ("pretrained", "random")
 
@@ -115,6 +115,27 @@ def prepare(setup: Setup, split: RoundSplit, progress: bool = True) -> PreparedM
     setup's code table."""
     model = load_backbone(setup, split, progress)
     return PreparedModel(model, CodeTable(tuple(setup.code_bits)), scales=setup.scales)
+
+
+class EvalDevices(NamedTuple):
+    """The devices a benchmark scores: users, their round-1 windows, test targets and sampled
+    negatives."""
+
+    users: np.ndarray
+    windows: list[np.ndarray]
+    targets: np.ndarray
+    negatives: np.ndarray
+
+
+def eval_devices(split: RoundSplit, count: int, negatives: int = 100) -> EvalDevices:
+    """`count` users drawn once (seed 0, sorted), so every benchmark scores the same devices."""
+    users = np.sort(np.random.default_rng(0).permutation(len(split))[:count])
+    return EvalDevices(
+        users,
+        [split.users[i].window(1) for i in users],
+        split.targets(1)[users],
+        evaluation_negatives(split, negatives, seed=0)[users],
+    )
 
 
 def _as_held(model: SequentialRecommender, setup: Setup) -> SequentialRecommender:
