@@ -44,7 +44,7 @@ from chord_fl.hypernet.supervision import (
     sensitivity_set,
     training_windows,
 )
-from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
+from chord_fl.hypernet.training import HyperTrainConfig, improves, train_hypernet
 from chord_fl.machine import machine_line
 from chord_fl.methods import CHORD_VARIANTS, Cloud, hypernet_importance
 from chord_fl.quant.budget import coded_bytes
@@ -96,7 +96,7 @@ def learned_importance(
     args: argparse.Namespace,
 ) -> dict[str, np.ndarray]:
     """Importances of each learned recipe and of its untrained start, for one seed, and of `chord`:
-    whichever trained recipe scored best on validation (as the `chord` variant chooses)."""
+    the trained recipe the `chord` variant keeps on validation (`train_best`'s rule)."""
     out, validation = {}, {}
     for name in args.learned:
         (recipe,) = CHORD_VARIANTS[name].recipes
@@ -112,17 +112,23 @@ def learned_importance(
                 prepared, split, DEFAULT_FLEET, recipe.network, config, supervision=supervision
             )
             out[label] = hypernet_importance(net, profiles)
-            validation[label] = fit.best_score
+            validation[label] = fit
             history = [(h["epoch"], round(h["validation"], 4)) for h in fit.history]
             print(
                 f"  {label}: best epoch {fit.best_epoch}, validation {history} "
                 f"({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )
-    trained = [name for name in args.learned if name in validation]
-    if trained:
-        chosen = max(trained, key=validation.__getitem__)
-        print(f"  chord: {chosen} (validation {validation[chosen]:.4f})", flush=True)
+    chosen = None
+    for name in args.learned:
+        if chosen is None or improves(
+            validation[name].best_per_user,
+            validation[chosen].best_per_user,
+            HyperTrainConfig().select_margin,
+        ):
+            chosen = name
+    if chosen is not None:
+        print(f"  chord: {chosen} (validation {validation[chosen].best_score:.4f})", flush=True)
         out["chord"] = out[chosen]
     return out
 

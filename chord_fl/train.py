@@ -75,6 +75,7 @@ class FitResult:
     best_score: float
     seconds: float
     history: list[dict] = field(default_factory=list)
+    best_per_user: np.ndarray | None = field(default=None, repr=False)  # validation, when kept
 
 
 # Caser keeps its earlier training: under SASRec's cross-entropy recipe it learned poorly on

@@ -13,6 +13,7 @@ from chord_fl.hypernet.relax import soft_codes
 from chord_fl.hypernet.supervision import log_ratio_loss, sensitivity_set
 from chord_fl.hypernet.training import (
     HyperTrainConfig,
+    improves,
     item_head_index,
     supervised_epoch,
     train_best,
@@ -240,11 +241,44 @@ def test_sensitivity_supervision_lowers_its_loss_and_beats_random_codes():
     assert scores["chord"] > scores["random"] + 0.05, scores
 
 
+def test_improves_asks_for_a_paired_margin_in_standard_errors():
+    kept = np.random.default_rng(0).random(400)
+    noise = np.tile([0.1, -0.1], 200)  # mean 0, standard error of the mean 0.005
+    assert improves(kept + 0.02 + noise, kept, margin=2.0)  # z about 4
+    assert not improves(kept + 0.005 + noise, kept, margin=2.0)  # z about 1
+    assert improves(kept + 0.005 + noise, kept, margin=0.0)  # any gain
+    assert not improves(kept - 0.02 + noise, kept, margin=0.0)
+    assert not improves(kept, kept, margin=0.0)
+
+
+def test_a_margin_no_epoch_reaches_keeps_the_untrained_start():
+    torch.manual_seed(0)
+    split, backbone = synthetic_backbone()
+    prepared = PreparedModel(backbone)
+    config = HyperTrainConfig(epochs=2, eval_users=150, select_margin=1e9, patience=5)
+    net, fit = train_hypernet(prepared, split, DEFAULT_FLEET, HyperNetConfig(), config, False)
+    assert fit.best_epoch == 0 and len(fit.history) == 3
+    assert fit.best_score == fit.history[0]["validation"]
+    torch.manual_seed(0)
+    start, _ = train_hypernet(
+        prepared,
+        split,
+        DEFAULT_FLEET,
+        HyperNetConfig(),
+        dataclasses.replace(config, epochs=0),
+        False,
+    )
+    for (name, value), (_, expected) in zip(
+        net.state_dict().items(), start.state_dict().items(), strict=True
+    ):
+        assert torch.equal(value, expected), name
+
+
 def test_train_best_keeps_the_recipe_with_the_best_validation_score():
     torch.manual_seed(0)
     split, backbone = synthetic_backbone()
     prepared = PreparedModel(backbone)
-    config = HyperTrainConfig(epochs=0, eval_users=150, sensitivity_samples=4)
+    config = HyperTrainConfig(epochs=0, eval_users=150, sensitivity_samples=4, select_margin=0)
     recipes = CHORD_VARIANTS["chord"].recipes
     assert {r.objective for r in recipes} == {"next-item", "sensitivity"}
     scores = [
@@ -262,3 +296,7 @@ def test_train_best_keeps_the_recipe_with_the_best_validation_score():
     assert fit.best_score == max(scores)
     assert recipe == recipes[int(np.argmax(scores))]
     assert net.config == recipe.network
+    # With a margin no recipe reaches, the first is kept, whatever its score.
+    strict = dataclasses.replace(config, select_margin=1e9)
+    _, fit, recipe = train_best(prepared, split, DEFAULT_FLEET, recipes, strict, False)
+    assert recipe == recipes[0] and fit.best_score == scores[0]

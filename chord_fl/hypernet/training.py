@@ -56,6 +56,11 @@ class HyperTrainConfig:
     eval_users: int = 500  # validation users scored after each epoch
     users_per_epoch: int = 2000  # large data sets: a fresh random subset of users each epoch
     select_metric: str = "ndcg@10"
+    # A later epoch (or recipe) replaces the one kept only when it beats it on the validation
+    # users by this many paired standard errors (0: any gain). With a validation NDCG whose
+    # standard error is near its differences, keeping the highest of many candidates keeps the
+    # luckiest noise.
+    select_margin: float = 2.0
     seed: int = 0
     profile_window: int = 0  # items the device's profile encodes (0: the backbone's max_len)
     # "next-item": cross-entropy of the history's next item; "distill": KL divergence from the
@@ -88,6 +93,8 @@ class HyperTrainConfig:
             )
         if self.lr <= 0 or self.temperature <= 0:
             raise ConfigError("lr and temperature must be > 0")
+        if not self.select_margin >= 0:
+            raise ConfigError(f"select_margin must be >= 0, got {self.select_margin}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}")
         if self.select_metric not in METRICS:
@@ -199,7 +206,8 @@ def train_best(
     progress: bool = True,
     supervision: SensitivitySet | None = None,
 ) -> tuple[ChordHyperNet, FitResult, Recipe]:
-    """Train every recipe (on the same validation users) and keep the best on validation."""
+    """Train every recipe (on the same validation users) and keep the first, unless a later one
+    `improves` on the one kept by `config.select_margin`."""
     best = None
     for recipe in recipes:
         net, fit = train_hypernet(
@@ -211,7 +219,7 @@ def train_best(
             progress,
             supervision,
         )
-        if best is None or fit.best_score > best[1].best_score:
+        if best is None or improves(fit.best_per_user, best[1].best_per_user, config.select_margin):
             best = (net, fit, recipe)
     if best is None:
         raise ConfigError("no recipe to train")
@@ -263,12 +271,12 @@ def train_hypernet(
     trained = [parameter for parameter in hypernet.parameters() if parameter.requires_grad]
     optimizer = torch.optim.Adam(trained, lr=config.lr)
 
-    def validate() -> float:
+    def validate() -> np.ndarray:
         hypernet.eval()
         with torch.no_grad():
             codes = issue_codes(prepared, hypernet(validation_profiles).numpy(), validation_budgets)
         metrics = evaluate_codes(prepared, validation_windows, validation_targets, codes)["full"]
-        return float(metrics[config.select_metric].mean())
+        return metrics[config.select_metric]
 
     if config.objective == "sensitivity":
 
@@ -284,17 +292,20 @@ def train_hypernet(
     # Epoch 0 is the untrained initialisation; it competes in selection like any epoch, so the
     # history shows whether training helped at all.
     initial = validate()
-    result = FitResult(0, initial, 0.0, [{"epoch": 0, "loss": float("nan"), "validation": initial}])
+    result = FitResult(0, float(initial.mean()), 0.0, best_per_user=initial)
+    result.history.append({"epoch": 0, "loss": float("nan"), "validation": result.best_score})
     best_state = copy.deepcopy(hypernet.state_dict())
     stale = 0
     epochs = tqdm(range(1, config.epochs + 1), desc="hypernet", unit="epoch", disable=not progress)
     for epoch in epochs:
         hypernet.train()
         loss = float(np.mean(epoch_losses()))
-        score = validate()
+        per_user = validate()
+        score = float(per_user.mean())
         result.history.append({"epoch": epoch, "loss": loss, "validation": score})
-        if score > result.best_score:
+        if improves(per_user, result.best_per_user, config.select_margin):
             result.best_epoch, result.best_score, stale = epoch, score, 0
+            result.best_per_user = per_user
             best_state = copy.deepcopy(hypernet.state_dict())
         else:
             stale += 1
@@ -304,6 +315,15 @@ def train_hypernet(
     hypernet.load_state_dict(best_state)
     result.seconds = time.perf_counter() - start
     return hypernet.eval(), result
+
+
+def improves(candidate: np.ndarray, kept: np.ndarray, margin: float) -> bool:
+    """Whether per-user validation scores `candidate` beat `kept` (the same users): a positive
+    mean paired difference of at least `margin` standard errors."""
+    difference = np.asarray(candidate, dtype=np.float64) - np.asarray(kept, dtype=np.float64)
+    mean = difference.mean()
+    error = difference.std(ddof=1) / np.sqrt(len(difference)) if len(difference) > 1 else 0.0
+    return bool(mean > 0 and mean >= margin * error)
 
 
 def supervised_epoch(
