@@ -163,6 +163,9 @@ def main() -> None:
     parser.add_argument("--breakdown-only", action="store_true", help="skip the fleet runs")
     parser.add_argument("--results", default="benchmarks/results/fleet.jsonl")
     parser.add_argument(
+        "--no-floor", action="store_true", help="strategies only (the floor is in --results)"
+    )
+    parser.add_argument(
         "--run-config",
         "-c",
         action="append",
@@ -190,7 +193,7 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|", flush=True)
     floor_ms = None
-    for name in (FLOOR, *args.strategies):
+    for name in ([] if args.no_floor else [FLOOR]) + args.strategies:
         row = run_case(name, args)
         if row is None:
             print(f"| {name} | the case's process died without a result | | | | | |", flush=True)
