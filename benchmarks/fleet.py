@@ -21,7 +21,6 @@ import argparse
 import multiprocessing
 import os
 import queue
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -93,8 +92,17 @@ def _case(name: str, args: argparse.Namespace, out: Any) -> None:
             "run-name": f"fleet-{name}",
         }
         seconds, devices = _strategy(overrides)
-    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.put((name, seconds, devices, rss_mib, time.perf_counter() - started))
+    out.put((name, seconds, devices, peak_rss_mib(), time.perf_counter() - started))
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak RSS. Not getrusage's ru_maxrss: Linux carries that over from the
+    parent through fork and exec, so every case would report the benchmark's own peak."""
+    status = Path("/proc/self/status").read_text()
+    return (
+        int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+        / 1024
+    )
 
 
 def run_case(name: str, args: argparse.Namespace) -> tuple | None:
