@@ -98,11 +98,9 @@ def _case(name: str, args: argparse.Namespace, out: Any) -> None:
 def peak_rss_mib() -> float:
     """This process's own peak RSS. Not getrusage's ru_maxrss: Linux carries that over from the
     parent through fork and exec, so every case would report the benchmark's own peak."""
-    status = Path("/proc/self/status").read_text()
-    return (
-        int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
-        / 1024
-    )
+    lines = Path("/proc/self/status").read_text().splitlines()
+    kib = next(line for line in lines if line.startswith("VmHWM:")).split()[1]
+    return int(kib) / 1024
 
 
 def run_case(name: str, args: argparse.Namespace) -> tuple | None:
