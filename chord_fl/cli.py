@@ -198,7 +198,9 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
     split = load_split(setup)
     prepared = prepare(setup, split, not args.no_progress)
     recipes = CHORD_VARIANTS[args.variant].recipes
-    config = HyperTrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
+    config = HyperTrainConfig(
+        epochs=args.epochs, lr=args.lr, seed=args.seed, select_margin=args.select_margin
+    )
     net, result, recipe = train_best(prepared, split, fleet, recipes, config, not args.no_progress)
     identity = setup.backbone_identity(split.num_items)
     settings = hypernet_settings(identity, setup.quantizer, recipes, fleet, config)
@@ -335,6 +337,12 @@ def build_parser(
     add_quantizer_options(hyper)
     hyper.add_argument("--epochs", type=int, default=HyperTrainConfig().epochs)
     hyper.add_argument("--lr", type=float, default=HyperTrainConfig().lr)
+    hyper.add_argument(
+        "--select-margin",
+        type=float,
+        default=HyperTrainConfig().select_margin,
+        help="paired standard errors by which a later epoch or recipe must win on validation",
+    )
     hyper.add_argument("--seed", type=int, default=0)
     hyper.add_argument("--negatives", type=int, default=100, help="sampled-protocol negatives")
     hyper.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")

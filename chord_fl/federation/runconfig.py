@@ -54,6 +54,7 @@ class RunConfig:
     local_epochs: int = 5
     local_lr: float = 1e-3
     hypernet_epochs: int = 4
+    select_margin: float = 2.0  # paired standard errors a hypernetwork epoch or recipe must win by
     profile_window: int = 0
     round_timeout: float = 600.0
     node_wait: float = 20.0
@@ -92,6 +93,8 @@ class RunConfig:
         for name in ("rounds", "negatives", "local_epochs", "hypernet_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_key(name)} must be >= 1, got {getattr(self, name)}")
+        if not self.select_margin >= 0:
+            raise ConfigError(f"select-margin must be >= 0, got {self.select_margin}")
         for name in ("local_lr", "round_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{_key(name)} must be > 0, got {getattr(self, name)}")
@@ -148,7 +151,10 @@ class RunConfig:
     def hypernet_training(self) -> HyperTrainConfig:
         """How the cloud trains hypernetworks it has not cached."""
         return HyperTrainConfig(
-            epochs=self.hypernet_epochs, seed=self.seed, profile_window=self.profile_window
+            epochs=self.hypernet_epochs,
+            seed=self.seed,
+            profile_window=self.profile_window,
+            select_margin=self.select_margin,
         )
 
     @property
