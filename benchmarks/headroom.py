@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from headroom_report import method_order, pareto_figure, tables
-from results_file import append_row, read_rows
+from results_file import append_row, prepared_backbone, read_rows
 
 from chord_fl.cli import add_quantizer_options
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
-from chord_fl.experiment import Setup, eval_devices, evaluate_method, load_split, prepare
+from chord_fl.experiment import eval_devices, evaluate_method
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.supervision import (
     SensitivitySet,
@@ -134,17 +134,7 @@ def learned_importance(
 
 
 def run(args: argparse.Namespace, results: Path) -> None:
-    setup = Setup(
-        args.dataset,
-        args.backbone,
-        args.data_dir,
-        rounds=1,
-        checkpoint=args.checkpoint,
-        code_bits=tuple(args.code_bits),
-        scales=args.scales,
-    )
-    split = load_split(setup)
-    prepared = prepare(setup, split)
+    split, prepared = prepared_backbone(args)
     frozen, channels = prepared.frozen, prepared.channels
     users, windows, targets, negatives = eval_devices(split, args.eval_users)
     profiles = encode_profiles(frozen, windows)

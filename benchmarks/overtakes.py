@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results_file import append_row, benchmark_parser, parse
+from results_file import append_row, benchmark_parser, parse, prepared_backbone
 from tqdm import tqdm
 
 from chord_fl.cli import add_quantizer_options
 from chord_fl.cloud import issue_codes, tier_budgets
 from chord_fl.data.split import pad_left
-from chord_fl.experiment import Setup, eval_devices, load_split, prepare
+from chord_fl.experiment import eval_devices
 from chord_fl.machine import machine_line
 from chord_fl.quant.budget import widest_uniform
 from chord_fl.quant.uniform import quantize_uniform
@@ -41,17 +41,7 @@ def overtaken(model, seq: torch.Tensor, target: int, negatives: np.ndarray) -> n
 
 
 def run(args: argparse.Namespace) -> dict:
-    setup = Setup(
-        args.dataset,
-        args.backbone,
-        args.data_dir or None,
-        rounds=1,
-        checkpoint=args.checkpoint,
-        code_bits=tuple(args.code_bits),
-        scales=args.scales,
-    )
-    split = load_split(setup)
-    prepared = prepare(setup, split)
+    split, prepared = prepared_backbone(args)
     frozen, channels = prepared.frozen, prepared.channels
     users, windows, targets, negatives = eval_devices(split, args.users)
 

@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chord_fl.data import RoundSplit
+from chord_fl.experiment import Setup, load_split, prepare
 from chord_fl.metrics import mean_and_standard_error
+from chord_fl.quant.quantizer import PreparedModel
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -54,3 +57,19 @@ def paired(
 
 def paired_text(differences: dict[str, list[float]]) -> str:
     return ", ".join(f"{p} {m:+.4f} +- {e:.4f}" for p, (m, e) in differences.items())
+
+
+def prepared_backbone(args: argparse.Namespace) -> tuple[RoundSplit, PreparedModel]:
+    """The one-round split and the frozen backbone prepared under `--code-bits` and `--scales`
+    (`chord_fl.cli.add_quantizer_options`), from `--checkpoint` or pretrain's default."""
+    setup = Setup(
+        args.dataset,
+        args.backbone,
+        args.data_dir or None,
+        rounds=1,
+        checkpoint=args.checkpoint,
+        code_bits=tuple(args.code_bits),
+        scales=args.scales,
+    )
+    split = load_split(setup)
+    return split, prepare(setup, split)
