@@ -106,6 +106,7 @@ def learned_importance(
                 seed=seed,
                 objective=recipe.objective,
                 sensitivity_samples=args.samples,
+                select_margin=args.select_margin,
             )
             start = time.perf_counter()
             net, fit = train_hypernet(
@@ -124,7 +125,7 @@ def learned_importance(
         if chosen is None or improves(
             validation[name].best_per_user,
             validation[chosen].best_per_user,
-            HyperTrainConfig().select_margin,
+            args.select_margin,
         ):
             chosen = name
     if chosen is not None:
@@ -233,6 +234,12 @@ def main() -> None:
     )
     parser.add_argument("--samples", type=int, default=16, help="targets per window (Fisher)")
     parser.add_argument("--hypernet-epochs", type=int, default=4)
+    parser.add_argument(
+        "--select-margin",
+        type=float,
+        default=HyperTrainConfig().select_margin,
+        help="paired standard errors a later epoch or recipe must win by (0: the earlier rule)",
+    )
     parser.add_argument("--data-dir")
     parser.add_argument(
         "--checkpoint", help="the frozen backbone (default: trained once and cached by pretrain)"
