@@ -6,7 +6,9 @@ and fp32 aside), and every device is scored on its own test target:
 
 - oracle: the device's sensitivity to its actual test target (a ceiling no method can deploy);
 - window: its expected sensitivity over the frozen model's predictive distribution for its real
-  window (what a perfect map from the window to sensitivity could output: the window ceiling);
+  window, sharpened to `--temperature` (what a perfect map from the window to sensitivity could
+  output: the window ceiling); window-fisher: the same at temperature 1 (the plain Fisher), when
+  the run's temperature is another;
 - chord-relax: hypernetworks trained through the relaxed allocation;
   init-relax: the same networks untrained (the backbone's own item scores, softplus);
 - chord-sens: hypernetworks trained by sensitivity supervision (log link, cloud-wide prior);
@@ -57,7 +59,7 @@ from chord_fl.sensitivity import (
 )
 from chord_fl.tiers import DEFAULT_FLEET, Fleet
 
-CEILINGS = ("oracle", "window")
+CEILINGS = ("oracle", "window", "window-fisher")
 FIXED = ("fp32", "uniform", "random")  # scored through the method registry
 LEARNED = ("chord-relax", "chord-sens")  # by default; "init*": the same networks untrained
 
@@ -106,6 +108,7 @@ def learned_importance(
                 seed=seed,
                 objective=recipe.objective,
                 sensitivity_samples=args.samples,
+                sensitivity_temperature=args.temperature,
                 select_margin=args.select_margin,
             )
             start = time.perf_counter()
@@ -141,23 +144,37 @@ def run(args: argparse.Namespace, results: Path) -> None:
     profiles = encode_profiles(frozen, windows)
 
     start = time.perf_counter()
+    everyone = (len(users), channels.channels)
+    measures = {
+        "oracle": lambda: target_sensitivity(frozen, channels, windows, targets),
+        "window": lambda: expected_sensitivity(
+            frozen, channels, windows, args.samples, seed=1, temperature=args.temperature
+        ),
+        "window-fisher": lambda: expected_sensitivity(
+            frozen, channels, windows, args.samples, seed=1
+        ),
+        "global": lambda: np.broadcast_to(
+            global_sensitivity(frozen, channels, split, samples=args.samples), everyone
+        ),
+        "global-target": lambda: np.broadcast_to(
+            realised_target_sensitivity(frozen, channels, split), everyone
+        ),
+    }
+    if args.temperature == 1.0:
+        del measures["window-fisher"]  # the window ceiling itself
     fixed = {
-        "oracle": target_sensitivity(frozen, channels, windows, targets),
-        "window": expected_sensitivity(frozen, channels, windows, args.samples, seed=1),
-        "global": np.broadcast_to(
-            global_sensitivity(frozen, channels, split, samples=args.samples),
-            (len(users), channels.channels),
-        ),
-        "global-target": np.broadcast_to(
-            realised_target_sensitivity(frozen, channels, split), (len(users), channels.channels)
-        ),
+        name: measure()
+        for name, measure in measures.items()
+        if not args.methods or name in args.methods
     }
     # The supervision set of every seed's sensitivity-supervised training.
     pool = np.sort(np.random.default_rng(0).permutation(len(split))[: args.supervision_users])
     windows_seen = training_windows(
         split.histories(), pool, HyperTrainConfig().sensitivity_positions
     )
-    supervision = sensitivity_set(frozen, channels, windows_seen, args.samples, seed=0)
+    supervision = sensitivity_set(
+        frozen, channels, windows_seen, args.samples, seed=0, temperature=args.temperature
+    )
     print(f"sensitivities: {time.perf_counter() - start:.0f} s", flush=True)
 
     for seed in args.seeds:
@@ -192,6 +209,7 @@ def run(args: argparse.Namespace, results: Path) -> None:
                 row.update(
                     code_bits=list(prepared.table.bits),
                     scales=args.scales,
+                    temperature=args.temperature,
                     dataset=args.dataset,
                     backbone=args.backbone,
                     budget_bits=bits,
@@ -233,6 +251,12 @@ def main() -> None:
         "--supervision-users", type=int, default=2000, help="training users for chord-sens"
     )
     parser.add_argument("--samples", type=int, default=16, help="targets per window (Fisher)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=HyperTrainConfig().sensitivity_temperature,
+        help="sharpening of the targets the window ceiling and the supervision are taken over",
+    )
     parser.add_argument("--hypernet-epochs", type=int, default=4)
     parser.add_argument(
         "--select-margin",

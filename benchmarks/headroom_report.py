@@ -24,6 +24,7 @@ ORDER = (
     "init-sens",
     "chord-sens",
     "chord",
+    "window-fisher",
     "window",
     "oracle",
 )
@@ -43,7 +44,8 @@ def method_order(method: str) -> int:
 def _table_name(row: dict) -> str:
     bits = tuple(row.get("code_bits", CodeTable().bits))
     codes = "" if bits == CodeTable().bits else f" / codes {'-'.join(map(str, bits))} bits"
-    return codes + (" / shared scales" if row.get("scales") == "tensor" else "")
+    sharpened = f" / targets at T={row['temperature']:g}" if row.get("temperature", 1) != 1 else ""
+    return codes + (" / shared scales" if row.get("scales") == "tensor" else "") + sharpened
 
 
 def tables(rows: list[dict]) -> str:

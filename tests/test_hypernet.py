@@ -50,6 +50,25 @@ def test_hypernet_gives_one_non_negative_importance_per_channel(prepared, config
     assert not torch.allclose(importance[0], importance[1])  # personalised
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.4])
+def test_the_log_link_item_head_starts_at_the_backbone_logits_over_the_temperature(
+    prepared, temperature
+):
+    frozen, channels = prepared.frozen, prepared.channels
+    config = HyperNetConfig(link="exp", element_level=False, layer_level=False)
+    net = ChordHyperNet(frozen, channels, 16, config, item_temperature=temperature)
+    profiles = encode_profiles(frozen, [np.array([1, 2, 3]), np.array([7, 9])])
+    with torch.no_grad():
+        importance = net(torch.from_numpy(profiles)).double()
+        logits = frozen.full_scores_encoded(torch.from_numpy(profiles).float()).double()
+    table = next(g for g in channels.groups if g.name == frozen.output_table).codes
+    log_rows = importance[:, table][:, 1:].log()  # row 0 is padding
+    expected = logits[:, 1:] / temperature
+    np.testing.assert_allclose(
+        (log_rows - log_rows[:, :1]).numpy(), (expected - expected[:, :1]).numpy(), atol=1e-3
+    )
+
+
 def test_each_level_can_be_switched_off(prepared):
     profiles = torch.randn(3, 16)
     outputs = {}

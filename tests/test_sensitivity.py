@@ -12,6 +12,7 @@ from chord_fl.sensitivity import (
     expected_sensitivity,
     expected_weight_sensitivity,
     predictive_distribution,
+    target_distribution,
     target_sensitivity,
 )
 
@@ -61,6 +62,27 @@ def test_exact_expected_sensitivity_weights_every_item_by_its_probability(model)
         assert q.sum() == pytest.approx(1.0)
         expected = sum(q[y] * _plain(model, channels, window, y) for y in range(1, NUM_ITEMS + 1))
         np.testing.assert_allclose(got[row], expected, rtol=1e-4, atol=1e-9)
+
+
+def test_sharpened_targets_weight_every_item_by_its_tempered_probability(model):
+    channels = channel_map(model)
+    window = WINDOWS[0]
+    p = predictive_distribution(model, window)
+    q = target_distribution(model, window, temperature=0.3)
+    unseen = p > 0
+    assert np.all(q[~unseen] == 0) and q.sum() == pytest.approx(1.0)
+    tempered = p[unseen] ** (1 / 0.3)
+    np.testing.assert_allclose(q[unseen], tempered / tempered.sum(), rtol=1e-9)
+    assert q.max() > p.max()  # sharper: the top item gains
+    got = expected_sensitivity(model, channels, [window], samples=None, temperature=0.3)[0]
+    expected = sum(q[y] * _plain(model, channels, window, y) for y in range(1, NUM_ITEMS + 1))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-9)
+    sampled = expected_sensitivity(model, channels, [window], samples=3, seed=2, temperature=0.3)
+    table = next(g for g in channels.groups if g.name == model.output_table)
+    rows = np.flatnonzero(unseen)  # output rows outside the window: exact under sampling too
+    np.testing.assert_allclose(sampled[0, table.codes][rows], got[table.codes][rows], rtol=1e-4)
+    with pytest.raises(ValueError, match="temperature"):
+        target_distribution(model, window, temperature=0.0)
 
 
 def test_expected_weight_sensitivity_is_the_per_weight_expectation(model):

@@ -18,8 +18,10 @@ With `link="exp"` the scores are log-importances instead (what sensitivity super
 space): exp(H_F), and lambda_l(u) = exp(L u + b). With `prior=True` each channel's importance is
 also multiplied by prior_c^alpha_l, a fixed cloud-wide sensitivity (`set_prior`) with a learned
 exponent per tensor: 1 at start for every tensor but the item tables (by rows), whose bilinear
-heads start from the backbone's own view, u . e_c (plus the output bias, for the scoring table):
-0 there.
+heads start from the backbone's own view, u . e_c (plus the output bias, for the scoring table),
+divided by `item_temperature`: 0 there. With the temperature of the sharpened sensitivity
+(`chord_fl.sensitivity.target_distribution`) an item row starts at p_c^(1/T) up to a common
+factor, the dominant term of its sharpened sensitivity.
 """
 
 from __future__ import annotations
@@ -67,9 +69,11 @@ class TensorHead(nn.Module):
         config: HyperNetConfig,
         item_rows: bool,
         item_bias: torch.Tensor | None = None,
+        item_temperature: float = 1.0,
     ) -> None:
         """`item_bias`: the backbone's own per-item score offset (Caser's output bias), added to
-        the item table's log-importance so that it starts at the backbone's full logit."""
+        the item table's log-importance so that it starts at the backbone's full logit (both
+        divided by `item_temperature`, exp link)."""
         super().__init__()
         channels, elements = rows.shape
         scale = rows.norm(dim=1).mean().clamp_min(1e-8)
@@ -84,7 +88,9 @@ class TensorHead(nn.Module):
                 nn.init.zeros_(self.user_to_row.weight)
                 if item_rows and profile_dim == elements:
                     with torch.no_grad():
-                        self.user_to_row.weight.copy_(scale * torch.eye(elements))
+                        self.user_to_row.weight.copy_(
+                            scale / item_temperature * torch.eye(elements)
+                        )
             elif profile_dim == elements:
                 # Start from the frozen model's own view: for the item table, u . e_c is the
                 # backbone's score of item c for this user.
@@ -101,7 +107,9 @@ class TensorHead(nn.Module):
                 nn.init.zeros_(self.user_gate.bias)
         self.channels = channels
         offset = item_bias if config.link == "exp" and item_rows else None
-        self.register_buffer("item_bias", None if offset is None else offset.detach().float())
+        if offset is not None:
+            offset = offset.detach().float() / item_temperature
+        self.register_buffer("item_bias", offset)
 
     def _quadratic(self) -> torch.Tensor:
         """(C_l, r*r) flattened M_c (cheap: r^2 C_l K_l once per batch of devices)."""
@@ -144,6 +152,7 @@ class ChordHyperNet(nn.Module):
         channels: ChannelMap,
         profile_dim: int,
         config: HyperNetConfig = HyperNetConfig(),
+        item_temperature: float = 1.0,
     ) -> None:
         super().__init__()
         self.config = config
@@ -155,6 +164,7 @@ class ChordHyperNet(nn.Module):
                 config,
                 _is_item_rows(g),
                 frozen.output_embeddings()[1] if _is_output_table(frozen, g) else None,
+                item_temperature,
             )
             for g in channels.groups
         )

@@ -61,13 +61,16 @@ def sensitivity_set(
     seed: int,
     profile_window: int | None = None,
     progress: bool = False,
+    temperature: float = 1.0,
 ) -> SensitivitySet:
-    """Profiles and normalised expected sensitivities of `windows`."""
+    """Profiles and normalised expected sensitivities of `windows` (targets at `temperature`)."""
     rows = []
     chunks = range(0, len(windows), 64)
     for start in tqdm(chunks, desc="sensitivity", unit="chunk", disable=not progress):
         chunk = windows[start : start + 64]
-        rows.append(expected_sensitivity(frozen, channels, chunk, samples, seed + start))
+        rows.append(
+            expected_sensitivity(frozen, channels, chunk, samples, seed + start, temperature)
+        )
     targets = normalised(np.concatenate(rows) if rows else np.empty((0, channels.channels)))
     profiles = encode_profiles(frozen, windows, profile_window)
     return SensitivitySet(torch.from_numpy(profiles), torch.from_numpy(targets).float())

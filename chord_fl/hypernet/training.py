@@ -70,6 +70,10 @@ class HyperTrainConfig:
     objective: str = "next-item"
     sensitivity_samples: int = 16  # targets drawn per window for its expected sensitivity
     sensitivity_positions: int = 2  # supervised windows per training user: its last prefixes
+    # The supervision targets' distribution is the frozen model's, sharpened as p^(1/T)
+    # (`chord_fl.sensitivity.target_distribution`); the log-link networks start at the same T.
+    # 0.3 was chosen on MovieLens-1M validation targets (docs/design.md, section 6).
+    sensitivity_temperature: float = 0.3
     # Differentiate the budget multiplier implicitly (`relax.soft_codes`).
     implicit_budget: bool = False
     # Keep the item table's head (all its levels) at its initialisation, the frozen model's own
@@ -91,8 +95,8 @@ class HyperTrainConfig:
             raise ConfigError(
                 f"epochs must be >= 0 (0: the untrained initialisation), got {self.epochs}"
             )
-        if self.lr <= 0 or self.temperature <= 0:
-            raise ConfigError("lr and temperature must be > 0")
+        if min(self.lr, self.temperature, self.sensitivity_temperature) <= 0:
+            raise ConfigError("lr, temperature and sensitivity_temperature must be > 0")
         if not self.select_margin >= 0:
             raise ConfigError(f"select_margin must be >= 0, got {self.select_margin}")
         if self.objective not in OBJECTIVES:
@@ -251,7 +255,9 @@ def train_hypernet(
     window = config.profile_window or None
     validation_profiles = torch.from_numpy(encode_profiles(frozen, validation_windows, window))
 
-    hypernet = ChordHyperNet(frozen, prepared.channels, frozen.hidden_size, net_config)
+    hypernet = ChordHyperNet(
+        frozen, prepared.channels, frozen.hidden_size, net_config, config.sensitivity_temperature
+    )
     needs_supervision = config.objective == "sensitivity" or net_config.prior
     if supervision is None and needs_supervision:
         pool = np.sort(rng.permutation(len(histories))[: config.users_per_epoch])
@@ -263,6 +269,7 @@ def train_hypernet(
             config.seed,
             window,
             progress,
+            config.sensitivity_temperature,
         )
     if net_config.prior:
         hypernet.set_prior(supervision.prior)
