@@ -6,9 +6,9 @@ and fp32 aside), and every device is scored on its own test target:
 
 - oracle: the device's sensitivity to its actual test target (a ceiling no method can deploy);
 - window: its expected sensitivity over the frozen model's predictive distribution for its real
-  window, sharpened to `--temperature` (what a perfect map from the window to sensitivity could
-  output: the window ceiling); window-fisher: the same at temperature 1 (the plain Fisher), when
-  the run's temperature is another;
+  window, sharpened to `--ceiling-temperature` (what a perfect map from the window to sensitivity
+  could output: the window ceiling); window-fisher: the same at temperature 1 (the plain Fisher),
+  when the ceiling's temperature is another;
 - chord-relax: hypernetworks trained through the relaxed allocation;
   init-relax: the same networks untrained (the backbone's own item scores, softplus);
 - chord-sens: hypernetworks trained by sensitivity supervision (log link, cloud-wide prior);
@@ -108,7 +108,7 @@ def learned_importance(
                 seed=seed,
                 objective=recipe.objective,
                 sensitivity_samples=args.samples,
-                sensitivity_temperature=args.temperature,
+                sensitivity_temperature=args.sensitivity_temperature,
                 select_margin=args.select_margin,
             )
             start = time.perf_counter()
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace, results: Path) -> None:
     measures = {
         "oracle": lambda: target_sensitivity(frozen, channels, windows, targets),
         "window": lambda: expected_sensitivity(
-            frozen, channels, windows, args.samples, seed=1, temperature=args.temperature
+            frozen, channels, windows, args.samples, seed=1, temperature=args.ceiling_temperature
         ),
         "window-fisher": lambda: expected_sensitivity(
             frozen, channels, windows, args.samples, seed=1
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace, results: Path) -> None:
             realised_target_sensitivity(frozen, channels, split), everyone
         ),
     }
-    if args.temperature == 1.0:
+    if args.ceiling_temperature == 1.0:
         del measures["window-fisher"]  # the window ceiling itself
     fixed = {
         name: measure()
@@ -173,7 +173,12 @@ def run(args: argparse.Namespace, results: Path) -> None:
         split.histories(), pool, HyperTrainConfig().sensitivity_positions
     )
     supervision = sensitivity_set(
-        frozen, channels, windows_seen, args.samples, seed=0, temperature=args.temperature
+        frozen,
+        channels,
+        windows_seen,
+        args.samples,
+        seed=0,
+        temperature=args.sensitivity_temperature,
     )
     print(f"sensitivities: {time.perf_counter() - start:.0f} s", flush=True)
 
@@ -181,7 +186,8 @@ def run(args: argparse.Namespace, results: Path) -> None:
         torch.manual_seed(seed)
         learned = learned_importance(prepared, split, profiles, supervision, seed, args)
         importances = {**fixed, **learned}
-        print_fit(importances, fixed["window"], prepared)
+        if "window" in fixed:
+            print_fit(importances, fixed["window"], prepared)
         for bits in args.bits:
             budgets = np.full(len(users), tier_budgets(Fleet.at_bits(bits), channels)[0])
             available = sorted([*FIXED, *importances], key=method_order)
@@ -209,7 +215,8 @@ def run(args: argparse.Namespace, results: Path) -> None:
                 row.update(
                     code_bits=list(prepared.table.bits),
                     scales=args.scales,
-                    temperature=args.temperature,
+                    ceiling_temperature=args.ceiling_temperature,
+                    sensitivity_temperature=args.sensitivity_temperature,
                     dataset=args.dataset,
                     backbone=args.backbone,
                     budget_bits=bits,
@@ -252,10 +259,16 @@ def main() -> None:
     )
     parser.add_argument("--samples", type=int, default=16, help="targets per window (Fisher)")
     parser.add_argument(
-        "--temperature",
+        "--ceiling-temperature",
+        type=float,
+        default=0.3,
+        help="the window ceiling's targets are drawn from the backbone's p^(1/T)",
+    )
+    parser.add_argument(
+        "--sensitivity-temperature",
         type=float,
         default=HyperTrainConfig().sensitivity_temperature,
-        help="sharpening of the targets the window ceiling and the supervision are taken over",
+        help="the same for the supervised hypernetworks' targets (chord-sens)",
     )
     parser.add_argument("--hypernet-epochs", type=int, default=4)
     parser.add_argument(

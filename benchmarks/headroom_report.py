@@ -44,7 +44,9 @@ def method_order(method: str) -> int:
 def _table_name(row: dict) -> str:
     bits = tuple(row.get("code_bits", CodeTable().bits))
     codes = "" if bits == CodeTable().bits else f" / codes {'-'.join(map(str, bits))} bits"
-    sharpened = f" / targets at T={row['temperature']:g}" if row.get("temperature", 1) != 1 else ""
+    ceiling, supervised = row.get("ceiling_temperature", 1), row.get("sensitivity_temperature", 1)
+    sharpened = f" / window at T={ceiling:g}" if ceiling != 1 else ""
+    sharpened += f" / supervised at T={supervised:g}" if supervised != 1 else ""
     return codes + (" / shared scales" if row.get("scales") == "tensor" else "") + sharpened
 
 

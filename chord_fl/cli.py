@@ -199,7 +199,11 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
     prepared = prepare(setup, split, not args.no_progress)
     recipes = CHORD_VARIANTS[args.variant].recipes
     config = HyperTrainConfig(
-        epochs=args.epochs, lr=args.lr, seed=args.seed, select_margin=args.select_margin
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        select_margin=args.select_margin,
+        sensitivity_temperature=args.sensitivity_temperature,
     )
     net, result, recipe = train_best(prepared, split, fleet, recipes, config, not args.no_progress)
     identity = setup.backbone_identity(split.num_items)
@@ -342,6 +346,12 @@ def build_parser(
         type=float,
         default=HyperTrainConfig().select_margin,
         help="paired standard errors by which a later epoch or recipe must win on validation",
+    )
+    hyper.add_argument(
+        "--sensitivity-temperature",
+        type=float,
+        default=HyperTrainConfig().sensitivity_temperature,
+        help="the supervised sensitivity's targets are drawn from the backbone's p^(1/T)",
     )
     hyper.add_argument("--seed", type=int, default=0)
     hyper.add_argument("--negatives", type=int, default=100, help="sampled-protocol negatives")

@@ -141,6 +141,7 @@ def test_fraction_inside_zero_one_is_accepted(fraction):
         ({"code-bits": "0,4,2,8"}, "increasing"),
         ({"scales": "row"}, "row"),
         ({"select-margin": -1.0}, "select-margin"),
+        ({"sensitivity-temperature": 0.0}, "sensitivity-temperature"),
     ],
 )
 def test_out_of_range_values_are_rejected(values, mentioned):

@@ -55,6 +55,7 @@ class RunConfig:
     local_lr: float = 1e-3
     hypernet_epochs: int = 4
     select_margin: float = 2.0  # paired standard errors a hypernetwork epoch or recipe must win by
+    sensitivity_temperature: float = 1.0  # sharpening of the supervision's targets, p^(1/T)
     profile_window: int = 0
     round_timeout: float = 600.0
     node_wait: float = 20.0
@@ -95,7 +96,7 @@ class RunConfig:
                 raise ConfigError(f"{_key(name)} must be >= 1, got {getattr(self, name)}")
         if not self.select_margin >= 0:
             raise ConfigError(f"select-margin must be >= 0, got {self.select_margin}")
-        for name in ("local_lr", "round_timeout"):
+        for name in ("local_lr", "round_timeout", "sensitivity_temperature"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{_key(name)} must be > 0, got {getattr(self, name)}")
         for name in ("fail_rate", "slow_rate", "corrupt_rate"):
@@ -155,6 +156,7 @@ class RunConfig:
             seed=self.seed,
             profile_window=self.profile_window,
             select_margin=self.select_margin,
+            sensitivity_temperature=self.sensitivity_temperature,
         )
 
     @property

@@ -70,10 +70,10 @@ class HyperTrainConfig:
     objective: str = "next-item"
     sensitivity_samples: int = 16  # targets drawn per window for its expected sensitivity
     sensitivity_positions: int = 2  # supervised windows per training user: its last prefixes
-    # The supervision targets' distribution is the frozen model's, sharpened as p^(1/T)
-    # (`chord_fl.sensitivity.target_distribution`); the log-link networks start at the same T.
-    # 0.3 was chosen on MovieLens-1M validation targets (docs/design.md, section 6).
-    sensitivity_temperature: float = 0.3
+    # The supervision targets' distribution is the frozen model's, sharpened as p^(1/T) when
+    # T < 1 (`chord_fl.sensitivity.target_distribution`); the log-link networks start at the
+    # same T. 1 was chosen on MovieLens-1M validation targets (docs/design.md, section 6).
+    sensitivity_temperature: float = 1.0
     # Differentiate the budget multiplier implicitly (`relax.soft_codes`).
     implicit_budget: bool = False
     # Keep the item table's head (all its levels) at its initialisation, the frozen model's own
