@@ -18,7 +18,9 @@ and fp32 aside), and every device is scored on its own test target:
 - global: the mean expected sensitivity of training users' history windows, each normalised (the
   project's `global` strategy); global-target: the earlier estimate, the mean squared gradient
   of the same users' realised last history items;
-- uniform (widest of 1..8 bits, per-channel or per-tensor scales), random, fp32.
+- uniform (widest of 1..8 bits, per-channel or per-tensor scales), random, fp32;
+- global+refined, chord+refined: those codes with the item table's rows re-allocated on each
+  device for its own window (`chord_fl.refine`), within the bytes the codes gave the table.
 
 Rows go to a JSON-lines file as they are measured; the tables are printed from it:
 
@@ -51,6 +53,7 @@ from chord_fl.machine import machine_line
 from chord_fl.methods import CHORD_VARIANTS, Cloud, hypernet_importance
 from chord_fl.quant.budget import coded_bytes
 from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.refine import refine_item_rows
 from chord_fl.sensitivity import (
     expected_sensitivity,
     global_sensitivity,
@@ -62,6 +65,7 @@ from chord_fl.tiers import DEFAULT_FLEET, Fleet
 CEILINGS = ("oracle", "window", "window-fisher")
 FIXED = ("fp32", "uniform", "random")  # scored through the method registry
 LEARNED = ("chord-relax", "chord-sens")  # by default; "init*": the same networks untrained
+REFINED = "+refined"  # suffix: the base method's codes, refined on the device (chord_fl.refine)
 
 
 def realised_target_sensitivity(frozen, channels, split, max_users: int = 1000) -> np.ndarray:
@@ -190,7 +194,8 @@ def run(args: argparse.Namespace, results: Path) -> None:
             print_fit(importances, fixed["window"], prepared)
         for bits in args.bits:
             budgets = np.full(len(users), tier_budgets(Fleet.at_bits(bits), channels)[0])
-            available = sorted([*FIXED, *importances], key=method_order)
+            refinable = [f"{m}{REFINED}" for m in ("global", "chord") if m in importances]
+            available = sorted([*FIXED, *importances, *refinable], key=method_order)
             for method in [m for m in available if not args.methods or m in args.methods]:
                 if method in FIXED:
                     row, per_device = evaluate_method(
@@ -204,7 +209,15 @@ def run(args: argparse.Namespace, results: Path) -> None:
                         seed,
                     )
                 else:
-                    codes = issue_codes(prepared, importances[method], budgets)
+                    base = method.removesuffix(REFINED)
+                    codes = issue_codes(prepared, importances[base], budgets)
+                    if method.endswith(REFINED):
+                        codes = np.array(
+                            [
+                                refine_item_rows(prepared, device_codes, window)
+                                for device_codes, window in zip(codes, windows, strict=True)
+                            ]
+                        )
                     per_device = evaluate_codes(prepared, windows, targets, codes, negatives)
                     bits_used = prepared.table.array[codes] * channels.elements()
                     row = {

@@ -19,11 +19,13 @@ ORDER = (
     "random",
     "global-target",
     "global",
+    "global+refined",
     "init-relax",
     "chord-relax",
     "init-sens",
     "chord-sens",
     "chord",
+    "chord+refined",
     "window-fisher",
     "window",
     "oracle",
@@ -31,7 +33,17 @@ ORDER = (
 
 
 # What the default strategy is compared with, paired, beside the table against global.
-CHORD_AGAINST = ("init-relax", "init-sens", "global", "uniform", "fp32", "window")
+CHORD_AGAINST = (
+    "init-relax",
+    "init-sens",
+    "global",
+    "uniform",
+    "fp32",
+    "window-fisher",
+    "window",
+    "chord+refined",
+    "global+refined",
+)
 
 # The budget sweep figure: the deployable methods and the two ceilings (the tables have the rest).
 SWEEP_METHODS = ("fp32", "uniform", "random", "global", "chord", "window", "oracle")

@@ -14,6 +14,9 @@ and its NDCG@10 is paired by device against the plain Fisher (the window at T = 
 - logits-T: the Fisher with the item table's rows replaced by the softmax of the backbone's own
   logits over T (over every item, same total): what a profile-only item head, which cannot tell
   the window's own items from the rest, can give;
+- window-T1+refined, global+refined: those allocations with the item table's rows re-allocated
+  on the device (`chord_fl.refine`) within the bytes they gave the table;
+- global: the `global` strategy's one importance for every device;
 - oracle: the device's sensitivity to its actual target.
 
     python benchmarks/sharpening.py --dataset ml-1m --code-bits 0 2 3 4 --scales tensor \
@@ -34,7 +37,13 @@ from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data.split import VALIDATION, pad_left
 from chord_fl.experiment import eval_devices
 from chord_fl.machine import machine_line
-from chord_fl.sensitivity import expected_sensitivity, normalised, target_sensitivity
+from chord_fl.refine import refine_item_rows
+from chord_fl.sensitivity import (
+    expected_sensitivity,
+    global_sensitivity,
+    normalised,
+    target_sensitivity,
+)
 from chord_fl.tiers import Fleet
 
 
@@ -52,7 +61,9 @@ def logit_rows(frozen, windows: list[np.ndarray], temperature: float) -> np.ndar
     return torch.softmax(logits.double() / temperature, dim=1).numpy()
 
 
-def importances(args: argparse.Namespace, prepared, windows, targets) -> dict[str, np.ndarray]:
+def importances(
+    args: argparse.Namespace, split, prepared, windows, targets
+) -> dict[str, np.ndarray]:
     frozen, channels = prepared.frozen, prepared.channels
     item = np.zeros(channels.channels, dtype=bool)
     item[prepared.item_group.codes] = True
@@ -78,6 +89,9 @@ def importances(args: argparse.Namespace, prepared, windows, targets) -> dict[st
         rows = np.zeros_like(fisher)
         rows[:, prepared.item_group.codes] = logit_rows(frozen, windows, temperature)
         out[f"logits-T{temperature:g}"] = with_part(fisher, rows, item)
+    out["global"] = np.broadcast_to(
+        global_sensitivity(frozen, channels, split, samples=args.samples), fisher.shape
+    )
     out["oracle"] = target_sensitivity(frozen, channels, windows, targets)
     return out
 
@@ -88,14 +102,20 @@ def run(args: argparse.Namespace) -> None:
     if args.stage == "validation":
         windows = [split.users[i].window(VALIDATION) for i in users]
         targets = split.targets(VALIDATION)[users]
-    measured = importances(args, prepared, windows, targets)
+    measured = importances(args, split, prepared, windows, targets)
     for bits in args.bits:
         budgets = np.full(len(users), tier_budgets(Fleet.at_bits(bits), prepared.channels)[0])
-        per_device = {
-            name: evaluate_codes(
-                prepared, windows, targets, issue_codes(prepared, importance, budgets), negatives
+        codes = {name: issue_codes(prepared, imp, budgets) for name, imp in measured.items()}
+        for name in ("window-T1", "global"):
+            codes[f"{name}+refined"] = np.array(
+                [
+                    refine_item_rows(prepared, device_codes, window, args.split_temperature)
+                    for device_codes, window in zip(codes[name], windows, strict=True)
+                ]
             )
-            for name, importance in measured.items()
+        per_device = {
+            name: evaluate_codes(prepared, windows, targets, device_codes, negatives)
+            for name, device_codes in codes.items()
         }
         ndcg = {
             name: {protocol: m["ndcg@10"] for protocol, m in metrics.items()}

@@ -166,7 +166,7 @@ def expected_sensitivity(
         squares = _channel_squares(model, channels, window, items).double().numpy()
         out[row] = weights @ squares
         if samples is not None and table is not None:
-            exact = _output_rows(model, window, q)
+            exact = output_row_sensitivity(model, window, q)
             outside = np.ones(table.channels, dtype=bool)
             outside[np.asarray(window, dtype=np.int64)] = False
             outside[0] = False  # padding: its row is never scored
@@ -189,8 +189,13 @@ def expected_weight_sensitivity(
     return q[items] @ squares
 
 
-def _output_rows(model: SequentialRecommender, window: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """(num_items + 1,) expected squared gradient of each output row from the scoring side."""
+def output_row_sensitivity(
+    model: SequentialRecommender, window: np.ndarray, q: np.ndarray
+) -> np.ndarray:
+    """(num_items + 1,) expected squared gradient of each output row from the scoring side, for
+    targets drawn from `q`: one forward pass, so a device holding the fp32 weights could compute it
+    too (for an input table tied to the output, the window's own rows also carry the encoder's
+    input, which this leaves out)."""
     with torch.no_grad():
         seqs = torch.from_numpy(pad_left([window], model.max_len))
         state = model.encode(seqs)[0].double()

@@ -1,0 +1,64 @@
+"""Device-side refinement of the item table: the device re-spreads the bytes the cloud's codes
+give the item table over its rows, by a sensitivity only it can compute.
+
+Which item rows matter most for one device's ranking is decided by the few items its model will
+rank highest and by the items of its own window (their rows are the encoder's input, when the
+table is tied). A profile cannot say which items the window holds, so no cloud-side map from the
+profile reaches the window ceiling (`benchmarks/sharpening.py`). The device holds the frozen fp32
+weights and its window: one forward pass gives each row's sharpened sensitivity in closed form
+(`chord_fl.sensitivity.output_row_sensitivity`), and the allocator, run over that one tensor with
+the bytes the cloud's codes spent on it, gives the rows new codes. Every other tensor keeps the
+cloud's codes, and the model never costs more than the cloud's codes did.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from chord_fl.errors import ConfigError
+from chord_fl.quant.allocation import allocate
+from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.sensitivity import output_row_sensitivity, target_distribution
+
+# The sharpening of the rows' targets: the window ceiling's (docs/design.md, section 6).
+TEMPERATURE = 0.3
+
+
+def item_row_importance(
+    prepared: PreparedModel, window: np.ndarray, temperature: float
+) -> np.ndarray:
+    """(rows,) the window's sharpened sensitivity of each item row from the scoring side, the
+    window's own rows raised to the largest (they feed the encoder)."""
+    frozen = prepared.frozen
+    rows = output_row_sensitivity(frozen, window, target_distribution(frozen, window, temperature))
+    rows[np.asarray(window, dtype=np.int64)] = rows.max()
+    return rows
+
+
+def refine_item_rows(
+    prepared: PreparedModel,
+    codes: np.ndarray,
+    window: np.ndarray,
+    temperature: float = TEMPERATURE,
+) -> np.ndarray:
+    """(C,) `codes` with the item table's rows re-allocated for `window` within the bytes the
+    given codes spend on that table."""
+    frozen = prepared.frozen
+    group = next(
+        (
+            g
+            for g in prepared.channels.groups
+            if g.name == frozen.output_table and g.channel_axis == 0
+        ),
+        None,
+    )
+    if group is None:
+        raise ConfigError(f"item-row refinement needs {frozen.output_table} quantized by rows")
+    codes = np.asarray(codes)
+    rows = group.codes
+    cost = prepared.cost[rows]
+    spent = np.take_along_axis(cost, codes[rows][:, None].astype(np.int64), axis=1).sum()
+    importance = item_row_importance(prepared, window, temperature)[None, :]
+    refined = codes.copy()
+    refined[rows] = allocate(importance, prepared.errors[rows], cost, np.array([spent]))[0]
+    return refined
