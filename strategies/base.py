@@ -188,8 +188,10 @@ class FleetMixin:
         for node, reply in self.accept_replies(round_, replies, "metrics", lambda _: 0):
             report, reason = protocol.read_report(reply.content)
             expected = self.current.model_bytes.get(node)
-            if not reason and expected is not None and report["model_bytes"] != expected:
-                reason = f"reports {report['model_bytes']:.0f} B, its codes take {expected} B"
+            if not reason and expected is not None:
+                reason = _size_mismatch(
+                    report["model_bytes"], expected, self.run.config.refine_items
+                )
             if reason:
                 self.set_status(round_, node, REJECTED, reason)
             else:
@@ -227,3 +229,11 @@ class FleetMixin:
         means = {key: float(np.mean([row[key] for row in ok])) for key in protocol.REPORT_KEYS}
         means["devices-ok"] = len(ok)
         return MetricRecord(means)
+
+
+def _size_mismatch(reported: float, expected: int, refined: bool) -> str | None:
+    """Why a device's reported model size is wrong: it must be what its codes take, or no more on
+    a device that re-spreads its item table's bytes (`refine-items`)."""
+    if reported == expected or (refined and reported < expected):
+        return None
+    return f"reports {reported:.0f} B, its codes take {expected} B"

@@ -17,6 +17,7 @@ from chord_fl.methods import method_codes
 from chord_fl.pretrain import pretrain
 from chord_fl.quant.budget import uniform_bytes
 from chord_fl.quant.codec import encode_strategy
+from chord_fl.refine import refine_item_rows
 from chord_fl.train import TrainConfig
 from simulations.simulate import simulate
 
@@ -48,10 +49,13 @@ def runs(base):
         ("uniform", "uniform"),
         ("fedavg-uniform", "fedavg-uniform"),
         ("global-int8", "global"),
+        ("chord-refined", "chord"),
     ):
         overrides = {**base, "strategy": strategy, "run-name": name}
         if name.endswith("int8"):  # the 8-bit master, and a code table with shared scales
             overrides.update(MASTER_SHARED)
+        if name.endswith("refined"):
+            overrides["refine-items"] = True
         simulate(overrides)
         out[name] = RunConfig.from_mapping(overrides).run_dir
     return out
@@ -118,6 +122,40 @@ def test_chord_codes_in_the_ledger_are_the_codes_computed_here(runs, base):
             spent = world.prepared.channels.fixed_bytes + cost[np.arange(len(own)), own].sum()
             assert int(row["model_bytes"]) == spent <= int(row["budget_bytes"])
         held = codes
+
+
+def test_refining_devices_hold_their_own_item_rows_and_send_what_chord_sends(runs, base):
+    config, world = _world(base)
+    cloud = load_cloud(world, "chord", config)
+    prepared = world.prepared
+    cost = prepared.channels.cost(prepared.table)
+    clients = read_csv(runs["chord-refined"] / "clients.csv")
+    assert {r["status"] for r in clients} == {"ok"}
+    changed = 0
+    for round_ in range(1, ROUNDS + 1):
+        windows = world.split.windows(round_)
+        profiles = np.stack([encode_profiles(prepared.frozen, [w])[0] for w in windows])
+        codes = method_codes("chord", cloud, profiles, world.budgets)
+        for row in (r for r in clients if int(r["round"]) == round_):
+            partition = int(row["partition"])
+            own = refine_item_rows(prepared, codes[partition], windows[partition])
+            changed += not np.array_equal(own, codes[partition])
+            assert [int(row[f"codes_{k}"]) for k in range(4)] == np.bincount(
+                own, minlength=4
+            ).tolist()
+            spent = prepared.channels.fixed_bytes + cost[np.arange(len(own)), own].sum()
+            sent = prepared.channels.fixed_bytes + cost[np.arange(len(own)), codes[partition]].sum()
+            assert int(row["model_bytes"]) == spent <= sent <= int(row["budget_bytes"])
+    assert changed > 0
+    # Refining is the device's own business: the network carries exactly what chord's does.
+    traffic = {
+        name: sorted(
+            (r["round"], r["partition"], r["kind"], r["payload_bytes"])
+            for r in read_csv(runs[name] / "ledger.csv")
+        )
+        for name in ("chord", "chord-refined")
+    }
+    assert traffic["chord-refined"] == traffic["chord"]
 
 
 def test_frozen_weights_are_downloaded_once_by_code_strategies_only(runs, base):

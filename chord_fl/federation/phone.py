@@ -28,6 +28,7 @@ from chord_fl.quant.budget import widest_uniform
 from chord_fl.quant.codec import decode_strategy
 from chord_fl.quant.quantizer import QuantizedModel
 from chord_fl.quant.uniform import UniformModel, quantize_uniform
+from chord_fl.refine import refine_item_rows
 
 UNIFORM_CACHE = 4  # quantized copies a worker keeps (widths of the received or frozen weights)
 LOCAL_LOSS = "sampled"  # the loss the cloud pretrains with, so FedAvg continues the same objective
@@ -90,11 +91,17 @@ class Phone:
     ) -> tuple[np.ndarray, DeviceReport]:
         """Decode the cloud's codes (against the last codes held, for a delta), quantize the frozen
         weights and score the round's target. Raises CodecError for a payload that does not
-        decode."""
+        decode. With `refine-items`, the item table's rows are re-allocated for the device's own
+        window first (`chord_fl.refine`); the codes returned are the cloud's (the next delta's
+        base)."""
         prepared = self.world.prepared
         start = time.perf_counter()
         codes = decode_strategy(payload, prepared.channels.channels, base)
-        quantized = prepared.quantize(codes, fresh_model=False)
+        held = codes
+        if self.config.refine_items:
+            window = self.world.split.users[partition].window(round_)
+            held = refine_item_rows(prepared, codes, window)
+        quantized = prepared.quantize(held, fresh_model=False)
         adapt_ms = _milliseconds(start)
         return codes, self._quantized_report(quantized, partition, round_, adapt_ms)
 

@@ -57,6 +57,9 @@ class RunConfig:
     select_margin: float = 2.0  # paired standard errors a hypernetwork epoch or recipe must win by
     sensitivity_temperature: float = 1.0  # sharpening of the supervision's targets, p^(1/T)
     profile_window: int = 0
+    # code strategies: each device re-spreads its item table's bytes over the rows for its own
+    # window (chord_fl.refine); the cloud's codes and the bytes on the network stay the same
+    refine_items: bool = False
     round_timeout: float = 600.0
     node_wait: float = 20.0
     offline: bool = False  # each device answers a round with its tier's availability
