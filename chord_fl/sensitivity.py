@@ -12,9 +12,9 @@ methods use), in the units the allocator consumes (it multiplies them by quantiz
 
 Why sharpen: the Fisher spreads a window's importance over every item the model finds plausible,
 so the rows of the few items that will make the top of its ranking get too few bits. Measured on
-MovieLens-1M with SASRec (500 users, validation targets, `benchmarks/headroom.py`), sharpening to
-T = 0.3 moved the window allocation from well below the oracle to level with it (docs/design.md,
-"Sharpened sensitivity"); flattening towards uniform targets (random negatives) lost NDCG.
+MovieLens-1M with SASRec (500 users, validation targets, `benchmarks/sharpening.py`), sharpening
+to T = 0.3 moved the window allocation from well below the oracle to level with it (docs/design.md,
+section 6).
 
 For cross-entropy over the full catalogue, the gradient of target y's loss with respect to the
 scores is p - e_y, so every target's weight gradient is one vector-Jacobian product of the same
