@@ -38,7 +38,7 @@ import torch
 from headroom_report import method_order, pareto_figure, tables
 from results_file import append_row, prepared_backbone, read_rows
 
-from chord_fl.cli import add_quantizer_options
+from chord_fl.cli import add_quantizer_options, add_selection_options
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.experiment import eval_devices, evaluate_method
 from chord_fl.hypernet.profile import encode_profiles
@@ -55,6 +55,7 @@ from chord_fl.quant.budget import coded_bytes
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.refine import refine_item_rows
 from chord_fl.sensitivity import (
+    SHARP_TEMPERATURE,
     expected_sensitivity,
     global_sensitivity,
     normalised,
@@ -274,22 +275,11 @@ def main() -> None:
     parser.add_argument(
         "--ceiling-temperature",
         type=float,
-        default=0.3,
+        default=SHARP_TEMPERATURE,
         help="the window ceiling's targets are drawn from the backbone's p^(1/T)",
     )
-    parser.add_argument(
-        "--sensitivity-temperature",
-        type=float,
-        default=HyperTrainConfig().sensitivity_temperature,
-        help="the same for the supervised hypernetworks' targets (chord-sens)",
-    )
     parser.add_argument("--hypernet-epochs", type=int, default=4)
-    parser.add_argument(
-        "--select-margin",
-        type=float,
-        default=HyperTrainConfig().select_margin,
-        help="paired standard errors a later epoch or recipe must win by (0: the earlier rule)",
-    )
+    add_selection_options(parser)
     parser.add_argument("--data-dir")
     parser.add_argument(
         "--checkpoint", help="the frozen backbone (default: trained once and cached by pretrain)"

@@ -39,6 +39,7 @@ from chord_fl.experiment import eval_devices
 from chord_fl.machine import machine_line
 from chord_fl.refine import refine_item_rows
 from chord_fl.sensitivity import (
+    SHARP_TEMPERATURE,
     expected_sensitivity,
     global_sensitivity,
     normalised,
@@ -159,7 +160,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16, help="targets per window")
     parser.add_argument("--bits", nargs="+", type=float, default=[2.5, 3.0])
     parser.add_argument("--temperatures", nargs="+", type=float, default=[1.0, 0.7, 0.5, 0.3, 0.15])
-    parser.add_argument("--split-temperature", type=float, default=0.3)
+    parser.add_argument("--split-temperature", type=float, default=SHARP_TEMPERATURE)
     parser.add_argument("--stage", choices=("validation", "test"), default="validation")
     run(parse(parser))
 

@@ -50,6 +50,23 @@ def add_quantizer_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_selection_options(parser: argparse.ArgumentParser) -> None:
+    """How hypernetworks are supervised and kept (`HyperTrainConfig.select_margin`,
+    `sensitivity_temperature`)."""
+    parser.add_argument(
+        "--select-margin",
+        type=float,
+        default=HyperTrainConfig().select_margin,
+        help="paired standard errors by which a later epoch or recipe must win on validation",
+    )
+    parser.add_argument(
+        "--sensitivity-temperature",
+        type=float,
+        default=HyperTrainConfig().sensitivity_temperature,
+        help="the supervised sensitivity's targets are drawn from the backbone's p^(1/T)",
+    )
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
@@ -341,18 +358,7 @@ def build_parser(
     add_quantizer_options(hyper)
     hyper.add_argument("--epochs", type=int, default=HyperTrainConfig().epochs)
     hyper.add_argument("--lr", type=float, default=HyperTrainConfig().lr)
-    hyper.add_argument(
-        "--select-margin",
-        type=float,
-        default=HyperTrainConfig().select_margin,
-        help="paired standard errors by which a later epoch or recipe must win on validation",
-    )
-    hyper.add_argument(
-        "--sensitivity-temperature",
-        type=float,
-        default=HyperTrainConfig().sensitivity_temperature,
-        help="the supervised sensitivity's targets are drawn from the backbone's p^(1/T)",
-    )
+    add_selection_options(hyper)
     hyper.add_argument("--seed", type=int, default=0)
     hyper.add_argument("--negatives", type=int, default=100, help="sampled-protocol negatives")
     hyper.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")

@@ -18,10 +18,7 @@ import numpy as np
 from chord_fl.errors import ConfigError
 from chord_fl.quant.allocation import allocate
 from chord_fl.quant.quantizer import PreparedModel
-from chord_fl.sensitivity import output_row_sensitivity, target_distribution
-
-# The sharpening of the rows' targets: the window ceiling's (docs/design.md, section 6).
-TEMPERATURE = 0.3
+from chord_fl.sensitivity import SHARP_TEMPERATURE, output_row_sensitivity, target_distribution
 
 
 def item_row_importance(
@@ -39,7 +36,7 @@ def refine_item_rows(
     prepared: PreparedModel,
     codes: np.ndarray,
     window: np.ndarray,
-    temperature: float = TEMPERATURE,
+    temperature: float = SHARP_TEMPERATURE,
 ) -> np.ndarray:
     """(C,) `codes` with the item table's rows re-allocated for `window` within the bytes the
     given codes spend on that table."""
