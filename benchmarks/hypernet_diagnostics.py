@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
-from chord_fl.data.split import VALIDATION, pad_left
+from chord_fl.data.split import VALIDATION
 from chord_fl.experiment import Setup, load_backbone, load_split
 from chord_fl.hypernet.networks import ChordHyperNet
 from chord_fl.hypernet.profile import encode_profiles
@@ -97,7 +97,7 @@ def batch_step(
     windows, targets, left = batch
     net.train(update)
     importance = net(torch.from_numpy(encode_profiles(frozen, windows)))
-    seqs = torch.from_numpy(pad_left(windows, frozen.max_len))
+    seqs = frozen.pad_windows(windows)
     loss = relaxation.loss(importance, left, seqs, torch.from_numpy(targets), config)
     if update:
         optimizer.zero_grad(set_to_none=True)

@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from chord_fl.cli import add_quantizer_options
 from chord_fl.cloud import issue_codes, tier_budgets
-from chord_fl.data.split import pad_left
 from chord_fl.experiment import eval_devices
 from chord_fl.machine import machine_line
 from chord_fl.quant.budget import widest_uniform
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace) -> dict:
     codes = issue_codes(prepared, window, np.full(len(users), budget))
     bits, per_tensor = widest_uniform(channels, budget)
     uniform = quantize_uniform(frozen, channels, bits, per_tensor).model
-    seqs = torch.from_numpy(pad_left(windows, frozen.max_len))
+    seqs = frozen.pad_windows(windows)
     beats = {name: [] for name in ("fp32", "uniform", "window")}
     for u in tqdm(range(len(users)), desc="devices", unit="device"):
         allocated = prepared.quantize(codes[u], fresh_model=False).model

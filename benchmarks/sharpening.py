@@ -34,7 +34,7 @@ from results_file import append_row, benchmark_parser, paired, parse, prepared_b
 
 from chord_fl.cli import add_quantizer_options
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
-from chord_fl.data.split import VALIDATION, pad_left
+from chord_fl.data.split import VALIDATION
 from chord_fl.experiment import eval_devices
 from chord_fl.machine import machine_line
 from chord_fl.refine import refine_item_rows
@@ -58,7 +58,7 @@ def with_part(base: np.ndarray, shape: np.ndarray, part: np.ndarray) -> np.ndarr
 def logit_rows(frozen, windows: list[np.ndarray], temperature: float) -> np.ndarray:
     """(U, num_items + 1) softmax of the backbone's own logits over T, over every item."""
     with torch.no_grad():
-        logits = frozen.full_scores(torch.from_numpy(pad_left(windows, frozen.max_len)))
+        logits = frozen.full_scores(frozen.pad_windows(windows))
     return torch.softmax(logits.double() / temperature, dim=1).numpy()
 
 

@@ -96,7 +96,7 @@ def main() -> None:
     )
 
     user = split.users[0]
-    seqs = torch.from_numpy(pad_left([user.window(1)], frozen.max_len))
+    seqs = frozen.pad_windows([user.window(1)])
     payload = encode_strategy(codes[0])
 
     def device_round() -> None:

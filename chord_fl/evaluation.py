@@ -50,7 +50,7 @@ def protocol_ranks(
     for start in range(0, len(windows), batch_size):
         stop = start + batch_size
         batch_windows = windows[start:stop]
-        seqs = torch.from_numpy(pad_left(batch_windows, model.max_len)).to(model.device)
+        seqs = model.pad_windows(batch_windows)
         target = torch.from_numpy(np.asarray(targets[start:stop], dtype=np.int64)).to(seqs.device)
         states = model.encode(seqs)
         if "sampled" in ranks:

@@ -28,7 +28,7 @@ import contextlib
 import numpy as np
 import torch
 
-from chord_fl.data.split import RoundSplit, pad_left
+from chord_fl.data.split import RoundSplit
 from chord_fl.models import SequentialRecommender
 from chord_fl.quant.channels import ChannelMap
 
@@ -77,7 +77,7 @@ def _squares(
 ) -> torch.Tensor:
     """(K, C) squared gradients summed per channel, or (K, W) per weight (`per_weight`), every
     channel's weights in a row in code-vector order."""
-    scores = model.full_scores(torch.from_numpy(pad_left([window], model.max_len)))[0]
+    scores = model.full_scores(model.pad_windows([window]))[0]
     probabilities = torch.softmax(scores, dim=0).detach()
     out = []
     for start in range(0, len(targets), GRADIENT_BATCH):
@@ -113,7 +113,7 @@ def predictive_distribution(model: SequentialRecommender, window: np.ndarray) ->
     """(num_items + 1,) the frozen model's next-item distribution for `window`, renormalised over
     items the user has not interacted with (as full-ranking evaluation excludes them)."""
     with torch.no_grad():
-        scores = model.full_scores(torch.from_numpy(pad_left([window], model.max_len)))[0]
+        scores = model.full_scores(model.pad_windows([window]))[0]
     scores[torch.from_numpy(np.asarray(window, dtype=np.int64))] = float("-inf")
     return torch.softmax(scores.double(), dim=0).numpy()
 
@@ -200,8 +200,7 @@ def output_row_sensitivity(
     too (for an input table tied to the output, the window's own rows also carry the encoder's
     input, which this leaves out)."""
     with torch.no_grad():
-        seqs = torch.from_numpy(pad_left([window], model.max_len))
-        states = model.encode(seqs)
+        states = model.encode(model.pad_windows([window]))
         p = torch.softmax(model.full_scores_encoded(states)[0].double(), dim=0).numpy()
     norm = float((states[0].double() ** 2).sum())
     return norm * (p**2 * (1 - q) + (1 - p) ** 2 * q)

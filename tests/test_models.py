@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from chord_fl.checkpoint import load_checkpoint, save_checkpoint
-from chord_fl.data import make_split, synthetic_dataset
+from chord_fl.data import make_split, pad_left, synthetic_dataset
 from chord_fl.errors import ConfigError, DataError
 from chord_fl.evaluation import evaluate_stages, target_ranks
 from chord_fl.models import BACKBONES, Popularity, build_backbone
@@ -42,6 +42,18 @@ def test_left_padding_does_not_change_the_representation(model):
     items = torch.tensor([[4, 8, 15, 16, 23, 42]])
     padded = torch.cat([torch.zeros(1, 6, dtype=torch.long), items], dim=1)
     torch.testing.assert_close(model.encode(items), model.encode(padded))
+
+
+def test_windows_are_padded_only_to_the_longest_and_score_as_at_max_len(model):
+    rng = np.random.default_rng(0)
+    short = [rng.integers(1, NUM_ITEMS + 1, size=n) for n in (1, 3, 5)]
+    assert model.pad_windows(short).shape == (3, 5)
+    long = [*short, rng.integers(1, NUM_ITEMS + 1, size=20)]
+    assert model.pad_windows(long).shape == (4, SMALL["max_len"])
+    at_max_len = torch.from_numpy(pad_left(short, SMALL["max_len"]))
+    torch.testing.assert_close(
+        model.full_scores(model.pad_windows(short)), model.full_scores(at_max_len)
+    )
 
 
 def test_quantizable_tensors_are_real_parameters(model):

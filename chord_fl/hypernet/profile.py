@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from chord_fl.data.split import pad_left
 from chord_fl.models import SequentialRecommender
 
 PROFILE_DTYPE = np.float16
@@ -26,9 +25,10 @@ def encode_profiles(
     length = min(window_length or model.max_len, model.max_len)
     was_training = model.training
     model.eval()
+    recent = [window[-length:] for window in windows]
     out = [
-        model.encode(torch.from_numpy(pad_left(windows[i : i + batch_size], length))).numpy()
-        for i in range(0, len(windows), batch_size)
+        model.encode(model.pad_windows(recent[i : i + batch_size])).numpy()
+        for i in range(0, len(recent), batch_size)
     ]
     model.train(was_training)
     return np.concatenate(out).astype(PROFILE_DTYPE)

@@ -21,7 +21,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
-from chord_fl.data.split import VALIDATION, RoundSplit, pad_left
+from chord_fl.data.split import VALIDATION, RoundSplit
 from chord_fl.errors import ConfigError, require_positive
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
 from chord_fl.hypernet.profile import encode_profiles
@@ -380,7 +380,7 @@ class _RelaxedEpoch:
             loss = self.relaxation.loss(
                 hypernet(profiles),
                 channel_budget(prepared.channels, self.budgets[tiers]),
-                torch.from_numpy(pad_left(windows, frozen.max_len)),
+                frozen.pad_windows(windows),
                 torch.from_numpy(targets),
                 config,
             )
