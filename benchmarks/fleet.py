@@ -29,7 +29,7 @@ from typing import Any
 from results_file import append_row
 
 from chord_fl.cli import parse_pairs
-from chord_fl.machine import machine_line
+from chord_fl.machine import machine_line, memory_mib
 
 FLOOR = "floor"
 
@@ -92,15 +92,7 @@ def _case(name: str, args: argparse.Namespace, out: Any) -> None:
             "run-name": f"fleet-{name}",
         }
         seconds, devices = _strategy(overrides)
-    out.put((name, seconds, devices, peak_rss_mib(), time.perf_counter() - started))
-
-
-def peak_rss_mib() -> float:
-    """This process's own peak RSS. Not getrusage's ru_maxrss: Linux carries that over from the
-    parent through fork and exec, so every case would report the benchmark's own peak."""
-    lines = Path("/proc/self/status").read_text().splitlines()
-    kib = next(line for line in lines if line.startswith("VmHWM:")).split()[1]
-    return int(kib) / 1024
+    out.put((name, seconds, devices, memory_mib()[1], time.perf_counter() - started))
 
 
 def run_case(name: str, args: argparse.Namespace) -> tuple | None:

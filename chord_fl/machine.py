@@ -1,10 +1,11 @@
-"""The machine: a one-line description of where a figure was measured, and which torch device the
-cloud's training uses."""
+"""The machine: a one-line description of where a figure was measured, this process's memory,
+and which torch device the cloud's training uses."""
 
 from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 import torch
 
@@ -31,6 +32,19 @@ def machine_info() -> dict[str, object]:
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def memory_mib() -> tuple[float, float] | None:
+    """(current, peak) resident memory of this process in MiB, from /proc (None off Linux).
+    Not getrusage's ru_maxrss: Linux carries that over from the parent through fork and exec."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    kib = {
+        line.split(":")[0]: int(line.split()[1]) for line in lines if line[:5] in ("VmRSS", "VmHWM")
+    }
+    return kib["VmRSS"] / 1024, kib["VmHWM"] / 1024
 
 
 def machine_line() -> str:

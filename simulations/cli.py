@@ -179,13 +179,17 @@ def _show_simulate(summary: dict[str, Any]) -> None:
         f"{summary['devices']} devices, {summary['wall_s']} s "
         f"({summary['rounds_wall_s']} s of rounds)"
     )
-    print("round    ok  failed  ndcg@10   hr@10  avg bits  down payload B  down message B")
+    print(
+        "round    ok  failed  ndcg@10   hr@10  avg bits  down payload B  down message B"
+        "  round s  server MiB"
+    )
     for row in summary["rounds"]:
         failed = row["error"] + row["rejected"] + row["timeout"]
         print(
             f"{row['round']:>5} {row['ok']:>5} {failed:>7}  {_number(row['ndcg@10'], 4):>7} "
             f"{_number(row['hr@10'], 4):>7}  {_number(row['avg_bits'], 2):>8}  "
-            f"{row['downlink_payload_bytes']:>14,}  {row['downlink_message_bytes']:>14,}"
+            f"{row['downlink_payload_bytes']:>14,}  {row['downlink_message_bytes']:>14,}  "
+            f"{_number(row.get('wall_s'), 1):>7}  {_number(row.get('server_rss_mib'), 0):>10}"
         )
     totals = summary["totals"]
     print(

@@ -8,6 +8,7 @@ A strategy mixes `FleetMixin` in before its Flower base class, so Flower's own r
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -21,6 +22,7 @@ from chord_fl.federation.faults import is_offline
 from chord_fl.federation.runconfig import RunConfig
 from chord_fl.federation.runlog import CLIENT_COLUMNS, CODE_COLUMNS, RunLog
 from chord_fl.federation.world import World
+from chord_fl.machine import memory_mib
 from chord_fl.quant.budget import check_within_budget
 from strategies import protocol
 from strategies.ledger import Ledger
@@ -67,6 +69,7 @@ class FleetMixin:
         self.run = run
         self.ledger = Ledger(run.world, run.partitions, run.frozen_download, run.holds_frozen)
         self.current = RoundState()
+        self.round_started = time.perf_counter()
 
     def summary(self) -> None:
         config = self.run.config
@@ -219,7 +222,8 @@ class FleetMixin:
         rows = sorted(self.current.clients.values(), key=lambda row: row["partition"])
         self.save_state(round_)
         self.ledger.flush(self.run.log)
-        self.run.log.append_clients(rows)
+        self.run.log.append_round(self._round_row(round_))
+        self.run.log.append_clients(rows)  # last: the rows that mark the round complete
         self.run.log.write_summary()
         self.current = RoundState()
         ok = [row for row in rows if row["status"] == OK]
@@ -229,6 +233,15 @@ class FleetMixin:
         means = {key: float(np.mean([row[key] for row in ok])) for key in protocol.REPORT_KEYS}
         means["devices-ok"] = len(ok)
         return MetricRecord(means)
+
+    def _round_row(self, round_: int) -> dict[str, Any]:
+        now = time.perf_counter()
+        row: dict[str, Any] = {"round": round_, "wall_s": round(now - self.round_started, 3)}
+        self.round_started = now
+        memory = memory_mib()
+        if memory is not None:
+            row["server_rss_mib"], row["server_peak_rss_mib"] = (round(m, 1) for m in memory)
+        return row
 
 
 def _size_mismatch(reported: float, expected: int, refined: bool) -> str | None:

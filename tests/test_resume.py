@@ -78,6 +78,8 @@ def test_a_killed_fedavg_run_resumes_to_the_same_clients_csv(tmp_path, small_fle
     stopped = _run_killed_after_round_one({**base, "run-name": "stopped"})
     _resume(stopped.run_dir)
     assert _stable(read_csv(stopped.run_dir / "clients.csv")) == _stable(whole)
+    timings = read_csv(stopped.run_dir / "rounds.csv")
+    assert [int(row["round"]) for row in timings] == list(range(1, ROUNDS + 1))
 
 
 def _by_row(ledger: list[dict]) -> dict[tuple, int]:

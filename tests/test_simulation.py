@@ -81,6 +81,11 @@ def test_outputs_have_every_column_and_one_row_per_device_and_round(runs, name):
     assert {row["status"] for row in clients} == {"ok"}
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [entry["round"] for entry in summary["rounds"]] == [1, 2]
+    timings = read_csv(run_dir / "rounds.csv")
+    assert [int(row["round"]) for row in timings] == [1, 2]
+    for row, entry in zip(timings, summary["rounds"], strict=True):
+        assert float(row["wall_s"]) > 0 and entry["wall_s"] == float(row["wall_s"])
+        assert 0 < entry["server_rss_mib"] <= entry["server_peak_rss_mib"]
     down = sum(int(r["message_bytes"]) for r in ledger if r["direction"] == "down")
     assert summary["totals"]["downlink_message_bytes"] == down
     config = json.loads((run_dir / "config.json").read_text())

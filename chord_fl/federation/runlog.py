@@ -1,7 +1,7 @@
-"""A run's output directory: config.json, ledger.csv, clients.csv, summary.json.
+"""A run's output directory: config.json, ledger.csv, clients.csv, rounds.csv, summary.json.
 
 Rows are appended and flushed once per round, so a crash loses at most the round in progress.
-`summarize` rebuilds summary.json from the two CSV files alone, so anyone can recompute it.
+`summarize` rebuilds summary.json from the CSV files alone, so anyone can recompute it.
 """
 
 from __future__ import annotations
@@ -66,12 +66,18 @@ CLIENT_COLUMNS = (
     "status",  # "ok", or why the device has no metrics this round
 )
 STATUSES = ("ok", "offline", "error", "rejected", "timeout")
+ROUND_COLUMNS = (
+    "round",
+    "wall_s",  # since the previous round ended (the first: since the strategy was built)
+    "server_rss_mib",  # the ServerApp's process at the round's end: flat when nothing leaks
+    "server_peak_rss_mib",
+)
 
 
 class RunLog:
     """Appends ledger and client rows to a run directory and writes its JSON files."""
 
-    FILES = ("config.json", "ledger.csv", "clients.csv", "summary.json")
+    FILES = ("config.json", "ledger.csv", "clients.csv", "rounds.csv", "summary.json")
 
     def __init__(self, run_dir: str | os.PathLike, fresh: bool = False) -> None:
         """`fresh`: start the directory's files over (a new run under the same name)."""
@@ -84,11 +90,9 @@ class RunLog:
                 state.unlink()
         self.ledger_path = self.dir / "ledger.csv"
         self.clients_path = self.dir / "clients.csv"
+        self.rounds_path = self.dir / "rounds.csv"
         self.meta: dict[str, Any] = {}  # written at the top of every summary
-        for path, columns in (
-            (self.ledger_path, LEDGER_COLUMNS),
-            (self.clients_path, CLIENT_COLUMNS),
-        ):
+        for path, columns in self._tables():
             if not path.exists():
                 _append(path, columns, [], header=True)
 
@@ -98,15 +102,19 @@ class RunLog:
 
     def truncate_after(self, round_: int) -> None:
         """Drop rows of rounds after `round_`: what a crash left of an unfinished round."""
-        for path, columns in (
-            (self.ledger_path, LEDGER_COLUMNS),
-            (self.clients_path, CLIENT_COLUMNS),
-        ):
+        for path, columns in self._tables():
             kept = [row for row in read_csv(path) if int(row["round"]) <= round_]
             tmp = path.with_suffix(".tmp")
             tmp.unlink(missing_ok=True)
             _append(tmp, columns, kept, header=True)
             tmp.replace(path)
+
+    def _tables(self) -> tuple[tuple[Path, tuple[str, ...]], ...]:
+        return (
+            (self.ledger_path, LEDGER_COLUMNS),
+            (self.clients_path, CLIENT_COLUMNS),
+            (self.rounds_path, ROUND_COLUMNS),
+        )
 
     def read_config(self) -> dict[str, Any]:
         path = self.dir / "config.json"
@@ -122,6 +130,9 @@ class RunLog:
 
     def append_clients(self, rows: Iterable[Mapping[str, Any]]) -> None:
         _append(self.clients_path, CLIENT_COLUMNS, rows)
+
+    def append_round(self, row: Mapping[str, Any]) -> None:
+        _append(self.rounds_path, ROUND_COLUMNS, [row])
 
     def write_summary(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         summary = {**self.meta, **(extra or {}), **summarize(self.dir)}
@@ -163,10 +174,14 @@ def _bytes_by(rows: list[dict[str, str]], direction: str) -> dict[str, int]:
 
 
 def summarize(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Per-round means over devices that answered, status counts and bytes, plus totals."""
+    """Per-round means over devices that answered, status counts, bytes, the round's wall time
+    and the ServerApp's memory, plus totals."""
     run_dir = Path(run_dir)
     ledger = read_csv(run_dir / "ledger.csv")
     clients = read_csv(run_dir / "clients.csv")
+    # Run directories written before rounds.csv existed have none.
+    timings = read_csv(run_dir / "rounds.csv") if (run_dir / "rounds.csv").exists() else []
+    by_round = {int(row["round"]): row for row in timings}
     seen = {int(row["round"]) for row in clients} | {int(row["round"]) for row in ledger}
     rounds = sorted(seen - {0})
     per_round = []
@@ -183,6 +198,8 @@ def summarize(run_dir: str | os.PathLike) -> dict[str, Any]:
         round_rows = [row for row in ledger if int(row["round"]) == number]
         entry.update(_bytes_by(round_rows, "down"))
         entry.update(_bytes_by(round_rows, "up"))
+        timing = by_round.get(number, {})
+        entry.update({column: float(timing[column]) for column in ROUND_COLUMNS[1:] if timing})
         per_round.append(entry)
     one_time = [row for row in ledger if row["kind"] == "frozen-weights"]
     totals: dict[str, Any] = {**_bytes_by(ledger, "down"), **_bytes_by(ledger, "up")}
