@@ -32,21 +32,35 @@ ORDER = (
 )
 
 
-# What the default strategy is compared with, paired, beside the table against global.
-CHORD_AGAINST = (
-    "init-relax",
-    "init-sens",
-    "global",
-    "uniform",
-    "fp32",
-    "window-fisher",
-    "window",
-    "chord+refined",
-    "global+refined",
-)
+# What CHORD (and CHORD refined on the device) is compared with, paired, beside the table against
+# global.
+AGAINST = {
+    "chord": (
+        "init-relax",
+        "init-sens",
+        "global",
+        "uniform",
+        "fp32",
+        "window-fisher",
+        "window",
+        "chord+refined",
+        "global+refined",
+    ),
+    "chord+refined": ("chord", "global+refined", "global", "uniform", "fp32", "window", "oracle"),
+}
 
 # The budget sweep figure: the deployable methods and the two ceilings (the tables have the rest).
-SWEEP_METHODS = ("fp32", "uniform", "random", "global", "chord", "window", "oracle")
+SWEEP_METHODS = (
+    "fp32",
+    "uniform",
+    "random",
+    "global",
+    "global+refined",
+    "chord",
+    "chord+refined",
+    "window",
+    "oracle",
+)
 
 
 def method_order(method: str) -> int:
@@ -85,15 +99,16 @@ def tables(rows: list[dict]) -> str:
             cells += [_paired(group, methods.get("global"), p) for p in ("full", "sampled")]
             cells.append(_gap_share(means, methods, method))
             out.append(f"| {method} | " + " | ".join(cells) + " |")
-        if "chord" in methods:
-            out.append(
-                f"\n`chord` minus each comparator ({dataset} / {backbone}{table} / {bits:g} bits)\n"
-            )
+        for lead, comparators in AGAINST.items():
+            if lead not in methods:
+                continue
+            setting = f"{dataset} / {backbone}{table} / {bits:g} bits"
+            out.append(f"\n`{lead}` minus each comparator ({setting})\n")
             out.append("| comparator | full: diff ± s.e. (z) | sampled |")
             out.append("|---|---|---|")
-            for other in CHORD_AGAINST:
+            for other in comparators:
                 if other in methods:
-                    cells = [_paired(methods["chord"], methods[other], p) for p in PROTOCOLS]
+                    cells = [_paired(methods[lead], methods[other], p) for p in PROTOCOLS]
                     out.append(f"| {other} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -143,22 +158,23 @@ def _gap_share(
 
 def pareto_figure(rows: list[dict], dataset: str, backbone: str, out: Path) -> Path:
     """NDCG@10 (full, sampled) against the average bits each method used, a line per method,
-    error bars the standard error over devices (seeds averaged per device)."""
+    error bars the standard error over devices (seeds averaged per device), for the setting
+    (code table, scales, temperatures) measured at the most budgets."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from simulations.style import method_colour
+    from simulations.style import method_colour, method_marker
 
-    chosen = [
-        r
-        for r in rows
-        if r["dataset"] == dataset
-        and r["backbone"] == backbone
-        and not _table_name(r)
-        and r["method"] in SWEEP_METHODS
-    ]
+    ours = [r for r in rows if r["dataset"] == dataset and r["backbone"] == backbone]
+    budgets_by_setting: dict[str, set[float]] = defaultdict(set)
+    for row in ours:
+        budgets_by_setting[_table_name(row)].add(row["budget_bits"])
+    if not budgets_by_setting:
+        raise ValueError(f"no rows for {dataset} / {backbone} to plot")
+    setting = max(sorted(budgets_by_setting), key=lambda name: len(budgets_by_setting[name]))
+    chosen = [r for r in ours if _table_name(r) == setting and r["method"] in SWEEP_METHODS]
     by_method: dict[str, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for row in chosen:
         by_method[row["method"]][row["budget_bits"]].append(row)
@@ -179,14 +195,14 @@ def pareto_figure(rows: list[dict], dataset: str, backbone: str, out: Path) -> P
                 [s[0] for s in stats],
                 yerr=[s[1] or 0.0 for s in stats],
                 color=method_colour(method),
-                marker="o",
-                ms=4,
+                marker=method_marker(method),
+                ms=5,
                 capsize=2,
                 label=method,
             )
         axis.set_xlabel("average bits per quantizable weight (what each method used)")
         axis.set_ylabel(f"NDCG@10, {protocol}")
-        axis.set_title(f"{dataset} / {backbone}: {protocol} ranking")
+        axis.set_title(f"{dataset} / {backbone}{setting}: {protocol} ranking", fontsize=9)
         axis.grid(alpha=0.3)
     axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     out.parent.mkdir(parents=True, exist_ok=True)
