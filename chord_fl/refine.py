@@ -18,7 +18,7 @@ import numpy as np
 from chord_fl.errors import ConfigError
 from chord_fl.quant.allocation import allocate
 from chord_fl.quant.quantizer import PreparedModel
-from chord_fl.sensitivity import SHARP_TEMPERATURE, output_row_sensitivity, target_distribution
+from chord_fl.sensitivity import SHARP_TEMPERATURE, output_row_sensitivity
 
 
 def item_row_importance(
@@ -26,8 +26,7 @@ def item_row_importance(
 ) -> np.ndarray:
     """(rows,) the window's sharpened sensitivity of each item row from the scoring side, the
     window's own rows raised to the largest (they feed the encoder)."""
-    frozen = prepared.frozen
-    rows = output_row_sensitivity(frozen, window, target_distribution(frozen, window, temperature))
+    rows = output_row_sensitivity(prepared.frozen, window, temperature)
     rows[np.asarray(window, dtype=np.int64)] = rows.max()
     return rows
 

@@ -109,13 +109,30 @@ def target_sensitivity(
     return out
 
 
+def _window_scores(
+    model: SequentialRecommender, window: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The window's state (D,) and its scores over every item (num_items + 1,), one encoding."""
+    with torch.no_grad():
+        states = model.encode(model.pad_windows([window]))
+        return states[0], model.full_scores_encoded(states)[0]
+
+
+def _unseen_distribution(
+    scores: torch.Tensor, window: np.ndarray, temperature: float
+) -> np.ndarray:
+    """softmax(scores / T) over the items outside `window`: p^(1 / T) renormalised, 0 elsewhere."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = scores.double() / temperature
+    logits[torch.from_numpy(np.asarray(window, dtype=np.int64))] = float("-inf")
+    return torch.softmax(logits, dim=0).numpy()
+
+
 def predictive_distribution(model: SequentialRecommender, window: np.ndarray) -> np.ndarray:
     """(num_items + 1,) the frozen model's next-item distribution for `window`, renormalised over
     items the user has not interacted with (as full-ranking evaluation excludes them)."""
-    with torch.no_grad():
-        scores = model.full_scores(model.pad_windows([window]))[0]
-    scores[torch.from_numpy(np.asarray(window, dtype=np.int64))] = float("-inf")
-    return torch.softmax(scores.double(), dim=0).numpy()
+    return target_distribution(model, window)
 
 
 def target_distribution(
@@ -123,16 +140,7 @@ def target_distribution(
 ) -> np.ndarray:
     """(num_items + 1,) the targets a window's sensitivity is taken over: the frozen model's
     predictive distribution over unseen items, sharpened (`temperature` < 1) as p^(1 / T)."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    q = predictive_distribution(model, window)
-    if temperature != 1.0:
-        seen = q > 0
-        logits = np.log(q[seen]) / temperature
-        q = np.zeros_like(q)
-        q[seen] = np.exp(logits - logits.max())
-        q /= q.sum()
-    return q
+    return _unseen_distribution(_window_scores(model, window)[1], window, temperature)
 
 
 def expected_sensitivity(
@@ -169,7 +177,7 @@ def expected_sensitivity(
         squares = _channel_squares(model, channels, window, items).double().numpy()
         out[row] = weights @ squares
         if samples is not None and table is not None:
-            exact = output_row_sensitivity(model, window, q)
+            exact = output_row_sensitivity(model, window, temperature)
             outside = np.ones(table.channels, dtype=bool)
             outside[np.asarray(window, dtype=np.int64)] = False
             outside[0] = False  # padding: its row is never scored
@@ -193,16 +201,16 @@ def expected_weight_sensitivity(
 
 
 def output_row_sensitivity(
-    model: SequentialRecommender, window: np.ndarray, q: np.ndarray
+    model: SequentialRecommender, window: np.ndarray, temperature: float = 1.0
 ) -> np.ndarray:
     """(num_items + 1,) expected squared gradient of each output row from the scoring side, for
-    targets drawn from `q`: one forward pass, so a device holding the fp32 weights could compute it
-    too (for an input table tied to the output, the window's own rows also carry the encoder's
-    input, which this leaves out)."""
-    with torch.no_grad():
-        states = model.encode(model.pad_windows([window]))
-        p = torch.softmax(model.full_scores_encoded(states)[0].double(), dim=0).numpy()
-    norm = float((states[0].double() ** 2).sum())
+    targets drawn from the window's `target_distribution` q at `temperature`: one forward pass,
+    so a device holding the fp32 weights computes it too (for an input table tied to the output,
+    the window's own rows also carry the encoder's input, which this leaves out)."""
+    state, scores = _window_scores(model, window)
+    p = torch.softmax(scores.double(), dim=0).numpy()
+    q = _unseen_distribution(scores, window, temperature)
+    norm = float((state.double() ** 2).sum())
     return norm * (p**2 * (1 - q) + (1 - p) ** 2 * q)
 
 
