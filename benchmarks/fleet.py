@@ -3,10 +3,12 @@
 The floor is a trivial pair of apps: the ServerApp sends every node an empty train and an empty
 evaluate message each round (as every chord-fl strategy does), and the ClientApp answers with an
 empty reply. Each strategy then runs the same fleet and rounds. Printed: milliseconds per
-device-round (rounds only, after the nodes have registered), the ratio to the floor, and the peak
-RSS of the process that hosts the ServerApp. Each case runs in a fresh process. Then where
-CHORD's own time goes, per device, timed outside Flower on the same cloud models: the profile,
-the cloud's codes (batched), and on the device decode, quantize and scoring.
+device-round (rounds only, after the nodes have registered), the ratio to the floor, the peak
+RSS of the process that hosts the ServerApp, its RSS after round 1 and how much it grew per later
+round (whether memory grows with rounds, and whether Flower's own floor grows too). Each case
+runs in a fresh process. Then where CHORD's own time goes, per device, timed outside Flower on
+the same cloud models: the profile, the cloud's codes (batched), and on the device decode,
+quantize and scoring.
 
     python benchmarks/fleet.py --dataset ml-100k --rounds 3 --strategies chord fp32 fedavg
 
@@ -34,8 +36,9 @@ from chord_fl.machine import machine_line, memory_mib
 FLOOR = "floor"
 
 
-def _floor(devices: int, rounds: int) -> float:
-    """Seconds of `rounds` trivial rounds over `devices` nodes."""
+def _floor(devices: int, rounds: int) -> tuple[float, list[float]]:
+    """Seconds of `rounds` trivial rounds over `devices` nodes, and the process's resident memory
+    (MiB) at the end of each round."""
     from flwr.app import Context, Message, MessageType, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
@@ -45,6 +48,7 @@ def _floor(devices: int, rounds: int) -> float:
     from simulations.simulate import QUIET_ENV, backend_config
 
     seconds: list[float] = []
+    memory: list[float] = []
     server, client = ServerApp(), ClientApp()
 
     @server.main()
@@ -56,6 +60,7 @@ def _floor(devices: int, rounds: int) -> float:
                 messages = [Message(RecordDict(), dst_node_id=n, message_type=kind) for n in nodes]
                 replies = list(grid.send_and_receive(messages, timeout=600))
                 assert len(replies) == len(nodes), "a trivial node did not answer"
+            memory.append(memory_mib()[0])
         seconds.append(time.perf_counter() - started)
 
     def answer(message: Message, context: Context) -> Message:
@@ -67,21 +72,24 @@ def _floor(devices: int, rounds: int) -> float:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     run_simulation(server, client, num_supernodes=devices, backend_config=backend_config())
-    return seconds[0]
+    return seconds[0], memory
 
 
-def _strategy(overrides: dict[str, Any]) -> tuple[float, int]:
+def _strategy(overrides: dict[str, Any]) -> tuple[float, int, list[float]]:
     from simulations.simulate import simulate
 
     summary = simulate(overrides)
-    return summary["rounds_wall_s"], int(summary["devices"])
+    memory = [entry["server_rss_mib"] for entry in summary["rounds"]]
+    return summary["rounds_wall_s"], int(summary["devices"]), memory
 
 
 def _case(name: str, args: argparse.Namespace, out: Any) -> None:
-    """One case in this (fresh) process: seconds of the rounds, devices, peak RSS in MiB."""
+    """One case in this (fresh) process: seconds of the rounds, devices, peak RSS in MiB, the
+    wall time of the whole case and the resident memory at the end of each round."""
     started = time.perf_counter()
     if name == FLOOR:
-        seconds, devices = _floor(args.devices, args.rounds), args.devices
+        seconds, memory = _floor(args.devices, args.rounds)
+        devices = args.devices
     else:
         overrides = {
             **parse_pairs(args.run_config, "--run-config"),
@@ -91,8 +99,8 @@ def _case(name: str, args: argparse.Namespace, out: Any) -> None:
             "output-dir": args.output_dir,
             "run-name": f"fleet-{name}",
         }
-        seconds, devices = _strategy(overrides)
-    out.put((name, seconds, devices, memory_mib()[1], time.perf_counter() - started))
+        seconds, devices, memory = _strategy(overrides)
+    out.put((name, seconds, devices, memory_mib()[1], time.perf_counter() - started, memory))
 
 
 def run_case(name: str, args: argparse.Namespace) -> tuple | None:
@@ -187,22 +195,25 @@ def main() -> None:
     print(f"\n{args.dataset}, {args.rounds} rounds; {machine_line()}\n")
     print(
         "| case | devices | rounds s | ms per device-round | x floor | case s "
-        "| ServerApp peak RSS MiB |"
+        "| ServerApp peak RSS MiB | RSS after round 1 MiB | RSS growth per later round MiB |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|", flush=True)
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     floor_ms = None
     for name in ([] if args.no_floor else [FLOOR]) + args.strategies:
         row = run_case(name, args)
         if row is None:
-            print(f"| {name} | the case's process died without a result | | | | | |", flush=True)
+            print(
+                f"| {name} | the case's process died without a result | | | | | | | |", flush=True
+            )
             continue
-        _, seconds, devices, rss, case_seconds = row
+        _, seconds, devices, rss, case_seconds, memory = row
+        growth = (memory[-1] - memory[0]) / (len(memory) - 1) if len(memory) > 1 else 0.0
         ms = seconds * 1000 / (devices * args.rounds)
         floor_ms = floor_ms or (ms if name == FLOOR else None)
         ratio = f"{ms / floor_ms:.2f}" if floor_ms else "-"
         print(
             f"| {name} | {devices} | {seconds:.1f} | {ms:.1f} | {ratio} | {case_seconds:.0f} "
-            f"| {rss:.0f} |",
+            f"| {rss:.0f} | {memory[0]:.0f} | {growth:+.2f} |",
             flush=True,
         )
         append_row(
@@ -216,6 +227,7 @@ def main() -> None:
                 "ms_per_device_round": ms,
                 "case_s": case_seconds,
                 "server_peak_rss_mib": rss,
+                "server_rss_mib_by_round": memory,
                 "machine": machine_line(),
             },
         )
