@@ -39,17 +39,10 @@ def refine_item_rows(
 ) -> np.ndarray:
     """(C,) `codes` with the item table's rows re-allocated for `window` within the bytes the
     given codes spend on that table."""
-    frozen = prepared.frozen
-    group = next(
-        (
-            g
-            for g in prepared.channels.groups
-            if g.name == frozen.output_table and g.channel_axis == 0
-        ),
-        None,
-    )
+    table = prepared.frozen.output_table
+    group = prepared.channels.rows_group(table)
     if group is None:
-        raise ConfigError(f"item-row refinement needs {frozen.output_table} quantized by rows")
+        raise ConfigError(f"item-row refinement needs {table} quantized by rows")
     codes = np.asarray(codes)
     rows = group.codes
     cost = prepared.cost[rows]

@@ -129,17 +129,12 @@ def _unseen_distribution(
     return torch.softmax(logits, dim=0).numpy()
 
 
-def predictive_distribution(model: SequentialRecommender, window: np.ndarray) -> np.ndarray:
-    """(num_items + 1,) the frozen model's next-item distribution for `window`, renormalised over
-    items the user has not interacted with (as full-ranking evaluation excludes them)."""
-    return target_distribution(model, window)
-
-
 def target_distribution(
     model: SequentialRecommender, window: np.ndarray, temperature: float = 1.0
 ) -> np.ndarray:
     """(num_items + 1,) the targets a window's sensitivity is taken over: the frozen model's
-    predictive distribution over unseen items, sharpened (`temperature` < 1) as p^(1 / T)."""
+    next-item distribution renormalised over items the user has not interacted with (as
+    full-ranking evaluation excludes them), sharpened (`temperature` < 1) as p^(1 / T)."""
     return _unseen_distribution(_window_scores(model, window)[1], window, temperature)
 
 
@@ -161,12 +156,11 @@ def expected_sensitivity(
     target distribution q. That is most channels, and sampling would leave them very noisy (a row
     is large only when its own item is drawn)."""
     model.eval()
-    table = next(
-        (g for g in channels.groups if g.name == model.output_table and g.channel_axis == 0), None
-    )
+    table = channels.rows_group(model.output_table)
     out = np.empty((len(windows), channels.channels))
     for row, window in enumerate(windows):
-        q = target_distribution(model, window, temperature)
+        state, scores = _window_scores(model, window)
+        q = _unseen_distribution(scores, window, temperature)
         if samples is None:
             items = np.flatnonzero(q > 0)
             weights = q[items]
@@ -177,7 +171,7 @@ def expected_sensitivity(
         squares = _channel_squares(model, channels, window, items).double().numpy()
         out[row] = weights @ squares
         if samples is not None and table is not None:
-            exact = output_row_sensitivity(model, window, temperature)
+            exact = _row_sensitivity(state, scores, q)
             outside = np.ones(table.channels, dtype=bool)
             outside[np.asarray(window, dtype=np.int64)] = False
             outside[0] = False  # padding: its row is never scored
@@ -194,7 +188,7 @@ def expected_weight_sensitivity(
     code-vector order, each channel's `elements` in a row; summed per channel it equals
     `expected_sensitivity(..., samples=None)`."""
     model.eval()
-    q = predictive_distribution(model, window)
+    q = target_distribution(model, window)
     items = np.flatnonzero(q > 0)
     squares = _channel_squares(model, channels, window, items, per_weight=True).double().numpy()
     return q[items] @ squares
@@ -208,8 +202,13 @@ def output_row_sensitivity(
     so a device holding the fp32 weights computes it too (for an input table tied to the output,
     the window's own rows also carry the encoder's input, which this leaves out)."""
     state, scores = _window_scores(model, window)
+    return _row_sensitivity(state, scores, _unseen_distribution(scores, window, temperature))
+
+
+def _row_sensitivity(state: torch.Tensor, scores: torch.Tensor, q: np.ndarray) -> np.ndarray:
+    """|h|^2 (p_c^2 (1 - q_c) + (1 - p_c)^2 q_c) per item row c, from the window's state h and
+    scores (p their softmax) and the target distribution q."""
     p = torch.softmax(scores.double(), dim=0).numpy()
-    q = _unseen_distribution(scores, window, temperature)
     norm = float((state.double() ** 2).sum())
     return norm * (p**2 * (1 - q) + (1 - p) ** 2 * q)
 

@@ -11,7 +11,6 @@ from chord_fl.quant.channels import channel_map, channel_rows
 from chord_fl.sensitivity import (
     expected_sensitivity,
     expected_weight_sensitivity,
-    predictive_distribution,
     target_distribution,
     target_sensitivity,
 )
@@ -57,7 +56,7 @@ def test_exact_expected_sensitivity_weights_every_item_by_its_probability(model)
     channels = channel_map(model)
     got = expected_sensitivity(model, channels, WINDOWS, samples=None)
     for row, window in enumerate(WINDOWS):
-        q = predictive_distribution(model, window)
+        q = target_distribution(model, window)
         assert q[0] == 0 and np.all(q[np.asarray(window)] == 0)  # padding, seen items
         assert q.sum() == pytest.approx(1.0)
         expected = sum(q[y] * _plain(model, channels, window, y) for y in range(1, NUM_ITEMS + 1))
@@ -67,7 +66,7 @@ def test_exact_expected_sensitivity_weights_every_item_by_its_probability(model)
 def test_sharpened_targets_weight_every_item_by_its_tempered_probability(model):
     channels = channel_map(model)
     window = WINDOWS[0]
-    p = predictive_distribution(model, window)
+    p = target_distribution(model, window)
     q = target_distribution(model, window, temperature=0.3)
     unseen = p > 0
     assert np.all(q[~unseen] == 0) and q.sum() == pytest.approx(1.0)
@@ -88,7 +87,7 @@ def test_sharpened_targets_weight_every_item_by_its_tempered_probability(model):
 def test_expected_weight_sensitivity_is_the_per_weight_expectation(model):
     channels = channel_map(model)
     window = WINDOWS[1]
-    q = predictive_distribution(model, window)
+    q = target_distribution(model, window)
     expected = sum(
         q[y] * _plain(model, channels, window, y, per_weight=True) for y in range(1, NUM_ITEMS + 1)
     )

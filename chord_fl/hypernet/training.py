@@ -187,9 +187,9 @@ def training_examples(
 
 def item_head_index(prepared: PreparedModel) -> int:
     """Position of the item table (rows = items) among the quantized tensors and their heads."""
-    for index, group in enumerate(prepared.channels.groups):
-        if group.name == prepared.frozen.output_table and group.channel_axis == 0:
-            return index
+    group = prepared.channels.rows_group(prepared.frozen.output_table)
+    if group is not None:
+        return prepared.channels.groups.index(group)
     raise ConfigError("the item table is not quantized by rows (embedding_axis 1): no item head")
 
 

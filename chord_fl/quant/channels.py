@@ -99,6 +99,10 @@ class ChannelMap:
     def fp32_bytes(self) -> int:
         return 4 * self.weights + self.unquantized_bytes
 
+    def rows_group(self, name: str) -> ChannelGroup | None:
+        """The group of tensor `name` when its channels are its rows (an item table by items)."""
+        return next((g for g in self.groups if g.name == name and g.channel_axis == 0), None)
+
     def elements(self) -> np.ndarray:
         """(C,) weights per channel, in code-vector order."""
         return np.concatenate([np.full(g.channels, g.elements, np.int64) for g in self.groups])

@@ -196,15 +196,8 @@ class PreparedModel:
         self.table = table
         shared = len(table.stored) if scales == "tensor" else 0
         self.channels = channel_map(frozen, embedding_axis, shared)
-        self.item_group = next(
-            (
-                g
-                for g in self.channels.groups
-                if pruned_items == "exclude"
-                and g.name == frozen.output_table
-                and g.channel_axis == 0
-            ),
-            None,
+        self.item_group = (
+            self.channels.rows_group(frozen.output_table) if pruned_items == "exclude" else None
         )
         params = dict(frozen.named_parameters())
         self._levels: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
