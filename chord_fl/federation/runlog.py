@@ -9,11 +9,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from chord_fl.errors import ConfigError
 
@@ -95,6 +93,7 @@ class RunLog:
         for path, columns in self._tables():
             if not path.exists():
                 _append(path, columns, [], header=True)
+        self.tally = Tally.of(self.dir)
 
     def completed_round(self) -> int:
         """The last round whose client rows were written (0: none)."""
@@ -108,6 +107,7 @@ class RunLog:
             tmp.unlink(missing_ok=True)
             _append(tmp, columns, kept, header=True)
             tmp.replace(path)
+        self.tally = Tally.of(self.dir)
 
     def _tables(self) -> tuple[tuple[Path, tuple[str, ...]], ...]:
         return (
@@ -126,16 +126,21 @@ class RunLog:
         _write_json(self.dir / "config.json", config)
 
     def append_ledger(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        rows = list(rows)
         _append(self.ledger_path, LEDGER_COLUMNS, rows)
+        self.tally.add_ledger(rows)
 
     def append_clients(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        rows = list(rows)
         _append(self.clients_path, CLIENT_COLUMNS, rows)
+        self.tally.add_clients(rows)
 
     def append_round(self, row: Mapping[str, Any]) -> None:
         _append(self.rounds_path, ROUND_COLUMNS, [row])
+        self.tally.add_timing(row)
 
     def write_summary(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        summary = {**self.meta, **(extra or {}), **summarize(self.dir)}
+        summary = {**self.meta, **(extra or {}), **self.tally.summary()}
         _write_json(self.dir / "summary.json", summary)
         return summary
 
@@ -163,46 +168,102 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _bytes_by(rows: list[dict[str, str]], direction: str) -> dict[str, int]:
-    chosen = [row for row in rows if row["direction"] == direction]
-    return {
-        f"{'downlink' if direction == 'down' else 'uplink'}_{what}_bytes": int(
-            sum(int(row[f"{what}_bytes"]) for row in chosen)
+def _iter_csv(path: Path) -> Iterator[dict[str, str]]:
+    if path.exists():  # run directories written before rounds.csv existed have none
+        with path.open(newline="") as handle:
+            yield from csv.DictReader(handle)
+
+
+def _number(value: Any) -> float | None:
+    """A cell as a number, whether kept in memory or read back from a CSV ("": missing)."""
+    return None if value is None or value == "" else float(value)
+
+
+def _bytes_key(direction: str, what: str) -> str:
+    return f"{'downlink' if direction == 'down' else 'uplink'}_{what}_bytes"
+
+
+MEANS = (*METRIC_COLUMNS, "avg_bits", "model_bytes", "adapt_ms")
+BYTE_KEYS = tuple(_bytes_key(d, w) for d in ("down", "up") for w in ("payload", "message"))
+
+
+class Tally:
+    """Running sums of a run's rows: enough for its summary without keeping a row, so writing
+    the summary after every round costs the same in round 100 as in round 1."""
+
+    def __init__(self) -> None:
+        self.rounds: dict[int, dict[str, Any]] = {}
+        self.timings: dict[int, dict[str, float]] = {}
+        self.totals: dict[str, int] = dict.fromkeys(
+            (*BYTE_KEYS, "frozen_weights_payload_bytes", "frozen_weights_message_bytes"), 0
         )
-        for what in ("payload", "message")
-    }
+
+    @classmethod
+    def of(cls, run_dir: str | os.PathLike) -> Tally:
+        """The tally of a run directory's CSV files, read one row at a time."""
+        run_dir = Path(run_dir)
+        tally = cls()
+        tally.add_ledger(_iter_csv(run_dir / "ledger.csv"))
+        tally.add_clients(_iter_csv(run_dir / "clients.csv"))
+        for row in _iter_csv(run_dir / "rounds.csv"):
+            tally.add_timing(row)
+        return tally
+
+    def _round(self, number: int) -> dict[str, Any]:
+        if number not in self.rounds:
+            self.rounds[number] = {
+                "devices": 0,
+                **dict.fromkeys(STATUSES, 0),
+                **{column: [0.0, 0] for column in MEANS},
+                **dict.fromkeys(BYTE_KEYS, 0),
+            }
+        return self.rounds[number]
+
+    def add_ledger(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            counts = self._round(int(row["round"]))
+            for what in ("payload", "message"):
+                size = int(row[f"{what}_bytes"])
+                key = _bytes_key(row["direction"], what)
+                counts[key] += size
+                self.totals[key] += size
+                if row["kind"] == "frozen-weights":
+                    self.totals[f"frozen_weights_{what}_bytes"] += size
+
+    def add_clients(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            counts = self._round(int(row["round"]))
+            counts["devices"] += 1
+            counts[row["status"]] += 1
+            if row["status"] != "ok":
+                continue
+            for column in MEANS:
+                value = _number(row.get(column))  # a row written short: ''
+                if value is not None:
+                    counts[column][0] += value
+                    counts[column][1] += 1
+
+    def add_timing(self, row: Mapping[str, Any]) -> None:
+        values = {column: _number(row.get(column)) for column in ROUND_COLUMNS[1:]}
+        self.timings[int(row["round"])] = {k: v for k, v in values.items() if v is not None}
+
+    def summary(self) -> dict[str, Any]:
+        """Per-round means over devices that answered, status counts, bytes, the round's wall
+        time and the ServerApp's memory, plus totals."""
+        per_round = []
+        for number in sorted(set(self.rounds) - {0}):
+            counts = self.rounds[number]
+            entry: dict[str, Any] = {"round": number, "devices": counts["devices"]}
+            entry.update({status: counts[status] for status in STATUSES})
+            for column in MEANS:
+                total, count = counts[column]
+                entry[column] = total / count if count else None
+            entry.update({key: counts[key] for key in BYTE_KEYS})
+            entry.update(self.timings.get(number, {}))
+            per_round.append(entry)
+        return {"rounds": per_round, "totals": dict(self.totals)}
 
 
 def summarize(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Per-round means over devices that answered, status counts, bytes, the round's wall time
-    and the ServerApp's memory, plus totals."""
-    run_dir = Path(run_dir)
-    ledger = read_csv(run_dir / "ledger.csv")
-    clients = read_csv(run_dir / "clients.csv")
-    # Run directories written before rounds.csv existed have none.
-    timings = read_csv(run_dir / "rounds.csv") if (run_dir / "rounds.csv").exists() else []
-    by_round = {int(row["round"]): row for row in timings}
-    seen = {int(row["round"]) for row in clients} | {int(row["round"]) for row in ledger}
-    rounds = sorted(seen - {0})
-    per_round = []
-    for number in rounds:
-        members = [row for row in clients if int(row["round"]) == number]
-        ok = [row for row in members if row["status"] == "ok"]
-        entry: dict[str, Any] = {"round": number, "devices": len(members)}
-        entry.update(
-            {status: sum(row["status"] == status for row in members) for status in STATUSES}
-        )
-        for column in (*METRIC_COLUMNS, "avg_bits", "model_bytes", "adapt_ms"):
-            values = [float(row[column]) for row in ok if row[column] != ""]
-            entry[column] = float(np.mean(values)) if values else None
-        round_rows = [row for row in ledger if int(row["round"]) == number]
-        entry.update(_bytes_by(round_rows, "down"))
-        entry.update(_bytes_by(round_rows, "up"))
-        timing = by_round.get(number, {})
-        entry.update({column: float(timing[column]) for column in ROUND_COLUMNS[1:] if timing})
-        per_round.append(entry)
-    one_time = [row for row in ledger if row["kind"] == "frozen-weights"]
-    totals: dict[str, Any] = {**_bytes_by(ledger, "down"), **_bytes_by(ledger, "up")}
-    totals["frozen_weights_payload_bytes"] = int(sum(int(r["payload_bytes"]) for r in one_time))
-    totals["frozen_weights_message_bytes"] = int(sum(int(r["message_bytes"]) for r in one_time))
-    return {"rounds": per_round, "totals": totals}
+    """A run's summary rebuilt from its CSV files alone (`Tally.summary`)."""
+    return Tally.of(run_dir).summary()
