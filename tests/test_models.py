@@ -6,7 +6,7 @@ from chord_fl.checkpoint import load_checkpoint, save_checkpoint
 from chord_fl.data import make_split, pad_left, synthetic_dataset
 from chord_fl.errors import ConfigError, DataError
 from chord_fl.evaluation import evaluate_stages, target_ranks
-from chord_fl.models import BACKBONES, Popularity, build_backbone
+from chord_fl.models import BACKBONES, LOSSES, Popularity, build_backbone
 from chord_fl.train import TrainConfig, batches, evaluation_negatives, fit, learning_rate_factor
 
 NUM_ITEMS = 50
@@ -26,9 +26,22 @@ def test_forward_shapes(model):
     full = model.full_scores(seqs)
     assert full.shape == (3, NUM_ITEMS + 1)
     assert torch.isneginf(full[:, 0]).all() and torch.isfinite(full[:, 1:]).all()
-    for loss in ("sampled", "ce", "bce"):
+    for loss in LOSSES:
         value = model.training_loss(torch.randint(0, NUM_ITEMS + 1, (3, 13)), loss, 8)
         assert value.dim() == 0 and torch.isfinite(value)
+
+
+def test_a_sum_of_losses_is_the_sum_of_its_terms(model):
+    model.eval()  # no dropout: each term sees the same encoding
+    seqs = torch.randint(0, NUM_ITEMS + 1, (3, 13))
+
+    def loss(name: str) -> torch.Tensor:
+        torch.manual_seed(5)  # "bce" draws its negatives: the same ones each time
+        return model.training_loss(seqs, name)
+
+    torch.testing.assert_close(loss("ce+bce"), loss("ce") + loss("bce"))
+    with pytest.raises(ConfigError, match="unknown loss 'ce\\+mse'"):
+        model.training_loss(seqs, "ce+mse")
 
 
 def test_score_agrees_with_full_scores(model):

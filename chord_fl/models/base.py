@@ -15,7 +15,7 @@ from chord_fl.data.sequences import PADDING
 from chord_fl.data.split import pad_left
 from chord_fl.errors import ConfigError
 
-LOSSES = ("sampled", "ce", "bce")
+LOSSES = ("sampled", "ce", "bce", "ce+bce")
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,19 @@ class SequentialRecommender(nn.Module, abc.ABC):
         "ce": softmax over the whole catalogue. "sampled": softmax over the target and `negatives`
         uniformly drawn items shared by the batch (cheap for large catalogues, and close to "ce").
         "bce": one sampled negative per position, binary cross-entropy (the SASRec paper's loss).
+        "ce+bce": their sum over one encoding. Cross-entropy ignores where the logits sit, and
+        the binary term pins uniformly drawn items below zero, the way the sampled protocol
+        draws its negatives.
         """
+        if loss not in LOSSES:
+            raise ConfigError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
         states, targets = self.training_states(seqs)
+        terms = [self._loss_term(states, targets, term, negatives) for term in loss.split("+")]
+        return torch.stack(terms).sum() if len(terms) > 1 else terms[0]
+
+    def _loss_term(
+        self, states: torch.Tensor, targets: torch.Tensor, loss: str, negatives: int
+    ) -> torch.Tensor:
         if loss == "ce":
             return F.cross_entropy(self._logits(states), targets)
         if loss == "sampled":
@@ -139,9 +150,7 @@ class SequentialRecommender(nn.Module, abc.ABC):
             )
             logits = torch.cat([positive, negative], dim=1)
             return F.cross_entropy(logits, torch.zeros_like(targets))
-        if loss == "bce":
-            sampled = torch.randint(1, self.num_items + 1, targets.shape, device=targets.device)
-            positive = self._logits(states, targets.unsqueeze(-1)).squeeze(-1)
-            negative = self._logits(states, sampled.unsqueeze(-1)).squeeze(-1)
-            return F.softplus(-positive).mean() + F.softplus(negative).mean()
-        raise ConfigError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+        sampled = torch.randint(1, self.num_items + 1, targets.shape, device=targets.device)
+        positive = self._logits(states, targets.unsqueeze(-1)).squeeze(-1)
+        negative = self._logits(states, sampled.unsqueeze(-1)).squeeze(-1)
+        return F.softplus(-positive).mean() + F.softplus(negative).mean()
