@@ -10,14 +10,11 @@ from __future__ import annotations
 import io
 import math
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-
-# Flower has no public way to list a message's nested objects, and the wire carries exactly those
-# objects, deflated: the one private import, kept here alone (a test checks it stays so).
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from chord_fl.federation.runlog import CODE_COLUMNS, METRIC_COLUMNS
 from chord_fl.hypernet.profile import PROFILE_DTYPE
@@ -319,8 +316,19 @@ def message_bytes(message: Message, content_bytes: int | None = None) -> int:
     return len(message.deflate()) + content_bytes
 
 
-def _deflated_bytes(obj: object) -> int:
-    return int(sum(len(item.deflate()) for item in get_all_nested_objects(obj).values()))
+def _deflated_bytes(obj: Message | RecordDict) -> int:
+    """Bytes of `obj` and its distinct nested objects, each deflated once, as Flower sends them
+    (an object id shared by two children is one object)."""
+    sizes: dict[str | None, int] = {}
+
+    def visit(item: Any, object_id: str | None) -> None:  # any of Flower's records
+        for child_id, child in (item.children or {}).items():
+            if child_id not in sizes:
+                visit(child, child_id)
+        sizes[object_id] = len(item.deflate())
+
+    visit(obj, None)  # the root's own id is never needed: no child can be the root
+    return sum(sizes.values())
 
 
 def content_bytes(content: RecordDict) -> int:

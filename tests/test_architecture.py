@@ -69,10 +69,8 @@ def test_device_side_imports_no_server_strategy_code(name):
             ), f"{name} imports {imported}"
 
 
-def test_no_private_flower_module_outside_the_protocol():
+def test_no_private_flower_module():
     for path in _sources():
-        if path.name == "protocol.py":
-            continue  # message sizing needs Flower's object walk; see its comment
         for imported in _imports(path):
             assert not imported.startswith("flwr.supercore"), f"{path} imports {imported}"
 

@@ -316,6 +316,23 @@ def test_message_bytes_grows_with_the_payload_and_exceeds_it(task_identity):
     assert sizes[2] - sizes[1] >= 9_900
 
 
+def test_message_bytes_is_the_sum_over_flowers_own_object_walk(task_identity):
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    same = torch.ones(300, 7)  # two arrays with one object id: Flower sends that object once
+    contents = [
+        protocol.codes_content(2, bytes(range(200))),
+        protocol.report_content(dict.fromkeys(("hr@10", "ndcg@10", "model_bytes"), 0.25)),
+        protocol.fit_content({"a": same, "b": same.clone(), "c": torch.zeros(5)}, 8, 1.5),
+    ]
+    for content in contents:
+        message = Message(content=content, dst_node_id=2, message_type="evaluate")
+        objects = get_all_nested_objects(message).values()
+        assert message_bytes(message) == sum(len(item.deflate()) for item in objects)
+    arrays = contents[2][protocol.ARRAYS]
+    assert arrays["a"].object_id == arrays["b"].object_id  # the case above did share an object
+
+
 def test_codes_travel_in_the_instruction_record(task_identity):
     """One record instead of an instruction record plus a codes record: the second record's
     header and object id alone cost more than 100 B on every codes message."""
