@@ -7,8 +7,8 @@ device-round (rounds only, after the nodes have registered), the ratio to the fl
 RSS of the process that hosts the ServerApp, its RSS after round 1 and how much it grew per later
 round (whether memory grows with rounds, and whether Flower's own floor grows too). Each case
 runs in a fresh process. Then where CHORD's own time goes, per device, timed outside Flower on
-the same cloud models: the profile, the cloud's codes (batched), and on the device decode,
-quantize and scoring.
+the same cloud models: the profile, the cloud's codes (batched) and their encoding (the smallest
+wire form), and on the device decode, quantize and scoring.
 
     python benchmarks/fleet.py --dataset ml-100k --rounds 3 --strategies chord fp32 fedavg
 
@@ -139,7 +139,7 @@ def breakdown(dataset: str, devices: int) -> dict[str, float]:
         world.prepared,
     )
     devices = min(devices, world.devices)
-    steps = dict.fromkeys(("profile", "cloud codes", "decode", "quantize", "score"), 0.0)
+    steps = dict.fromkeys(("profile", "cloud codes", "encode", "decode", "quantize", "score"), 0.0)
 
     def timed(step: str, work: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -152,7 +152,8 @@ def breakdown(dataset: str, devices: int) -> dict[str, float]:
     codes = timed("cloud codes", method_codes, "chord", cloud, profiles, budgets)
     count = prepared.channels.channels
     for partition, own in enumerate(codes):
-        decoded = timed("decode", decode_strategy, encode_strategy(own, None), count, None)
+        payload = timed("encode", encode_strategy, own, None)
+        decoded = timed("decode", decode_strategy, payload, count, None)
         quantized = timed("quantize", prepared.quantize, decoded, fresh_model=False)
         timed("score", phone.score, quantized.model, partition, 1)
     return steps
