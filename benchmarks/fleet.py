@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from results_file import append_row
+from results_file import append_row, read_rows
 
 from chord_fl.cli import parse_pairs
 from chord_fl.machine import machine_line, memory_mib
@@ -169,6 +169,58 @@ def breakdown(dataset: str, devices: int) -> dict[str, float]:
     return steps
 
 
+def scaling(results: Path, sizes: list[int], figure: Path | None) -> None:
+    """Seconds per 1,000 device-rounds against the number of SuperNodes, from the latest row of
+    each case and size in `results`, with a straight line through the floor's: Flower's cost per
+    message grows with the nodes (a round's cost with their square), and the line extends that
+    to `sizes`."""
+    import numpy as np
+
+    latest = {(row["case"], row["devices"]): row for row in read_rows(results)}
+    measured = [
+        {"case": case, "supernodes": devices, "s_per_1000": row["ms_per_device_round"]}
+        for (case, devices), row in sorted(latest.items())
+        if case in (FLOOR, "chord")
+    ]
+    floor = [(row["supernodes"], row["s_per_1000"]) for row in measured if row["case"] == FLOOR]
+    if len(floor) < 2:
+        raise SystemExit(f"{results} needs floor rows at two fleet sizes or more")
+    slope, intercept = np.polyfit(*zip(*floor, strict=True), 1)
+    rows = measured + [{"case": "floor fit", "supernodes": n, "s_per_1000": ""} for n in sizes]
+    for row in rows:
+        row["floor_fit"] = intercept + slope * row["supernodes"]
+        row["round_s_fit"] = row["floor_fit"] * row["supernodes"] / 1000
+    print(
+        f"floor fit: {intercept:.1f} s + {slope * 1000:.2f} s per 1,000 SuperNodes, per 1,000 "
+        "device-rounds\n"
+    )
+    print("| case | SuperNodes | s per 1,000 device-rounds | floor fit | one round s (fit) |")
+    print("|---|---:|---:|---:|---:|")
+    for row in rows:
+        value = f"{row['s_per_1000']:.1f}" if row["s_per_1000"] != "" else ""
+        print(
+            f"| {row['case']} | {row['supernodes']:,} | {value} | {row['floor_fit']:.1f} "
+            f"| {row['round_s_fit']:.0f} |"
+        )
+    if figure is None:
+        return
+    import matplotlib.pyplot as plt
+
+    from simulations.style import METHOD_COLOURS, save_figure
+
+    axes = plt.figure(figsize=(6, 4)).add_subplot()
+    span = np.linspace(0, max(row["supernodes"] for row in rows), 50)
+    axes.plot(span, intercept + slope * span, "--", color=METHOD_COLOURS[FLOOR], label="floor fit")
+    for case in (FLOOR, "chord"):
+        points = [(row["supernodes"], row["s_per_1000"]) for row in measured if row["case"] == case]
+        if points:
+            axes.plot(*zip(*points, strict=True), "o", color=METHOD_COLOURS[case], label=case)
+    axes.set(xlabel="SuperNodes", ylabel="s per 1,000 device-rounds", ylim=(0, None))
+    axes.set_title("Flower's cost per message grows with the fleet")
+    axes.legend()
+    save_figure(axes.figure, figure, rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")
@@ -182,6 +234,15 @@ def main() -> None:
     parser.add_argument("--breakdown-only", action="store_true", help="skip the fleet runs")
     parser.add_argument("--results", default="benchmarks/results/fleet.jsonl")
     parser.add_argument(
+        "--scaling",
+        nargs="*",
+        type=int,
+        metavar="SUPERNODES",
+        help="print (and with --plot draw) the cost per message against the fleet size from "
+        "--results, extended to these sizes, and exit",
+    )
+    parser.add_argument("--plot", type=Path, help="PNG of --scaling")
+    parser.add_argument(
         "--no-floor", action="store_true", help="strategies only (the floor is in --results)"
     )
     parser.add_argument(
@@ -193,6 +254,9 @@ def main() -> None:
         help="run config of every strategy case, e.g. round-timeout=3600 for a big fleet",
     )
     args = parser.parse_args()
+    if args.scaling is not None:
+        scaling(Path(args.results), args.scaling, args.plot)
+        return
     if args.breakdown_devices:
         steps = breakdown(args.dataset, args.breakdown_devices)
         print(f"CHORD per device, ms ({args.breakdown_devices} devices, one thread of work):")

@@ -48,6 +48,7 @@ METHOD_COLOURS = {
     "oracle": "#0072b2",
     "fedavg": "#4d4d4d",
     "fedavg-uniform": "#f0e442",
+    "floor": "#33a02c",  # Flower's own engine with trivial apps (benchmarks/fleet.py)
 }
 # A method run with devices holding the 8-bit master: its own shade (labels from `run_label`).
 MASTER_COLOURS = {"int8": "#7f2704"}
