@@ -171,9 +171,9 @@ def breakdown(dataset: str, devices: int) -> dict[str, float]:
 
 def scaling(results: Path, sizes: list[int], figure: Path | None) -> None:
     """Seconds per 1,000 device-rounds against the number of SuperNodes, from the latest row of
-    each case and size in `results`, with a straight line through the floor's: Flower's cost per
-    message grows with the nodes (a round's cost with their square), and the line extends that
-    to `sizes`."""
+    each case and size in `results`, with a polynomial through the floor's points (a line for two
+    sizes, a parabola for three or more) extended to `sizes`: Flower's cost per message grows with
+    the number of nodes, so a round's cost grows faster than the fleet."""
     import numpy as np
 
     latest = {(row["case"], row["devices"]): row for row in read_rows(results)}
@@ -185,15 +185,13 @@ def scaling(results: Path, sizes: list[int], figure: Path | None) -> None:
     floor = [(row["supernodes"], row["s_per_1000"]) for row in measured if row["case"] == FLOOR]
     if len(floor) < 2:
         raise SystemExit(f"{results} needs floor rows at two fleet sizes or more")
-    slope, intercept = np.polyfit(*zip(*floor, strict=True), 1)
+    fit = np.poly1d(np.polyfit(*zip(*floor, strict=True), min(2, len(floor) - 1)))
     rows = measured + [{"case": "floor fit", "supernodes": n, "s_per_1000": ""} for n in sizes]
     for row in rows:
-        row["floor_fit"] = intercept + slope * row["supernodes"]
+        row["floor_fit"] = fit(row["supernodes"])
         row["round_s_fit"] = row["floor_fit"] * row["supernodes"] / 1000
-    print(
-        f"floor fit: {intercept:.1f} s + {slope * 1000:.2f} s per 1,000 SuperNodes, per 1,000 "
-        "device-rounds\n"
-    )
+    terms = " + ".join(f"{c:.3g} N^{len(fit.coeffs) - 1 - i}" for i, c in enumerate(fit.coeffs))
+    print(f"floor fit, s per 1,000 device-rounds at N SuperNodes: {terms}\n")
     print("| case | SuperNodes | s per 1,000 device-rounds | floor fit | one round s (fit) |")
     print("|---|---:|---:|---:|---:|")
     for row in rows:
@@ -210,7 +208,7 @@ def scaling(results: Path, sizes: list[int], figure: Path | None) -> None:
 
     axes = plt.figure(figsize=(6, 4)).add_subplot()
     span = np.linspace(0, max(row["supernodes"] for row in rows), 50)
-    axes.plot(span, intercept + slope * span, "--", color=METHOD_COLOURS[FLOOR], label="floor fit")
+    axes.plot(span, fit(span), "--", color=METHOD_COLOURS[FLOOR], label="floor fit")
     for case in (FLOOR, "chord"):
         points = [(row["supernodes"], row["s_per_1000"]) for row in measured if row["case"] == case]
         if points:
