@@ -11,10 +11,12 @@ the same cloud models: the profile, the cloud's codes (batched) and their encodi
 wire form), and on the device decode, quantize and scoring.
 
     python benchmarks/fleet.py --dataset ml-100k --rounds 3 --strategies chord fp32 fedavg
+    python benchmarks/fleet.py --scaling 30431 --plot benchmarks/results/fleet-scaling.png
 
 Each case's row is printed and appended to a JSON-lines file as soon as it ends (with the case's
 whole wall time, cloud training included), so a long fleet keeps what finished; a case that dies
-is reported and the next one runs.
+is reported and the next one runs. `--scaling` reads those rows back: the cost per message
+against the number of SuperNodes, and what that means for a larger fleet.
 """
 
 from __future__ import annotations
