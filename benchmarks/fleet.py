@@ -192,8 +192,7 @@ def scaling(results: Path, sizes: list[int], figure: Path | None) -> None:
     for row in rows:
         row["floor_fit"] = fit(row["supernodes"])
         row["round_s_fit"] = row["floor_fit"] * row["supernodes"] / 1000
-    terms = " + ".join(f"{c:.3g} N^{len(fit.coeffs) - 1 - i}" for i, c in enumerate(fit.coeffs))
-    print(f"floor fit, s per 1,000 device-rounds at N SuperNodes: {terms}\n")
+    print(f"floor fit, s per 1,000 device-rounds at x SuperNodes:\n{fit}\n")
     print("| case | SuperNodes | s per 1,000 device-rounds | floor fit | one round s (fit) |")
     print("|---|---:|---:|---:|---:|")
     for row in rows:
