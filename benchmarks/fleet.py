@@ -12,6 +12,11 @@ wire form), and on the device decode, quantize and scoring.
 
     python benchmarks/fleet.py --dataset ml-100k --rounds 3 --strategies chord fp32 fedavg
     python benchmarks/fleet.py --scaling 30431 --plot benchmarks/results/fleet-scaling.png
+    python benchmarks/fleet.py --dataset yelp --devices 30431 --rounds 1 --shards 6 \
+        --strategies chord fp32 --breakdown-devices 0
+
+`--shards K` serves the fleet with K simulations in turn (`chord-fl simulate --shards`); its floor
+is one trivial simulation of a shard's size, the floor each of them pays per device-round.
 
 Each case's row is printed and appended to a JSON-lines file as soon as it ends (with the case's
 whole wall time, cloud training included), so a long fleet keeps what finished; a case that dies
@@ -77,12 +82,15 @@ def _floor(devices: int, rounds: int) -> tuple[float, list[float]]:
     return seconds[0], memory
 
 
-def _strategy(overrides: dict[str, Any]) -> tuple[float, int, list[float]]:
-    from simulations.simulate import simulate
+def _strategy(overrides: dict[str, Any], shards: int) -> tuple[float, int, float, list[float]]:
+    """Seconds of the rounds, devices, the ServerApp's peak and per-round resident memory."""
+    from simulations.simulate import simulate, simulate_shards
 
-    summary = simulate(overrides)
+    # Sharded: each shard's ServerApp runs in a child process, so its memory is in the summary.
+    summary = simulate_shards(overrides, shards) if shards > 1 else simulate(overrides)
     memory = [entry["server_rss_mib"] for entry in summary["rounds"]]
-    return summary["rounds_wall_s"], int(summary["devices"]), memory
+    peak = max([memory_mib()[1], *(entry["server_peak_rss_mib"] for entry in summary["rounds"])])
+    return summary["rounds_wall_s"], int(summary["devices"]), peak, memory
 
 
 def _case(name: str, args: argparse.Namespace, out: Any) -> None:
@@ -90,8 +98,9 @@ def _case(name: str, args: argparse.Namespace, out: Any) -> None:
     wall time of the whole case and the resident memory at the end of each round."""
     started = time.perf_counter()
     if name == FLOOR:
-        seconds, memory = _floor(args.devices, args.rounds)
-        devices = args.devices
+        devices = -(-args.devices // args.shards)  # as many nodes as the largest shard holds
+        seconds, memory = _floor(devices, args.rounds)
+        peak = memory_mib()[1]
     else:
         overrides = {
             **parse_pairs(args.run_config, "--run-config"),
@@ -101,8 +110,8 @@ def _case(name: str, args: argparse.Namespace, out: Any) -> None:
             "output-dir": args.output_dir,
             "run-name": f"fleet-{name}",
         }
-        seconds, devices, memory = _strategy(overrides)
-    out.put((name, seconds, devices, memory_mib()[1], time.perf_counter() - started, memory))
+        seconds, devices, peak, memory = _strategy(overrides, args.shards)
+    out.put((name, seconds, devices, peak, time.perf_counter() - started, memory))
 
 
 def run_case(name: str, args: argparse.Namespace) -> tuple | None:
@@ -178,11 +187,14 @@ def scaling(results: Path, sizes: list[int], figure: Path | None) -> None:
     the number of nodes, so a round's cost grows faster than the fleet."""
     import numpy as np
 
-    latest = {(row["case"], row["devices"]): row for row in read_rows(results)}
+    latest = {
+        (row["case"], row["devices"], row.get("shards", 1)): row
+        for row in read_rows(results)
+        if row["case"] in (FLOOR, "chord")
+    }
     measured = [
-        {"case": case, "supernodes": devices, "s_per_1000": row["ms_per_device_round"]}
-        for (case, devices), row in sorted(latest.items())
-        if case in (FLOOR, "chord")
+        {"case": _label(case, shards), "supernodes": size, "s_per_1000": row["ms_per_device_round"]}
+        for (case, size, shards), row in sorted(latest.items())
     ]
     floor = [(row["supernodes"], row["s_per_1000"]) for row in measured if row["case"] == FLOOR]
     if len(floor) < 2:
@@ -210,14 +222,23 @@ def scaling(results: Path, sizes: list[int], figure: Path | None) -> None:
     axes = plt.figure(figsize=(6, 4)).add_subplot()
     span = np.linspace(0, max(row["supernodes"] for row in rows), 50)
     axes.plot(span, fit(span), "--", color=METHOD_COLOURS[FLOOR], label="floor fit")
-    for case in (FLOOR, "chord"):
-        points = [(row["supernodes"], row["s_per_1000"]) for row in measured if row["case"] == case]
-        if points:
-            axes.plot(*zip(*points, strict=True), "o", color=METHOD_COLOURS[case], label=case)
-    axes.set(xlabel="SuperNodes", ylabel="s per 1,000 device-rounds", ylim=(0, None))
+    for label in dict.fromkeys(row["case"] for row in measured):
+        points = [(r["supernodes"], r["s_per_1000"]) for r in measured if r["case"] == label]
+        case = label.split(",")[0]
+        marker = "o" if case == label else "s"  # squares: a fleet served in shards
+        axes.plot(*zip(*points, strict=True), marker, color=METHOD_COLOURS[case], label=label)
+    axes.set(
+        xlabel="devices (SuperNodes of one simulation, unless in shards)",
+        ylabel="s per 1,000 device-rounds",
+        ylim=(0, None),
+    )
     axes.set_title("Flower's cost per message grows with the fleet")
     axes.legend()
     save_figure(axes.figure, figure, rows)
+
+
+def _label(case: str, shards: int) -> str:
+    return case if shards == 1 else f"{case}, {shards} shards"
 
 
 def main() -> None:
@@ -229,6 +250,13 @@ def main() -> None:
         "--strategies", nargs="*", default=["chord", "fp32", "fedavg"], help="none: the floor only"
     )
     parser.add_argument("--output-dir", default=os.path.join(tempfile.gettempdir(), "chord-fleet"))
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="serve the fleet in this many simulations (chord-fl simulate --shards); the floor "
+        "runs one trivial simulation of a shard's size",
+    )
     parser.add_argument("--breakdown-devices", type=int, default=300, help="0: no breakdown")
     parser.add_argument("--breakdown-only", action="store_true", help="skip the fleet runs")
     parser.add_argument("--results", default="benchmarks/results/fleet.jsonl")
@@ -299,6 +327,7 @@ def main() -> None:
                 "dataset": args.dataset,
                 "devices": devices,
                 "rounds": args.rounds,
+                "shards": args.shards,
                 "rounds_s": seconds,
                 "ms_per_device_round": ms,
                 "case_s": case_seconds,

@@ -1,11 +1,10 @@
 """`chord-fl`: the library's commands (data, pretrain, hypernet) plus the federated ones:
 `simulate` runs one strategy in-process, `compare` runs several on the same fleet and seed and
-writes a table and plots, `plot` draws finished runs."""
+writes a table and plots, `merge` joins the shards of a run, `plot` draws finished runs."""
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 from chord_fl import cli as library
 from chord_fl.errors import ChordError, ConfigError
 from chord_fl.federation.runconfig import RunConfig
+from chord_fl.federation.shards import merge_shards
 from chord_fl.machine import machine_line
 from simulations.costs import DEFAULT_HORIZON, break_even_round, communication_cost
 from simulations.html import write_html
@@ -42,26 +42,19 @@ def _overrides(args: argparse.Namespace, strategy: str | None) -> dict[str, Any]
 
 
 def run_simulate(args: argparse.Namespace) -> dict[str, Any]:
-    from simulations.simulate import resume_overrides, simulate
+    from simulations.simulate import resume_overrides, simulate, simulate_shards
 
     if args.resume:
-        if args.strategy or args.run_config:
+        if args.strategy or args.run_config or args.shards:
             raise ConfigError("--resume takes the run's own settings: drop the other settings")
         overrides, supernodes = resume_overrides(args.resume)
         return simulate(overrides, args.num_supernodes or supernodes, ray_address=args.ray_address)
-    return simulate(
-        _overrides(args, args.strategy), args.num_supernodes, ray_address=args.ray_address
-    )
-
-
-def _simulate_in_child(overrides: dict[str, Any]) -> None:
-    from simulations.simulate import simulate
-
-    try:
-        simulate(overrides)
-    except ChordError as exc:
-        print(f"chord-fl compare: {overrides['strategy']}: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    overrides = _overrides(args, args.strategy)
+    if args.shards:
+        if args.num_supernodes:
+            raise ConfigError("--shards sets one SuperNode per user: drop --num-supernodes")
+        return simulate_shards(overrides, args.shards, args.ray_address)
+    return simulate(overrides, args.num_supernodes, ray_address=args.ray_address)
 
 
 def run_compare(args: argparse.Namespace) -> dict[str, Any]:
@@ -72,17 +65,15 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     unknown = [name for name in args.strategies if name not in STRATEGIES]
     if unknown:
         raise ConfigError(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
+    from simulations.simulate import simulate_shards
+
     run_dirs, failed = {}, []
     for name in args.strategies:
-        # One process per strategy: Ray and the cached worlds start clean for each.
-        child = multiprocessing.get_context("spawn").Process(
-            target=_simulate_in_child, args=({**base, "strategy": name},)
-        )
         started = time.perf_counter()
         print(f"== {name}", flush=True)
-        child.start()
-        child.join()
-        if child.exitcode != 0:
+        try:
+            simulate_shards({**base, "strategy": name}, args.shards or 1)
+        except ChordError:
             failed.append(name)
             continue
         run_dirs[name] = config.replace(strategy=name).run_dir
@@ -164,6 +155,12 @@ def write_report(run_dirs: list[Path], out: Path, horizon: int = DEFAULT_HORIZON
     }
 
 
+def run_merge(args: argparse.Namespace) -> dict[str, Any]:
+    shard_dirs = [Path(d) for d in args.shard_dirs]
+    out = Path(args.out) if args.out else shard_dirs[0].parent
+    return merge_shards(shard_dirs, out)
+
+
 def run_plot(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out or Path(args.run_dirs[0]).parent / "plots")
     return write_report([Path(path) for path in args.run_dirs], out, args.horizon)
@@ -217,6 +214,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "metavar": "KEY=VALUE",
         "help": "run config override, as for flwr run (repeatable; see pyproject.toml)",
     }
+    shards = {
+        "type": int,
+        "metavar": "K",
+        "help": "serve the fleet with K simulations in turn, each a share of the users, merged "
+        "into one run (faster for fleets of many thousands)",
+    }
     simulate = commands.add_parser("simulate", help="run one strategy in-process on Ray")
     simulate.add_argument("--strategy", choices=list(STRATEGIES))
     simulate.add_argument("--run-config", "-c", **run_config)
@@ -225,15 +228,23 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     simulate.add_argument(
         "--ray-address", metavar="HOST:PORT", help="run on this Ray cluster (its head node)"
     )
+    simulate.add_argument("--shards", **shards)
     simulate.add_argument("--json", action="store_true", help="print the summary as JSON")
     simulate.set_defaults(run=run_simulate, show=_show_simulate)
 
     compare = commands.add_parser("compare", help="run strategies on one fleet; table and plots")
     compare.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     compare.add_argument("--run-config", "-c", **run_config)
+    compare.add_argument("--shards", **shards)
     compare.add_argument("--out", help="table and plot directory (default: OUTPUT-DIR/compare)")
     compare.add_argument("--json", action="store_true")
     compare.set_defaults(run=run_compare, show=_show_paths)
+
+    merge = commands.add_parser("merge", help="merge a run's shards (flwr run, shard=I/K)")
+    merge.add_argument("shard_dirs", nargs="+", metavar="SHARD_DIR")
+    merge.add_argument("--out", help="the run's directory (default: the shards' parent)")
+    merge.add_argument("--json", action="store_true", help="print the summary as JSON")
+    merge.set_defaults(run=run_merge, show=_show_simulate)
 
     plot = commands.add_parser("plot", help="table and plots of finished runs")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

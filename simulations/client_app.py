@@ -1,4 +1,5 @@
-"""The Flower ClientApp: one user's phone (partition = user). `make_client_app(overrides)` serves
+"""The Flower ClientApp: one user's phone (partition = user; sharded runs map it, see
+`RunConfig.user_of`). `make_client_app(overrides)` serves
 in-process runs, whose run config Flower leaves empty."""
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ from strategies import protocol
 def make_client_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     app = ClientApp()
 
-    def partition_of(context: Context) -> int:
-        return int(context.node_config[protocol.PARTITION])
+    def config_of(context: Context) -> RunConfig:
+        return _parsed(tuple(sorted({**context.run_config, **(overrides or {})}.items())))
+
+    def user_of(context: Context) -> int:
+        return config_of(context).user_of(int(context.node_config[protocol.PARTITION]))
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        return Message(protocol.partition_content(partition_of(context)), reply_to=msg)
+        return Message(protocol.partition_content(user_of(context)), reply_to=msg)
 
     def respond(msg: Message, context: Context) -> Message:
-        config = _parsed(tuple(sorted({**context.run_config, **(overrides or {})}.items())))
         try:
-            runtime = device_runtime(config)
-            content = answer(runtime, msg.content, partition_of(context), context.state)
+            runtime = device_runtime(config_of(context))
+            content = answer(runtime, msg.content, user_of(context), context.state)
         except ChordError as exc:  # a reasoned refusal; any other exception is a crash
             return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(exc)), reply_to=msg)
         return Message(content, reply_to=msg)

@@ -50,7 +50,7 @@ def serve(grid: Grid, config: RunConfig) -> dict[str, Any]:
     run_log.meta = {"strategy": config.strategy, "dataset": config.dataset}
     run_log.meta["backbone"] = config.backbone
     run_log.meta["master"] = config.master
-    nodes = wait_for_nodes(grid, world.devices, config.node_wait)
+    nodes = wait_for_nodes(grid, len(config.users(world.devices)), config.node_wait)
     partitions = map_partitions(grid, nodes, world, config, run_log)
     run_log.meta["devices"] = len(partitions)
     frozen = None
@@ -137,6 +137,7 @@ def map_partitions(
         Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes
     ]
     sizes = {message.metadata.dst_node_id: protocol.message_bytes(message) for message in messages}
+    users = config.users(world.devices)
     partitions: dict[int, int] = {}
     rows = []
     for reply in grid.send_and_receive(messages, timeout=config.round_timeout):
@@ -147,6 +148,8 @@ def map_partitions(
             partition, reason = protocol.read_partition(reply.content)
         if partition is not None and not 0 <= partition < world.devices:
             partition, reason = None, f"partition {partition} has no user ({world.devices} users)"
+        elif partition is not None and partition not in users:
+            partition, reason = None, f"user {partition} is not in shard {config.shard}"
         elif partition is not None and partition in partitions.values():
             partition, reason = None, f"partition {partition} is claimed by another node"
         if partition is None:

@@ -19,10 +19,11 @@ from chord_fl.quant.budget import uniform_bytes
 from chord_fl.quant.codec import encode_strategy
 from chord_fl.refine import refine_item_rows
 from chord_fl.train import TrainConfig
-from simulations.simulate import simulate
+from simulations.simulate import simulate, simulate_shards
 
 ROUNDS = 2
 USERS = 16
+SHARDS = 3
 MASTER_SHARED = {"master": "int8", "code-bits": "0,2,3,4", "scales": "tensor"}
 
 
@@ -58,6 +59,9 @@ def runs(base):
             overrides["refine-items"] = True
         simulate(overrides)
         out[name] = RunConfig.from_mapping(overrides).run_dir
+    sharded = {**base, "strategy": "chord", "run-name": "chord-shards"}
+    simulate_shards(sharded, SHARDS)
+    out["chord-shards"] = RunConfig.from_mapping(sharded).run_dir
     return out
 
 
@@ -161,6 +165,35 @@ def test_refining_devices_hold_their_own_item_rows_and_send_what_chord_sends(run
         for name in ("chord", "chord-refined")
     }
     assert traffic["chord-refined"] == traffic["chord"]
+
+
+def test_a_fleet_served_in_shards_gets_the_codes_metrics_and_bytes_of_one_simulation(runs):
+    def device_rows(run_dir):
+        drop = {"node_id", "adapt_ms"}  # node ids are random; adapt_ms is wall time
+        rows = read_csv(run_dir / "clients.csv")
+        return sorted(tuple((k, v) for k, v in row.items() if k not in drop) for row in rows)
+
+    def traffic(run_dir):
+        rows = read_csv(run_dir / "ledger.csv")
+        return sorted(
+            (r["round"], r["partition"], r["direction"], r["kind"], r["payload_bytes"])
+            for r in rows
+        )
+
+    whole, sharded = runs["chord"], runs["chord-shards"]
+    assert device_rows(sharded) == device_rows(whole)
+    assert traffic(sharded) == traffic(whole)
+    served = [
+        {int(r["partition"]) for r in read_csv(sharded / f"shard-{i}-of-{SHARDS}" / "clients.csv")}
+        for i in range(SHARDS)
+    ]
+    assert served == [set(range(i, USERS, SHARDS)) for i in range(SHARDS)]
+    summary = json.loads((sharded / "summary.json").read_text())
+    assert summary["devices"] == USERS
+    expected = json.loads((whole / "summary.json").read_text())
+    for mine, theirs in zip(summary["rounds"], expected["rounds"], strict=True):
+        assert mine["ndcg@10"] == pytest.approx(theirs["ndcg@10"])
+        assert mine["downlink_payload_bytes"] == theirs["downlink_payload_bytes"]
 
 
 def test_frozen_weights_are_downloaded_once_by_code_strategies_only(runs, base):

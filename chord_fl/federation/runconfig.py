@@ -18,6 +18,7 @@ from typing import Any
 
 from chord_fl.errors import ConfigError
 from chord_fl.experiment import INITS, Setup
+from chord_fl.federation.shards import parse_shard, shard_name, shard_users
 from chord_fl.hypernet.training import HyperTrainConfig
 from chord_fl.methods import FP32, METHODS
 from chord_fl.models import BACKBONES
@@ -67,6 +68,8 @@ class RunConfig:
     slow_rate: float = 0.0  # share of devices answering after the round's timeout
     corrupt_rate: float = 0.0  # share of code messages damaged on the way to the device
     resume: bool = False  # continue the run in run-dir after its last complete round
+    # "I/K": this simulation serves users I, I+K, ... of the fleet (chord_fl.federation.shards)
+    shard: str = ""
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -111,6 +114,7 @@ class RunConfig:
             raise ConfigError("profile-window and seed must be >= 0")
         if not 0 <= self.node_wait < math.inf or not self.round_timeout < math.inf:
             raise ConfigError("node-wait must be finite and >= 0, round-timeout finite")
+        parse_shard(self.shard)
         self.fleet  # noqa: B018 - a malformed tier file fails here, before any work
         self.setup  # noqa: B018 - and a bad code table or scale granularity here
 
@@ -166,7 +170,17 @@ class RunConfig:
     def run_dir(self) -> Path:
         stem = Path(self.dataset).stem if Path(self.dataset).suffix else self.dataset
         name = self.run_name or f"{self.strategy}-{stem}-{self.backbone}-s{self.seed}"
-        return Path(self.output_dir) / name
+        whole = Path(self.output_dir) / name
+        return whole / shard_name(parse_shard(self.shard)) if self.shard else whole
+
+    def users(self, devices: int) -> range:
+        """The users of a fleet of `devices` that this simulation serves."""
+        return shard_users(parse_shard(self.shard), devices)
+
+    def user_of(self, partition: int) -> int:
+        """The user behind a SuperNode's partition (itself, unless sharded)."""
+        index, count = parse_shard(self.shard)
+        return index + partition * count
 
 
 def fleet_from_setting(tiers: str) -> Fleet:

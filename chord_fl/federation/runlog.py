@@ -168,7 +168,7 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _iter_csv(path: Path) -> Iterator[dict[str, str]]:
+def iter_csv(path: Path) -> Iterator[dict[str, str]]:
     if path.exists():  # run directories written before rounds.csv existed have none
         with path.open(newline="") as handle:
             yield from csv.DictReader(handle)
@@ -203,9 +203,9 @@ class Tally:
         """The tally of a run directory's CSV files, read one row at a time."""
         run_dir = Path(run_dir)
         tally = cls()
-        tally.add_ledger(_iter_csv(run_dir / "ledger.csv"))
-        tally.add_clients(_iter_csv(run_dir / "clients.csv"))
-        for row in _iter_csv(run_dir / "rounds.csv"):
+        tally.add_ledger(iter_csv(run_dir / "ledger.csv"))
+        tally.add_clients(iter_csv(run_dir / "clients.csv"))
+        for row in iter_csv(run_dir / "rounds.csv"):
             tally.add_timing(row)
         return tally
 
