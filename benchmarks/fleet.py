@@ -238,7 +238,8 @@ def scaling(results: Path, sizes: list[int], figure: Path | None) -> None:
 
 
 def _label(case: str, shards: int) -> str:
-    return case if shards == 1 else f"{case}, {shards} shards"
+    # The floor is always one simulation, of a shard's size when sharded.
+    return case if shards == 1 or case == FLOOR else f"{case}, {shards} shards"
 
 
 def main() -> None:
