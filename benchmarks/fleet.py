@@ -103,15 +103,23 @@ def _case(name: str, args: argparse.Namespace, out: Any) -> None:
         peak = memory_mib()[1]
     else:
         overrides = {
-            **parse_pairs(args.run_config, "--run-config"),
+            **run_config(args),
             "strategy": name,
-            "dataset": args.dataset,
-            "rounds": args.rounds,
             "output-dir": args.output_dir,
             "run-name": f"fleet-{name}",
         }
         seconds, devices, peak, memory = _strategy(overrides, args.shards)
     out.put((name, seconds, devices, peak, time.perf_counter() - started, memory))
+
+
+def run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The run settings every strategy case and the breakdown share (so both load one backbone:
+    its checkpoint depends on the rounds)."""
+    return {
+        **parse_pairs(args.run_config, "--run-config"),
+        "dataset": args.dataset,
+        "rounds": args.rounds,
+    }
 
 
 def run_case(name: str, args: argparse.Namespace) -> tuple | None:
@@ -142,7 +150,7 @@ def growth_per_round(memory: list[float]) -> float:
     return (late - early) / (len(memory) - 3)
 
 
-def breakdown(dataset: str, devices: int) -> dict[str, float]:
+def breakdown(settings: dict[str, Any], devices: int) -> dict[str, float]:
     """Milliseconds per device of each CHORD step, over the first `devices` devices, round 1."""
     import numpy as np
 
@@ -152,7 +160,7 @@ def breakdown(dataset: str, devices: int) -> dict[str, float]:
     from chord_fl.methods import method_codes
     from chord_fl.quant.codec import decode_strategy, encode_strategy
 
-    config = RunConfig.from_mapping({"dataset": dataset})
+    config = RunConfig.from_mapping(settings)
     world = load_world(config)
     cloud, phone, prepared = (
         load_cloud(world, "chord", config),
@@ -286,7 +294,7 @@ def main() -> None:
         scaling(Path(args.results), args.scaling, args.plot)
         return
     if args.breakdown_devices:
-        steps = breakdown(args.dataset, args.breakdown_devices)
+        steps = breakdown(run_config(args), args.breakdown_devices)
         print(f"CHORD per device, ms ({args.breakdown_devices} devices, one thread of work):")
         print("| " + " | ".join(steps) + " | total |")
         print("|" + "---:|" * (len(steps) + 1))
