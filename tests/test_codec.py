@@ -190,6 +190,19 @@ def test_entropy_table_and_constant_codes():
     assert len(encode_entropy([])) == HEADER_BYTES + 8
 
 
+def test_entropy_bytes_are_the_wire_formats_own():
+    # Written by the encoder as it stood at commit 97654d2 (divmod per channel): a rewrite of
+    # the coder must keep the bytes devices already decode. The long vector has a symbol rare
+    # enough that one channel renormalises by two bytes.
+    short = [3, 0, 2, 2, 1, 0, 0, 2, 1, 3, 0, 2, 0, 0, 1, 2, 2, 0, 1, 0, 0, 3, 2, 1, 0, 2, 0, 0]
+    short += [1, 2, 0, 2]
+    expected = "cd02200000008ae2c9fb003400180028000c02a8ff11039256884b3800"
+    assert encode_entropy(short).hex() == expected
+    skewed = np.random.default_rng(12).choice(4, size=20000, p=[0.6, 0.3, 0.0995, 0.0005])
+    payload = encode_entropy(skewed)
+    assert (len(payload), zlib.crc32(payload)) == (3264, 4182746387)
+
+
 def test_payload_form():
     codes = _codes(100, "uniform")
     assert payload_form(encode_full(codes)) == "full"
