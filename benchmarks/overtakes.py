@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> dict:
     seqs = frozen.pad_windows(windows)
     beats = {name: [] for name in ("fp32", "uniform", "window")}
     for u in tqdm(range(len(users)), desc="devices", unit="device"):
-        allocated = prepared.quantize(codes[u], fresh_model=False).model
+        allocated = prepared.dequantized(codes[u], fresh_model=False)
         for name, model in (("fp32", frozen), ("uniform", uniform), ("window", allocated)):
             beats[name].append(overtaken(model, seqs[u : u + 1], targets[u], negatives[u]))
     beats = {name: np.array(rows) for name, rows in beats.items()}

@@ -46,7 +46,7 @@ def evaluate_codes(
         unique, inverse = np.unique(codes, axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
         groups = (
-            (prepared.quantize(row, fresh_model=False).model, np.flatnonzero(inverse == i))
+            (prepared.dequantized(row, fresh_model=False), np.flatnonzero(inverse == i))
             for i, row in enumerate(unique)
         )
     return evaluate_models(groups, windows, targets, negatives)

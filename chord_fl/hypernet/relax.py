@@ -19,8 +19,10 @@ def _probabilities(
     importance: torch.Tensor, error: torch.Tensor, cost: torch.Tensor, mu: torch.Tensor, temp: float
 ) -> torch.Tensor:
     """(B, C) importance, (C, Q) error and cost, (B,) mu -> (B, C, Q) code probabilities."""
-    lagrangian = importance[..., None] * error + mu[:, None, None] * cost
-    return torch.softmax(-lagrangian / temp, dim=-1)
+    # Laid out code-major, (B, Q, C): torch's CPU softmax over a last dimension as short as a code
+    # table is several times slower than over a middle one (this is most of the bisection's time).
+    lagrangian = importance[:, None, :] * error.T.contiguous() + mu[:, None, None] * cost.T
+    return torch.softmax(-lagrangian / temp, dim=1).transpose(1, 2)
 
 
 @torch.no_grad()

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
@@ -135,42 +136,45 @@ class Relaxation:
                 channel_bytes + self.prepared.channels.fixed_bytes,
             )
         frozen = self.prepared.frozen
-        teacher = None
+        weights = {}
+        for group, candidates in zip(self.prepared.channels.groups, self.candidates, strict=True):
+            rows = torch.einsum("bcq,qck->bck", probabilities[:, group.codes], candidates)
+            if hard is not None:
+                picked = torch.from_numpy(hard[:, group.codes].astype(np.int64))
+                chosen = candidates[picked, torch.arange(group.channels)]
+                rows = chosen + rows - rows.detach()
+            weights[group.name] = rows_to_tensor(rows, group)
+        scores = _scores_per_row(frozen, weights, seqs)
+        item_group = self.prepared.item_group
+        if item_group is not None:
+            # Items the device would not hold score far below the rest (a soft -inf).
+            pruned = probabilities[:, item_group.codes, 0]
+            if hard is not None:
+                hard_pruned = torch.from_numpy(hard[:, item_group.codes] == 0).float()
+                pruned = hard_pruned + pruned - pruned.detach()
+            scores = scores - EXCLUDED_PENALTY * pruned
         if config.objective == "distill":
             with torch.no_grad():  # column 0 is padding (-inf in both models)
                 teacher = F.log_softmax(frozen(seqs)[:, 1:], dim=1)
-        losses = []
-        for row in range(len(seqs)):
-            weights = {}
-            for group, candidates in zip(
-                self.prepared.channels.groups, self.candidates, strict=True
-            ):
-                p = probabilities[row, group.codes]  # (C_l, Q)
-                rows = torch.einsum("cq,qck->ck", p, candidates)
-                if hard is not None:
-                    picked = torch.from_numpy(hard[row, group.codes].astype(np.int64))
-                    chosen = candidates[picked, torch.arange(group.channels)]
-                    rows = chosen + rows - rows.detach()
-                weights[group.name] = rows_to_tensor(rows, group)
-            scores = functional_call(frozen, weights, (seqs[row : row + 1],))
-            item_group = self.prepared.item_group
-            if item_group is not None:
-                # Items the device would not hold score far below the rest (a soft -inf).
-                pruned = probabilities[row, item_group.codes, 0]
-                if hard is not None:
-                    hard_pruned = torch.from_numpy(hard[row, item_group.codes] == 0).float()
-                    pruned = hard_pruned + pruned - pruned.detach()
-                scores = scores - EXCLUDED_PENALTY * pruned
-            if teacher is None:
-                losses.append(F.cross_entropy(scores, targets[row : row + 1]))
-            else:
-                student = F.log_softmax(scores[:, 1:], dim=1)
-                losses.append(
-                    F.kl_div(student, teacher[row : row + 1], log_target=True, reduction="sum")
-                )
+            student = F.log_softmax(scores[:, 1:], dim=1)
+            loss = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+        else:
+            loss = F.cross_entropy(scores, targets)
         spent = (probabilities * self.cost).sum((1, 2))
         overspend = F.relu(spent / budget.clamp_min(1.0) - 1.0).mean()
-        return torch.stack(losses).mean() + config.budget_penalty * overspend
+        return loss + config.budget_penalty * overspend
+
+
+def _scores_per_row(
+    frozen: torch.nn.Module, weights: dict[str, torch.Tensor], seqs: torch.Tensor
+) -> torch.Tensor:
+    """(B, N + 1) scores of row b's window under row b's weights (each (B, ...)), in one batched
+    call rather than B forward passes."""
+    with warnings.catch_warnings():
+        # vmap runs attention one row at a time (no batching rule for CPU's fused kernel);
+        # the rest of the model still runs batched, so the warning says nothing to act on.
+        warnings.filterwarnings("ignore", message=".*batching rule.*")
+        return vmap(lambda w, seq: functional_call(frozen, w, (seq[None],))[0])(weights, seqs)
 
 
 def training_examples(

@@ -261,25 +261,36 @@ class PreparedModel:
         With `fresh_model=False` the returned model reuses one working copy (faster on a device
         that keeps a single quantized model; an earlier result's model changes too).
         """
+        codes = self._checked(codes)
+        tensors = {g.name: self._pack(g, codes[g.codes]) for g in self.channels.groups}
+        model = self._load(codes, fresh_model)
+        return QuantizedModel(model, tensors, self.channels, self.table, codes)
+
+    def dequantized(self, codes: np.ndarray, fresh_model: bool = True) -> SequentialRecommender:
+        """The model `quantize` returns, without packing its storage: for scoring codes where
+        nobody holds the packed bytes (the cloud's validation and benchmarks)."""
+        return self._load(self._checked(codes), fresh_model)
+
+    def _checked(self, codes: np.ndarray) -> np.ndarray:
         codes = np.asarray(codes)
         if codes.shape != (self.channels.channels,):
             raise ConfigError(f"expected {self.channels.channels} codes, got shape {codes.shape}")
         if codes.dtype.kind not in "iu" or codes.min(initial=0) < 0 or codes.max(initial=0) > 3:
             raise ConfigError("codes must be integers in 0..3")
-        codes = codes.astype(np.uint8)
+        return codes.astype(np.uint8)
+
+    def _load(self, codes: np.ndarray, fresh_model: bool) -> SequentialRecommender:
+        """The working model (or a copy) with every channel's rows at its code."""
         model = copy.deepcopy(self._work) if fresh_model else self._work
         params = dict(model.named_parameters())
-        tensors = {}
         with torch.no_grad():
             for group in self.channels.groups:
-                group_codes = codes[group.codes]
-                tensors[group.name] = self._pack(group, group_codes)
                 # int64, because torch reads a uint8 index as a mask.
-                code_index = torch.from_numpy(group_codes.astype(np.int64))
+                code_index = torch.from_numpy(codes[group.codes].astype(np.int64))
                 rows = self._candidates[group.name][code_index, self._channel_index[group.name]]
                 params[group.name].copy_(rows_to_tensor(rows, group))
         model.unavailable = self.unavailable_items(codes)
-        return QuantizedModel(model.eval(), tensors, self.channels, self.table, codes)
+        return model.eval()
 
     def unavailable_items(self, codes: np.ndarray) -> torch.Tensor | None:
         """(num_items + 1,) True where the codes prune an item's scoring row (when excluded)."""
