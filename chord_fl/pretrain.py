@@ -10,7 +10,7 @@ from chord_fl.checkpoint import save_checkpoint
 from chord_fl.data import VALIDATION, load_dataset, make_split
 from chord_fl.evaluation import evaluate_stages
 from chord_fl.machine import machine_info, torch_device
-from chord_fl.models import Popularity, SequentialRecommender, build_backbone
+from chord_fl.models import Popularity, SequentialRecommender, seeded_backbone
 from chord_fl.train import TrainConfig, evaluation_negatives, fit
 
 BASELINES = ("popularity",)
@@ -41,7 +41,8 @@ def pretrain(
     if backbone in BASELINES:
         model = Popularity(data.num_items)
     else:
-        model = build_backbone(backbone, data.num_items, **(backbone_options or {}))
+        options = backbone_options or {}
+        model = seeded_backbone(backbone, data.num_items, train.seed, **options)
     result = fit(model, split, train, progress, device)
     negatives = evaluation_negatives(split, train.num_negatives, train.seed)
     report: dict[str, Any] = {

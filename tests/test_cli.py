@@ -63,3 +63,22 @@ def test_errors_exit_non_zero_with_a_message(tmp_path, capsys):
     torn.write_bytes(b"not a checkpoint")
     assert main(["hypernet", "--dataset", str(csv), "--checkpoint", str(torn)]) == 2
     assert "torn.pt" in capsys.readouterr().err
+
+
+def test_pretraining_twice_with_one_seed_gives_one_backbone(tmp_path):
+    """The backbone's initial weights come from the training seed, not from whatever the process's
+    random generator holds (before, every `flwr run` from scratch trained a different model)."""
+    from chord_fl.pretrain import pretrain
+    from chord_fl.train import TrainConfig
+
+    csv = tmp_path / "clicks.csv"
+    synthetic_interactions(num_users=40, num_items=100, seed=2).to_csv(csv, index=False)
+    states = []
+    for run in range(2):
+        torch.rand(run + 1)  # a process whose generator has moved on
+        out = tmp_path / f"backbone-{run}.pt"
+        config = TrainConfig(epochs=1, num_negatives=10)
+        pretrain(str(csv), "sasrec", None, 1, config, {"hidden": 16}, out, progress=False)
+        states.append(load_checkpoint(out)[0].state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
