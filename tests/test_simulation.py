@@ -4,7 +4,9 @@ repeatability, checked against sizes and codes computed here independently of th
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,8 +43,13 @@ def base(tmp_path_factory, small_fleet):
 
 @pytest.fixture(scope="module")
 def runs(base):
-    """Each strategy's run directory; chord twice with the same seed."""
+    """Each strategy's run directory; chord twice with the same seed, the second training its
+    hypernetworks afresh (its checkpoint directory holds only the backbone)."""
     out = {}
+    again = Path(base["checkpoint-dir"]).with_name("checkpoints-again")
+    again.mkdir()
+    backbone = RunConfig.from_mapping(base).setup.checkpoint_path
+    shutil.copy(backbone, again / backbone.name)
     for name, strategy in (
         ("chord", "chord"),
         ("chord-again", "chord"),
@@ -57,6 +64,8 @@ def runs(base):
             overrides.update(MASTER_SHARED)
         if name.endswith("refined"):
             overrides["refine-items"] = True
+        if name == "chord-again":
+            overrides["checkpoint-dir"] = str(again)
         simulate(overrides)
         out[name] = RunConfig.from_mapping(overrides).run_dir
     sharded = {**base, "strategy": "chord", "run-name": "chord-shards"}
@@ -263,7 +272,7 @@ def test_uniform_devices_get_the_widest_width_that_fits(runs, base):
             assert min(uniform_bytes(channels, int(bits) + 1, t) for t in (False, True)) > budget
 
 
-def test_same_seed_gives_identical_codes_and_metrics(runs):
+def test_same_seed_gives_identical_codes_and_metrics(runs, base):
     def stable(run_dir):
         clients = [
             {k: v for k, v in row.items() if k not in ("node_id", "adapt_ms")}
@@ -275,6 +284,9 @@ def test_same_seed_gives_identical_codes_and_metrics(runs):
         )
         return clients, ledger
 
+    # The second run trained its own hypernetworks, from the same seed.
+    again = Path(base["checkpoint-dir"]).with_name("checkpoints-again")
+    assert len(list(again.glob("*-chord-*.pt"))) == 1
     assert stable(runs["chord"]) == stable(runs["chord-again"])
 
 
