@@ -222,6 +222,7 @@ class PreparedModel:
         self._candidates = {g.name: self._dequantized_candidates(g) for g in self.channels.groups}
         self._channel_index = {g.name: torch.arange(g.channels) for g in self.channels.groups}
         self._work = copy.deepcopy(frozen).eval()
+        self._work_params = dict(self._work.named_parameters())
 
     def candidate_rows(self, group: ChannelGroup) -> torch.Tensor:
         """(Q, C_l, K_l) dequantized rows of `group` at every code (code 0: zeros); shared, so
@@ -282,7 +283,7 @@ class PreparedModel:
     def _load(self, codes: np.ndarray, fresh_model: bool) -> SequentialRecommender:
         """The working model (or a copy) with every channel's rows at its code."""
         model = copy.deepcopy(self._work) if fresh_model else self._work
-        params = dict(model.named_parameters())
+        params = dict(model.named_parameters()) if fresh_model else self._work_params
         with torch.no_grad():
             for group in self.channels.groups:
                 # int64, because torch reads a uint8 index as a mask.
@@ -290,7 +291,9 @@ class PreparedModel:
                 rows = self._candidates[group.name][code_index, self._channel_index[group.name]]
                 params[group.name].copy_(rows_to_tensor(rows, group))
         model.unavailable = self.unavailable_items(codes)
-        return model.eval()
+        # Both models are built in eval mode; walking every module to set it again costs a
+        # tenth of a device's quantization.
+        return model if not model.training else model.eval()
 
     def unavailable_items(self, codes: np.ndarray) -> torch.Tensor | None:
         """(num_items + 1,) True where the codes prune an item's scoring row (when excluded)."""
