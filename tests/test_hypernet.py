@@ -12,16 +12,20 @@ from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.relax import soft_codes
 from chord_fl.hypernet.supervision import log_ratio_loss, sensitivity_set
 from chord_fl.hypernet.training import (
+    EXCLUDED_PENALTY,
     HyperTrainConfig,
+    Relaxation,
     improves,
     item_head_index,
     supervised_epoch,
     train_best,
     train_hypernet,
+    training_examples,
 )
 from chord_fl.methods import CHORD_VARIANTS, Cloud, method_codes
 from chord_fl.models import build_backbone, seeded_backbone
 from chord_fl.quant.allocation import codes_cost
+from chord_fl.quant.budget import channel_budget
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.sensitivity import target_sensitivity
 from chord_fl.tiers import DEFAULT_FLEET, Fleet, Tier
@@ -319,3 +323,36 @@ def test_train_best_keeps_the_recipe_with_the_best_validation_score():
     strict = dataclasses.replace(config, select_margin=1e9)
     _, fit, recipe = train_best(prepared, split, DEFAULT_FLEET, recipes, strict, False)
     assert recipe == recipes[0] and fit.best_score == scores[0]
+
+
+def test_the_batched_relaxation_scores_each_row_under_its_own_codes():
+    """The relaxation runs a batch's rows in one call; in value (straight-through forward) each
+    row's loss is its window's cross-entropy under its own hard codes, as on a device, with items
+    the codes prune pushed EXCLUDED_PENALTY down."""
+    split, backbone = synthetic_backbone()
+    prepared = PreparedModel(backbone)
+    relaxation = Relaxation(prepared)
+    histories = split.histories()
+    rng = np.random.default_rng(1)
+    windows, targets = training_examples(histories, np.arange(4), 3, rng)
+    seqs = backbone.pad_windows(windows)
+    generator = torch.Generator().manual_seed(3)
+    importance = torch.rand(4, prepared.channels.channels, generator=generator)
+    budgets = tier_budgets(DEFAULT_FLEET, prepared.channels)[[0, 1, 2, 3]]
+    channel_bytes = channel_budget(prepared.channels, budgets)
+    # No budget term: its value is the same whichever way the rows are run.
+    config = HyperTrainConfig(budget_penalty=0.0)
+    batched = relaxation.loss(importance, channel_bytes, seqs, torch.from_numpy(targets), config)
+
+    hard = issue_codes(prepared, importance.numpy(), budgets)
+    assert len({tuple(row) for row in hard}) == 4  # every row its own codes
+    per_row = []
+    for row, codes in enumerate(hard):
+        model = prepared.dequantized(codes)
+        model.unavailable = None  # the relaxation's soft penalty stands in for the device's -inf
+        with torch.no_grad():
+            scores = model.full_scores(seqs[row : row + 1])[0]
+        pruned = torch.from_numpy(codes[prepared.item_group.codes] == 0).float()
+        scores = scores - EXCLUDED_PENALTY * pruned
+        per_row.append(torch.nn.functional.cross_entropy(scores, torch.tensor(targets[row])))
+    assert batched.item() == pytest.approx(torch.stack(per_row).mean().item(), rel=1e-5)
