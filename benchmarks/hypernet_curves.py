@@ -31,17 +31,24 @@ def curves(args: argparse.Namespace) -> list[dict]:
     split = load_split(setup)
     prepared = PreparedModel(load_backbone(setup, split))
     out = []
+    recipes = {}
+    for name in args.variants:
+        (recipes[name],) = CHORD_VARIANTS[name].recipes  # one-recipe variants
+    supervised = any(r.objective == "sensitivity" or r.network.prior for r in recipes.values())
     for seed in args.seeds:
-        # Every seed draws its own supervision windows, as training would.
-        pool = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
-        windows = training_windows(split.histories(), pool[:2000].numpy(), 2)
-        supervision = sensitivity_set(
-            prepared.frozen, prepared.channels, windows, args.samples, seed
-        )
+        supervision = None
+        if supervised:
+            # Every seed draws its own supervision windows, as training would.
+            pool = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+            windows = training_windows(split.histories(), pool[:2000].numpy(), 2)
+            supervision = sensitivity_set(
+                prepared.frozen, prepared.channels, windows, args.samples, seed
+            )
         for name in args.variants:
-            (recipe,) = CHORD_VARIANTS[name].recipes
+            recipe = recipes[name]
             config = HyperTrainConfig(
                 epochs=args.epochs,
+                lr=args.lr,
                 seed=seed,
                 objective=recipe.objective,
                 patience=args.epochs,  # the whole curve, not early stopping
@@ -50,7 +57,8 @@ def curves(args: argparse.Namespace) -> list[dict]:
             _, fit = train_hypernet(
                 prepared, split, DEFAULT_FLEET, recipe.network, config, supervision=supervision
             )
-            row = {"variant": name, "seed": seed, "history": fit.history, "seconds": fit.seconds}
+            row = {"variant": name, "seed": seed, "lr": args.lr, "history": fit.history}
+            row["seconds"] = fit.seconds
             print(json.dumps(row), flush=True)
             out.append(row)
     return out
@@ -90,6 +98,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=HyperTrainConfig.lr)
     parser.add_argument("--data-dir")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", default="benchmarks/results/hypernet-curves")
