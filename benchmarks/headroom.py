@@ -110,6 +110,7 @@ def learned_importance(
         for epochs, label in ((0, name.replace("chord", "init")), (args.hypernet_epochs, name)):
             config = HyperTrainConfig(
                 epochs=epochs,
+                lr=args.hypernet_lr,
                 seed=seed,
                 objective=recipe.objective,
                 sensitivity_samples=args.samples,
@@ -238,6 +239,7 @@ def run(args: argparse.Namespace, results: Path) -> None:
                     users=len(users),
                     samples=args.samples,
                     hypernet_epochs=args.hypernet_epochs,
+                    hypernet_lr=args.hypernet_lr,
                     machine=machine_line(),
                 )
                 for protocol, metrics in per_device.items():
@@ -279,6 +281,7 @@ def main() -> None:
         help="the window ceiling's targets are drawn from the backbone's p^(1/T)",
     )
     parser.add_argument("--hypernet-epochs", type=int, default=4)
+    parser.add_argument("--hypernet-lr", type=float, default=HyperTrainConfig.lr)
     add_selection_options(parser)
     parser.add_argument("--data-dir")
     parser.add_argument(

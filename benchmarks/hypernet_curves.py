@@ -27,7 +27,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def curves(args: argparse.Namespace) -> list[dict]:
-    setup = Setup(args.dataset, args.backbone, args.data_dir, rounds=1)
+    setup = Setup(args.dataset, args.backbone, args.data_dir, rounds=1, checkpoint=args.checkpoint)
     split = load_split(setup)
     prepared = PreparedModel(load_backbone(setup, split))
     out = []
@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--lr", type=float, default=HyperTrainConfig.lr)
     parser.add_argument("--data-dir")
+    parser.add_argument("--checkpoint", help="the frozen backbone (default: pretrain's cache)")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", default="benchmarks/results/hypernet-curves")
     parser.add_argument("--plot-only", action="store_true", help="redraw from the saved curves")
