@@ -34,7 +34,7 @@ def curves(args: argparse.Namespace) -> list[dict]:
     recipes = {}
     for name in args.variants:
         (recipes[name],) = CHORD_VARIANTS[name].recipes  # one-recipe variants
-    supervised = any(r.objective == "sensitivity" or r.network.prior for r in recipes.values())
+    supervised = any(recipe.needs_supervision for recipe in recipes.values())
     for seed in args.seeds:
         supervision = None
         if supervised:
@@ -57,8 +57,13 @@ def curves(args: argparse.Namespace) -> list[dict]:
             _, fit = train_hypernet(
                 prepared, split, DEFAULT_FLEET, recipe.network, config, supervision=supervision
             )
-            row = {"variant": name, "seed": seed, "lr": args.lr, "history": fit.history}
-            row["seconds"] = fit.seconds
+            row = {
+                "variant": name,
+                "seed": seed,
+                "lr": args.lr,
+                "history": fit.history,
+                "seconds": fit.seconds,
+            }
             print(json.dumps(row), flush=True)
             out.append(row)
     return out

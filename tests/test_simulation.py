@@ -41,12 +41,17 @@ def base(tmp_path_factory, small_fleet):
     return overrides
 
 
+def _again_checkpoints(base) -> Path:
+    """Where the second same-seed chord run keeps its checkpoints: the backbone only, at first."""
+    return Path(base["checkpoint-dir"]).with_name("checkpoints-again")
+
+
 @pytest.fixture(scope="module")
 def runs(base):
     """Each strategy's run directory; chord twice with the same seed, the second training its
     hypernetworks afresh (its checkpoint directory holds only the backbone)."""
     out = {}
-    again = Path(base["checkpoint-dir"]).with_name("checkpoints-again")
+    again = _again_checkpoints(base)
     again.mkdir()
     backbone = RunConfig.from_mapping(base).setup.checkpoint_path
     shutil.copy(backbone, again / backbone.name)
@@ -285,8 +290,7 @@ def test_same_seed_gives_identical_codes_and_metrics(runs, base):
         return clients, ledger
 
     # The second run trained its own hypernetworks, from the same seed.
-    again = Path(base["checkpoint-dir"]).with_name("checkpoints-again")
-    assert len(list(again.glob("*-chord-*.pt"))) == 1
+    assert len(list(_again_checkpoints(base).glob("*-chord-*.pt"))) == 1
     assert stable(runs["chord"]) == stable(runs["chord-again"])
 
 

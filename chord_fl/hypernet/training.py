@@ -204,6 +204,11 @@ class Recipe:
     network: HyperNetConfig
     objective: str
 
+    @property
+    def needs_supervision(self) -> bool:
+        """Whether training it needs the sensitivity set (its objective or its prior)."""
+        return self.objective == "sensitivity" or self.network.prior
+
 
 def train_best(
     prepared: PreparedModel,
@@ -262,8 +267,7 @@ def train_hypernet(
     hypernet = ChordHyperNet(
         frozen, prepared.channels, frozen.hidden_size, net_config, config.sensitivity_temperature
     )
-    needs_supervision = config.objective == "sensitivity" or net_config.prior
-    if supervision is None and needs_supervision:
+    if supervision is None and Recipe(net_config, config.objective).needs_supervision:
         pool = np.sort(rng.permutation(len(histories))[: config.users_per_epoch])
         supervision = sensitivity_set(
             frozen,
