@@ -48,12 +48,13 @@ from chord_fl.hypernet.supervision import (
     sensitivity_set,
     training_windows,
 )
-from chord_fl.hypernet.training import HyperTrainConfig, improves, train_hypernet
+from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
 from chord_fl.machine import machine_line
 from chord_fl.methods import CHORD_VARIANTS, Cloud, hypernet_importance
 from chord_fl.quant.budget import coded_bytes
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.refine import refine_item_rows
+from chord_fl.selection import improves
 from chord_fl.sensitivity import (
     SHARP_TEMPERATURE,
     expected_sensitivity,

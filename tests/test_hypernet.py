@@ -15,7 +15,6 @@ from chord_fl.hypernet.training import (
     EXCLUDED_PENALTY,
     HyperTrainConfig,
     Relaxation,
-    improves,
     item_head_index,
     supervised_epoch,
     train_best,
@@ -262,16 +261,6 @@ def test_sensitivity_supervision_lowers_its_loss_and_beats_random_codes():
         for method in ("chord", "random")
     }
     assert scores["chord"] > scores["random"] + 0.05, scores
-
-
-def test_improves_asks_for_a_paired_margin_in_standard_errors():
-    kept = np.random.default_rng(0).random(400)
-    noise = np.tile([0.1, -0.1], 200)  # mean 0, standard error of the mean 0.005
-    assert improves(kept + 0.02 + noise, kept, margin=2.0)  # z about 4
-    assert not improves(kept + 0.005 + noise, kept, margin=2.0)  # z about 1
-    assert improves(kept + 0.005 + noise, kept, margin=0.0)  # any gain
-    assert not improves(kept - 0.02 + noise, kept, margin=0.0)
-    assert not improves(kept, kept, margin=0.0)
 
 
 def test_a_margin_no_epoch_reaches_keeps_the_untrained_start():

@@ -37,6 +37,7 @@ from chord_fl.metrics import METRICS
 from chord_fl.quant.budget import channel_budget
 from chord_fl.quant.channels import rows_to_tensor
 from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.selection import best_epoch, improves, kept_epoch, patience_spent
 from chord_fl.tiers import Fleet, assign_tiers
 from chord_fl.train import FitResult
 
@@ -53,14 +54,12 @@ class HyperTrainConfig:
     positions: int = 5  # targets are drawn from the last `positions` items of each history
     budget_penalty: float = 1.0
     straight_through: bool = True
-    patience: int = 4
+    patience: int = 4  # epochs without a higher mean validation score before stopping
     eval_users: int = 500  # validation users scored after each epoch
     users_per_epoch: int = 2000  # large data sets: a fresh random subset of users each epoch
     select_metric: str = "ndcg@10"
-    # A later epoch (or recipe) replaces the one kept only when it beats it on the validation
-    # users by this many paired standard errors (0: any gain). With a validation NDCG whose
-    # standard error is near its differences, keeping the highest of many candidates keeps the
-    # luckiest noise.
+    # The best epoch replaces the untrained start (and a later recipe the one kept) only when it
+    # beats it on the validation users by this many paired standard errors (0: any gain).
     select_margin: float = 2.0
     seed: int = 0
     profile_window: int = 0  # items the device's profile encodes (0: the backbone's max_len)
@@ -304,41 +303,26 @@ def train_hypernet(
         def epoch_losses() -> list[float]:
             return relaxed(hypernet, optimizer, rng)
 
-    # Epoch 0 is the untrained initialisation; it competes in selection like any epoch, so the
-    # history shows whether training helped at all.
-    initial = validate()
-    result = FitResult(0, float(initial.mean()), 0.0, best_per_user=initial)
-    result.history.append({"epoch": 0, "loss": float("nan"), "validation": result.best_score})
-    best_state = copy.deepcopy(hypernet.state_dict())
-    stale = 0
+    # Epoch 0 is the untrained initialisation, so the history shows whether training helped.
+    scores = [validate()]
+    history = [{"epoch": 0, "loss": float("nan"), "validation": float(scores[0].mean())}]
+    states = {0: copy.deepcopy(hypernet.state_dict())}  # the start and the best epoch so far
     epochs = tqdm(range(1, config.epochs + 1), desc="hypernet", unit="epoch", disable=not progress)
     for epoch in epochs:
         hypernet.train()
         loss = float(np.mean(epoch_losses()))
-        per_user = validate()
-        score = float(per_user.mean())
-        result.history.append({"epoch": epoch, "loss": loss, "validation": score})
-        if improves(per_user, result.best_per_user, config.select_margin):
-            result.best_epoch, result.best_score, stale = epoch, score, 0
-            result.best_per_user = per_user
-            best_state = copy.deepcopy(hypernet.state_dict())
-        else:
-            stale += 1
-        epochs.set_postfix(loss=f"{loss:.4f}", val=f"{score:.4f}")
-        if stale >= config.patience:
+        scores.append(validate())
+        history.append({"epoch": epoch, "loss": loss, "validation": float(scores[-1].mean())})
+        if best_epoch(scores) == epoch:
+            states = {0: states[0], epoch: copy.deepcopy(hypernet.state_dict())}
+        epochs.set_postfix(loss=f"{loss:.4f}", val=f"{history[-1]['validation']:.4f}")
+        if patience_spent(scores, config.patience):
             break
-    hypernet.load_state_dict(best_state)
+    kept = kept_epoch(scores, config.select_margin)
+    hypernet.load_state_dict(states[kept])
+    result = FitResult(kept, float(scores[kept].mean()), 0.0, history, scores[kept])
     result.seconds = time.perf_counter() - start
     return hypernet.eval(), result
-
-
-def improves(candidate: np.ndarray, kept: np.ndarray, margin: float) -> bool:
-    """Whether per-user validation scores `candidate` beat `kept` (the same users): a positive
-    mean paired difference of at least `margin` standard errors."""
-    difference = np.asarray(candidate, dtype=np.float64) - np.asarray(kept, dtype=np.float64)
-    mean = difference.mean()
-    error = difference.std(ddof=1) / np.sqrt(len(difference)) if len(difference) > 1 else 0.0
-    return bool(mean > 0 and mean >= margin * error)
 
 
 def supervised_epoch(
