@@ -240,7 +240,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--init", choices=INITS, default="pretrained")
     parser.add_argument("--pruned-items", choices=("exclude", "zero"), default="exclude")
-    parser.add_argument("--hypernet-epochs", type=int, default=4)
+    parser.add_argument("--hypernet-epochs", type=int, default=HyperTrainConfig.epochs)
     parser.add_argument("--eval-users", type=int, default=1000, help="test users per data set")
     parser.add_argument(
         "--hypernet",

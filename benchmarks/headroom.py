@@ -22,6 +22,10 @@ and fp32 aside), and every device is scored on its own test target:
 - global+refined, chord+refined: those codes with the item table's rows re-allocated on each
   device for its own window (`chord_fl.refine`), within the bytes the codes gave the table.
 
+Diagnoses: `--targets validation` scores the same devices on their validation targets (the ones
+hypernetwork training selects on) instead; `--train-at-budget` trains the hypernetworks for each
+budget on a fleet of that budget alone, not on the default fleet's tiers.
+
 Rows go to a JSON-lines file as they are measured; the tables are printed from it:
 
     python benchmarks/headroom.py --dataset ml-100k --backbone sasrec --bits 2.5 3
@@ -40,6 +44,7 @@ from results_file import append_row, prepared_backbone, read_rows
 
 from chord_fl.cli import add_quantizer_options, add_selection_options
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
+from chord_fl.data.split import VALIDATION
 from chord_fl.experiment import eval_devices, evaluate_method
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.supervision import (
@@ -54,7 +59,6 @@ from chord_fl.methods import CHORD_VARIANTS, Cloud, hypernet_importance
 from chord_fl.quant.budget import coded_bytes
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.refine import refine_item_rows
-from chord_fl.selection import improves
 from chord_fl.sensitivity import (
     SHARP_TEMPERATURE,
     expected_sensitivity,
@@ -99,8 +103,9 @@ def learned_importance(
     prepared: PreparedModel,
     split,
     profiles: np.ndarray,
-    supervision: SensitivitySet,
+    supervision: SensitivitySet | None,
     seed: int,
+    fleet: Fleet,
     args: argparse.Namespace,
 ) -> dict[str, np.ndarray]:
     """Importances of each learned recipe and of its untrained start, for one seed, and of `chord`:
@@ -120,24 +125,21 @@ def learned_importance(
             )
             start = time.perf_counter()
             net, fit = train_hypernet(
-                prepared, split, DEFAULT_FLEET, recipe.network, config, supervision=supervision
+                prepared, split, fleet, recipe.network, config, supervision=supervision
             )
             out[label] = hypernet_importance(net, profiles)
             validation[label] = fit
-            history = [(h["epoch"], round(h["validation"], 4)) for h in fit.history]
+            history = [
+                (h["epoch"], round(h["validation"], 4), round(h["validation_sampled"], 4))
+                for h in fit.history
+            ]
             print(
                 f"  {label}: best epoch {fit.best_epoch}, validation {history} "
                 f"({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )
-    chosen = None
-    for name in args.learned:
-        if chosen is None or improves(
-            validation[name].best_per_user,
-            validation[chosen].best_per_user,
-            args.select_margin,
-        ):
-            chosen = name
+    # `train_best`'s rule: the highest mean validation score, the first on a tie.
+    chosen = max(args.learned, key=lambda name: validation[name].best_score, default=None)
     if chosen is not None:
         print(f"  chord: {chosen} (validation {validation[chosen].best_score:.4f})", flush=True)
         out["chord"] = out[chosen]
@@ -147,7 +149,8 @@ def learned_importance(
 def run(args: argparse.Namespace, results: Path) -> None:
     split, prepared = prepared_backbone(args)
     frozen, channels = prepared.frozen, prepared.channels
-    users, windows, targets, negatives = eval_devices(split, args.eval_users)
+    stage = VALIDATION if args.targets == "validation" else 1
+    users, windows, targets, negatives = eval_devices(split, args.eval_users, stage=stage)
     profiles = encode_profiles(frozen, windows)
 
     start = time.perf_counter()
@@ -174,28 +177,36 @@ def run(args: argparse.Namespace, results: Path) -> None:
         for name, measure in measures.items()
         if not args.methods or name in args.methods
     }
-    # The supervision set of every seed's sensitivity-supervised training.
-    pool = np.sort(np.random.default_rng(0).permutation(len(split))[: args.supervision_users])
-    windows_seen = training_windows(
-        split.histories(), pool, HyperTrainConfig().sensitivity_positions
-    )
-    supervision = sensitivity_set(
-        frozen,
-        channels,
-        windows_seen,
-        args.samples,
-        seed=0,
-        temperature=args.sensitivity_temperature,
-    )
+    # The supervision set of every seed's sensitivity-supervised training, when one is trained.
+    supervision = None
+    if any(CHORD_VARIANTS[name].recipes[0].needs_supervision for name in args.learned):
+        pool = np.sort(np.random.default_rng(0).permutation(len(split))[: args.supervision_users])
+        windows_seen = training_windows(
+            split.histories(), pool, HyperTrainConfig().sensitivity_positions
+        )
+        supervision = sensitivity_set(
+            frozen,
+            channels,
+            windows_seen,
+            args.samples,
+            seed=0,
+            temperature=args.sensitivity_temperature,
+        )
     print(f"sensitivities: {time.perf_counter() - start:.0f} s", flush=True)
 
     for seed in args.seeds:
-        torch.manual_seed(seed)
-        learned = learned_importance(prepared, split, profiles, supervision, seed, args)
-        importances = {**fixed, **learned}
-        if "window" in fixed:
-            print_fit(importances, fixed["window"], prepared)
+        learned = {}  # by the budget trained at (None: the default fleet's tiers)
         for bits in args.bits:
+            trained_at = bits if args.train_at_budget else None
+            if trained_at not in learned:
+                torch.manual_seed(seed)
+                fleet = Fleet.at_bits(bits) if args.train_at_budget else DEFAULT_FLEET
+                learned[trained_at] = learned_importance(
+                    prepared, split, profiles, supervision, seed, fleet, args
+                )
+                if "window" in fixed:
+                    print_fit({**fixed, **learned[trained_at]}, fixed["window"], prepared)
+            importances = {**fixed, **learned[trained_at]}
             budgets = np.full(len(users), tier_budgets(Fleet.at_bits(bits), channels)[0])
             refinable = [f"{m}{REFINED}" for m in ("global", "chord") if m in importances]
             available = sorted([*FIXED, *importances, *refinable], key=method_order)
@@ -241,6 +252,8 @@ def run(args: argparse.Namespace, results: Path) -> None:
                     samples=args.samples,
                     hypernet_epochs=args.hypernet_epochs,
                     hypernet_lr=args.hypernet_lr,
+                    trained_at="budget" if args.train_at_budget else "tiers",
+                    targets=args.targets,
                     machine=machine_line(),
                 )
                 for protocol, metrics in per_device.items():
@@ -281,8 +294,19 @@ def main() -> None:
         default=SHARP_TEMPERATURE,
         help="the window ceiling's targets are drawn from the backbone's p^(1/T)",
     )
-    parser.add_argument("--hypernet-epochs", type=int, default=4)
+    parser.add_argument("--hypernet-epochs", type=int, default=HyperTrainConfig.epochs)
     parser.add_argument("--hypernet-lr", type=float, default=HyperTrainConfig.lr)
+    parser.add_argument(
+        "--targets",
+        choices=("test", "validation"),
+        default="test",
+        help="score the devices on their test targets or (a diagnosis) their validation targets",
+    )
+    parser.add_argument(
+        "--train-at-budget",
+        action="store_true",
+        help="train the hypernetworks for each budget on its own, not on the default fleet's tiers",
+    )
     add_selection_options(parser)
     parser.add_argument("--data-dir")
     parser.add_argument(

@@ -118,8 +118,8 @@ def prepare(setup: Setup, split: RoundSplit, progress: bool = True) -> PreparedM
 
 
 class EvalDevices(NamedTuple):
-    """The devices a benchmark scores: users, their round-1 windows, test targets and sampled
-    negatives."""
+    """The devices a benchmark scores: users, their windows and targets (by default round 1's:
+    the test targets) and sampled negatives."""
 
     users: np.ndarray
     windows: list[np.ndarray]
@@ -127,13 +127,15 @@ class EvalDevices(NamedTuple):
     negatives: np.ndarray
 
 
-def eval_devices(split: RoundSplit, count: int, negatives: int = 100) -> EvalDevices:
+def eval_devices(
+    split: RoundSplit, count: int, negatives: int = 100, stage: int = 1
+) -> EvalDevices:
     """`count` users drawn once (seed 0, sorted), so every benchmark scores the same devices."""
     users = np.sort(np.random.default_rng(0).permutation(len(split))[:count])
     return EvalDevices(
         users,
-        [split.users[i].window(1) for i in users],
-        split.targets(1)[users],
+        [split.users[i].window(stage) for i in users],
+        split.targets(stage)[users],
         evaluation_negatives(split, negatives, seed=0)[users],
     )
 

@@ -1,17 +1,25 @@
 """Choosing among trained candidates (epochs, recipes) by their per-user validation scores.
 
-A validation NDCG's standard error is near the differences between epochs, so the highest of many
-candidates is partly the luckiest noise: a candidate replaces a reference only when it beats it by
-a margin in paired standard errors.
+Each candidate's scores are a dict by protocol ("full": full ranking, "sampled": against sampled
+negatives) of per-user arrays on the same validation users. A validation NDCG's standard error is
+near the differences between epochs, so the highest of many candidates is partly the luckiest
+noise: a candidate replaces a reference only when it beats it under full ranking by a margin in
+paired standard errors, and without a lower mean under the sampled protocol (a gain in one that is
+a loss in the other has not been shown to carry to new targets).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from chord_fl.data.split import RoundSplit
 from chord_fl.metrics import mean_and_standard_error
+from chord_fl.train import evaluation_negatives
+
+Scores = Mapping[str, np.ndarray]
+SELECTION_NEGATIVES = 100  # the sampled protocol's negatives per validation target
 
 
 def improves(candidate: np.ndarray, kept: np.ndarray, margin: float) -> bool:
@@ -21,18 +29,49 @@ def improves(candidate: np.ndarray, kept: np.ndarray, margin: float) -> bool:
     return bool(mean > 0 and mean >= margin * (error or 0.0))
 
 
-def best_epoch(scores: Sequence[np.ndarray]) -> int:
-    """The first epoch with the highest mean score (epoch 0: the untrained start)."""
-    return int(np.argmax([np.mean(per_user) for per_user in scores]))
+def beats(candidate: Scores, kept: Scores, margin: float) -> bool:
+    """`improves` under full ranking, and a mean under the sampled protocol (where both have it)
+    at least the kept one's."""
+    if not improves(candidate["full"], kept["full"], margin):
+        return False
+    if "sampled" in candidate and "sampled" in kept:
+        return bool(np.mean(candidate["sampled"]) >= np.mean(kept["sampled"]))
+    return True
 
 
-def patience_spent(scores: Sequence[np.ndarray], patience: int) -> bool:
+def best_epoch(scores: Sequence[Scores]) -> int:
+    """The first epoch with the highest mean full-ranking score (epoch 0: the untrained start)."""
+    return int(np.argmax([np.mean(epoch["full"]) for epoch in scores]))
+
+
+def patience_spent(scores: Sequence[Scores], patience: int) -> bool:
     """Whether `patience` epochs have passed without a higher mean score: training stops then,
     not while a gradual climb goes on whose single steps are too small to be significant."""
     return len(scores) - 1 - best_epoch(scores) >= patience
 
 
-def kept_epoch(scores: Sequence[np.ndarray], margin: float) -> int:
-    """The best epoch if it beats the start by `margin` paired standard errors, else the start."""
+def kept_epoch(scores: Sequence[Scores], margin: float) -> int:
+    """The best epoch if it `beats` the start, else the start."""
     best = best_epoch(scores)
-    return best if improves(scores[best], scores[0], margin) else 0
+    return best if beats(scores[best], scores[0], margin) else 0
+
+
+def selection_negatives(split: RoundSplit, seed: int) -> np.ndarray | None:
+    """Every user's sampled-protocol negatives for selection: 100, or as many as the user with
+    the fewest unseen items allows (None where one has seen the whole catalogue)."""
+    unseen = min(split.num_items - len(np.unique(user.items)) for user in split.users)
+    count = min(SELECTION_NEGATIVES, unseen)
+    return evaluation_negatives(split, count, seed) if count > 0 else None
+
+
+def mean_scores(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    """A history row's validation scores: "validation" (full ranking, what selects), and the
+    sampled protocol's."""
+    return {
+        "validation": float(scores["full"].mean()),
+        **{
+            f"validation_{protocol}": float(values.mean())
+            for protocol, values in scores.items()
+            if protocol != "full"
+        },
+    }

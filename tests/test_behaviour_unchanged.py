@@ -73,6 +73,7 @@ def snapshot(root: Path, names: dict[str, str]) -> dict[str, dict[str, list[dict
         "rounds": ROUNDS,
         "negatives": 10,
         "hypernet-epochs": 1,
+        "hypernet-lr": 3e-3,  # the default then
         "select-margin": 0.0,  # the reference kept the best validation score, whatever the margin
         "local-epochs": 1,
         "output-dir": str(root / "runs"),

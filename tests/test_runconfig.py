@@ -130,6 +130,7 @@ def test_fraction_inside_zero_one_is_accepted(fraction):
         ({"negatives": 0}, "negatives"),
         ({"local-epochs": 0}, "local-epochs"),
         ({"hypernet-epochs": 0}, "hypernet-epochs"),
+        ({"hypernet-lr": 0.0}, "hypernet-lr"),
         ({"local-lr": 0.0}, "local-lr"),
         ({"round-timeout": -1.0}, "round-timeout"),
         ({"profile-window": -1}, "profile-window"),

@@ -1,6 +1,6 @@
 import numpy as np
 
-from chord_fl.selection import best_epoch, improves, kept_epoch, patience_spent
+from chord_fl.selection import beats, best_epoch, improves, kept_epoch, patience_spent
 
 KEPT = np.random.default_rng(0).random(400)
 NOISE = np.tile([0.1, -0.1], 200)  # mean 0, standard error of the mean 0.005
@@ -14,24 +14,31 @@ def test_improves_asks_for_a_paired_margin_in_standard_errors():
     assert not improves(KEPT, KEPT, margin=0.0)
 
 
-def climb(*gains: float) -> list[np.ndarray]:
-    """Per-user validation scores of epochs 0, 1, ...: the start, then the start plus each gain."""
-    return [KEPT] + [KEPT + gain + NOISE for gain in gains]
+def scores(gain: float, sampled_gain: float | None = None) -> dict[str, np.ndarray]:
+    """One candidate's validation scores: the start's plus `gain` (full ranking) and
+    `sampled_gain` (the sampled protocol; default: the same gain)."""
+    sampled = gain if sampled_gain is None else sampled_gain
+    return {"full": KEPT + gain + NOISE, "sampled": KEPT + sampled + NOISE}
+
+
+def climb(*gains: float) -> list[dict[str, np.ndarray]]:
+    """Epochs 0, 1, ...: the start, then the start plus each gain."""
+    return [{"full": KEPT, "sampled": KEPT}] + [scores(gain) for gain in gains]
 
 
 def test_a_gradual_climb_is_followed_until_it_is_significant():
     # No epoch beats the start by two standard errors until the fifth; each beats the one before.
-    scores = climb(0.001, 0.002, 0.003, 0.004, 0.02)
-    assert not any(patience_spent(scores[: n + 1], patience=4) for n in range(len(scores)))
-    assert kept_epoch(scores, margin=2.0) == 5
+    history = climb(0.001, 0.002, 0.003, 0.004, 0.02)
+    assert not any(patience_spent(history[: n + 1], patience=4) for n in range(len(history)))
+    assert kept_epoch(history, margin=2.0) == 5
 
 
 def test_patience_counts_from_the_highest_mean_score():
-    scores = climb(0.02, 0.01, 0.01, 0.01)
-    assert best_epoch(scores) == 1
-    assert not patience_spent(scores, patience=4)
-    assert patience_spent(scores + climb(0.015)[1:], patience=4)
-    assert not patience_spent(scores + climb(0.03)[1:], patience=4)
+    history = climb(0.02, 0.01, 0.01, 0.01)
+    assert best_epoch(history) == 1
+    assert not patience_spent(history, patience=4)
+    assert patience_spent(history + climb(0.015)[1:], patience=4)
+    assert not patience_spent(history + climb(0.03)[1:], patience=4)
 
 
 def test_the_start_is_kept_unless_the_best_epoch_beats_it_by_the_margin():
@@ -40,3 +47,11 @@ def test_the_start_is_kept_unless_the_best_epoch_beats_it_by_the_margin():
     assert kept_epoch(climb(-0.01, -0.02), margin=0.0) == 0
     # The best epoch is judged, not the first epoch that would pass the margin.
     assert kept_epoch(climb(0.02, 0.03, 0.025), margin=2.0) == 2
+
+
+def test_a_full_ranking_gain_that_is_a_sampled_loss_does_not_win():
+    start = climb()[0]
+    assert beats(scores(0.03, 0.0), start, margin=2.0)
+    assert not beats(scores(0.03, -0.005), start, margin=2.0)
+    assert kept_epoch([start, scores(0.03, -0.005)], margin=2.0) == 0
+    assert beats({"full": KEPT + 0.03 + NOISE}, {"full": KEPT}, margin=2.0)  # no sampled scores

@@ -54,7 +54,8 @@ class RunConfig:
     negatives: int = 100
     local_epochs: int = 5
     local_lr: float = 1e-3
-    hypernet_epochs: int = 4
+    hypernet_epochs: int = HyperTrainConfig.epochs
+    hypernet_lr: float = HyperTrainConfig.lr
     select_margin: float = 2.0  # paired standard errors a hypernetwork epoch or recipe must win by
     sensitivity_temperature: float = 1.0  # sharpening of the supervision's targets, p^(1/T)
     profile_window: int = 0
@@ -102,7 +103,7 @@ class RunConfig:
                 raise ConfigError(f"{_key(name)} must be >= 1, got {getattr(self, name)}")
         if not self.select_margin >= 0:
             raise ConfigError(f"select-margin must be >= 0, got {self.select_margin}")
-        for name in ("local_lr", "round_timeout", "sensitivity_temperature"):
+        for name in ("local_lr", "hypernet_lr", "round_timeout", "sensitivity_temperature"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{_key(name)} must be > 0, got {getattr(self, name)}")
         for name in ("fail_rate", "slow_rate", "corrupt_rate"):
@@ -160,6 +161,7 @@ class RunConfig:
         """How the cloud trains hypernetworks it has not cached."""
         return HyperTrainConfig(
             epochs=self.hypernet_epochs,
+            lr=self.hypernet_lr,
             seed=self.seed,
             profile_window=self.profile_window,
             select_margin=self.select_margin,

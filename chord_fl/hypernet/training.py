@@ -37,7 +37,13 @@ from chord_fl.metrics import METRICS
 from chord_fl.quant.budget import channel_budget
 from chord_fl.quant.channels import rows_to_tensor
 from chord_fl.quant.quantizer import PreparedModel
-from chord_fl.selection import best_epoch, improves, kept_epoch, patience_spent
+from chord_fl.selection import (
+    best_epoch,
+    kept_epoch,
+    mean_scores,
+    patience_spent,
+    selection_negatives,
+)
 from chord_fl.tiers import Fleet, assign_tiers
 from chord_fl.train import FitResult
 
@@ -47,9 +53,9 @@ EXCLUDED_PENALTY = 20.0  # logits; exp(-20) ~ 2e-9, so an excluded item's probab
 
 @dataclass(frozen=True)
 class HyperTrainConfig:
-    epochs: int = 15
+    epochs: int = 8  # at most; training stops after `patience` epochs without a higher score
     batch_users: int = 32
-    lr: float = 3e-3
+    lr: float = 1e-3  # 3e-3 peaked by epoch 5 on MovieLens-1M, then fell (README, "Headroom")
     temperature: float = 1.0
     positions: int = 5  # targets are drawn from the last `positions` items of each history
     budget_penalty: float = 1.0
@@ -218,8 +224,9 @@ def train_best(
     progress: bool = True,
     supervision: SensitivitySet | None = None,
 ) -> tuple[ChordHyperNet, FitResult, Recipe]:
-    """Train every recipe (on the same validation users) and keep the first, unless a later one
-    `improves` on the one kept by `config.select_margin`."""
+    """Train every recipe (on the same validation users) and keep the one with the highest mean
+    validation score (the first on a tie). The margin guards each recipe's own start; between
+    recipes, it would favour whichever is listed first."""
     best = None
     for recipe in recipes:
         net, fit = train_hypernet(
@@ -231,7 +238,7 @@ def train_best(
             progress,
             supervision,
         )
-        if best is None or improves(fit.best_per_user, best[1].best_per_user, config.select_margin):
+        if best is None or fit.best_score > best[1].best_score:
             best = (net, fit, recipe)
     if best is None:
         raise ConfigError("no recipe to train")
@@ -260,6 +267,9 @@ def train_hypernet(
     validation_windows = [split.users[i].window(VALIDATION) for i in validation_users]
     validation_targets = split.targets(VALIDATION)[validation_users]
     validation_budgets = budgets[assign_tiers(fleet, len(split), config.seed)][validation_users]
+    validation_negatives = selection_negatives(split, config.seed)
+    if validation_negatives is not None:
+        validation_negatives = validation_negatives[validation_users]
     window = config.profile_window or None
     validation_profiles = torch.from_numpy(encode_profiles(frozen, validation_windows, window))
 
@@ -285,12 +295,14 @@ def train_hypernet(
     trained = [parameter for parameter in hypernet.parameters() if parameter.requires_grad]
     optimizer = torch.optim.Adam(trained, lr=config.lr)
 
-    def validate() -> np.ndarray:
+    def validate() -> dict[str, np.ndarray]:
         hypernet.eval()
         with torch.no_grad():
             codes = issue_codes(prepared, hypernet(validation_profiles).numpy(), validation_budgets)
-        metrics = evaluate_codes(prepared, validation_windows, validation_targets, codes)["full"]
-        return metrics[config.select_metric]
+        metrics = evaluate_codes(
+            prepared, validation_windows, validation_targets, codes, validation_negatives
+        )
+        return {protocol: values[config.select_metric] for protocol, values in metrics.items()}
 
     if config.objective == "sensitivity":
 
@@ -305,14 +317,14 @@ def train_hypernet(
 
     # Epoch 0 is the untrained initialisation, so the history shows whether training helped.
     scores = [validate()]
-    history = [{"epoch": 0, "loss": float("nan"), "validation": float(scores[0].mean())}]
+    history = [{"epoch": 0, "loss": float("nan"), **mean_scores(scores[0])}]
     states = {0: copy.deepcopy(hypernet.state_dict())}  # the start and the best epoch so far
     epochs = tqdm(range(1, config.epochs + 1), desc="hypernet", unit="epoch", disable=not progress)
     for epoch in epochs:
         hypernet.train()
         loss = float(np.mean(epoch_losses()))
         scores.append(validate())
-        history.append({"epoch": epoch, "loss": loss, "validation": float(scores[-1].mean())})
+        history.append({"epoch": epoch, "loss": loss, **mean_scores(scores[-1])})
         if best_epoch(scores) == epoch:
             states = {0: states[0], epoch: copy.deepcopy(hypernet.state_dict())}
         epochs.set_postfix(loss=f"{loss:.4f}", val=f"{history[-1]['validation']:.4f}")
@@ -320,7 +332,7 @@ def train_hypernet(
             break
     kept = kept_epoch(scores, config.select_margin)
     hypernet.load_state_dict(states[kept])
-    result = FitResult(kept, float(scores[kept].mean()), 0.0, history, scores[kept])
+    result = FitResult(kept, history[kept]["validation"], 0.0, history, scores[kept])
     result.seconds = time.perf_counter() - start
     return hypernet.eval(), result
 
