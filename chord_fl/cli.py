@@ -57,7 +57,7 @@ def add_selection_options(parser: argparse.ArgumentParser) -> None:
         "--select-margin",
         type=float,
         default=HyperTrainConfig().select_margin,
-        help="paired standard errors by which a later epoch or recipe must win on validation",
+        help="paired standard errors by which a trained network must beat its start on validation",
     )
     parser.add_argument(
         "--sensitivity-temperature",

@@ -75,8 +75,6 @@ class FitResult:
     best_score: float
     seconds: float
     history: list[dict] = field(default_factory=list)
-    # Per-user validation scores of the kept state, by protocol (where selection needs them).
-    best_per_user: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
 
 # Caser keeps its earlier training: under SASRec's cross-entropy recipe it learned poorly on

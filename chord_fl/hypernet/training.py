@@ -64,8 +64,9 @@ class HyperTrainConfig:
     eval_users: int = 500  # validation users scored after each epoch
     users_per_epoch: int = 2000  # large data sets: a fresh random subset of users each epoch
     select_metric: str = "ndcg@10"
-    # The best epoch replaces the untrained start (and a later recipe the one kept) only when it
-    # beats it on the validation users by this many paired standard errors (0: any gain).
+    # The best epoch replaces the untrained start only when it beats it on the validation users
+    # by this many paired standard errors (0: any gain), and is not lower under the sampled
+    # protocol (`chord_fl.selection`).
     select_margin: float = 2.0
     seed: int = 0
     profile_window: int = 0  # items the device's profile encodes (0: the backbone's max_len)
@@ -332,7 +333,7 @@ def train_hypernet(
             break
     kept = kept_epoch(scores, config.select_margin)
     hypernet.load_state_dict(states[kept])
-    result = FitResult(kept, history[kept]["validation"], 0.0, history, scores[kept])
+    result = FitResult(kept, history[kept]["validation"], 0.0, history)
     result.seconds = time.perf_counter() - start
     return hypernet.eval(), result
 
