@@ -122,6 +122,7 @@ def learned_importance(
                 sensitivity_samples=args.samples,
                 sensitivity_temperature=args.sensitivity_temperature,
                 select_margin=args.select_margin,
+                sampled_guard=not args.no_sampled_guard,
             )
             start = time.perf_counter()
             net, fit = train_hypernet(
@@ -301,6 +302,11 @@ def main() -> None:
         choices=("test", "validation"),
         default="test",
         help="score the devices on their test targets or (a diagnosis) their validation targets",
+    )
+    parser.add_argument(
+        "--no-sampled-guard",
+        action="store_true",
+        help="keep a trained epoch on its full-ranking margin alone (the rule before 2026-12-04)",
     )
     parser.add_argument(
         "--train-at-budget",

@@ -1,4 +1,4 @@
-"""Choosing among trained candidates (epochs, recipes) by their per-user validation scores.
+"""Choosing a trained epoch over the untrained start by their per-user validation scores.
 
 Each candidate's scores are a dict by protocol ("full": full ranking, "sampled": against sampled
 negatives) of per-user arrays on the same validation users. A validation NDCG's standard error is
@@ -29,12 +29,12 @@ def improves(candidate: np.ndarray, kept: np.ndarray, margin: float) -> bool:
     return bool(mean > 0 and mean >= margin * (error or 0.0))
 
 
-def beats(candidate: Scores, kept: Scores, margin: float) -> bool:
-    """`improves` under full ranking, and a mean under the sampled protocol (where both have it)
-    at least the kept one's."""
+def beats(candidate: Scores, kept: Scores, margin: float, guard: bool = True) -> bool:
+    """`improves` under full ranking, and (with `guard`) a mean under the sampled protocol, where
+    both have it, at least the kept one's."""
     if not improves(candidate["full"], kept["full"], margin):
         return False
-    if "sampled" in candidate and "sampled" in kept:
+    if guard and "sampled" in candidate and "sampled" in kept:
         return bool(np.mean(candidate["sampled"]) >= np.mean(kept["sampled"]))
     return True
 
@@ -50,18 +50,21 @@ def patience_spent(scores: Sequence[Scores], patience: int) -> bool:
     return len(scores) - 1 - best_epoch(scores) >= patience
 
 
-def kept_epoch(scores: Sequence[Scores], margin: float) -> int:
+def kept_epoch(scores: Sequence[Scores], margin: float, guard: bool = True) -> int:
     """The best epoch if it `beats` the start, else the start."""
     best = best_epoch(scores)
-    return best if beats(scores[best], scores[0], margin) else 0
+    return best if beats(scores[best], scores[0], margin, guard) else 0
 
 
-def selection_negatives(split: RoundSplit, seed: int) -> np.ndarray | None:
-    """Every user's sampled-protocol negatives for selection: 100, or as many as the user with
-    the fewest unseen items allows (None where one has seen the whole catalogue)."""
+def selection_negatives(split: RoundSplit, users: np.ndarray, seed: int) -> np.ndarray | None:
+    """(len(users), N) sampled-protocol negatives of the validation `users`, never in their
+    sequences: the evaluation's own draw for the split and seed (`evaluation_negatives`, the
+    same negatives every benchmark scores), N = 100 or as many as the user with the fewest unseen
+    items allows (None where one has seen the whole catalogue). Drawn for every user, once per
+    training run: a second's work beside minutes of training."""
     unseen = min(split.num_items - len(np.unique(user.items)) for user in split.users)
     count = min(SELECTION_NEGATIVES, unseen)
-    return evaluation_negatives(split, count, seed) if count > 0 else None
+    return evaluation_negatives(split, count, seed)[users] if count > 0 else None
 
 
 def mean_scores(scores: dict[str, np.ndarray]) -> dict[str, float]:

@@ -1,6 +1,14 @@
 import numpy as np
 
-from chord_fl.selection import beats, best_epoch, improves, kept_epoch, patience_spent
+from chord_fl.data import make_split, synthetic_dataset
+from chord_fl.selection import (
+    beats,
+    best_epoch,
+    improves,
+    kept_epoch,
+    patience_spent,
+    selection_negatives,
+)
 
 KEPT = np.random.default_rng(0).random(400)
 NOISE = np.tile([0.1, -0.1], 200)  # mean 0, standard error of the mean 0.005
@@ -54,4 +62,15 @@ def test_a_full_ranking_gain_that_is_a_sampled_loss_does_not_win():
     assert beats(scores(0.03, 0.0), start, margin=2.0)
     assert not beats(scores(0.03, -0.005), start, margin=2.0)
     assert kept_epoch([start, scores(0.03, -0.005)], margin=2.0) == 0
+    assert kept_epoch([start, scores(0.03, -0.005)], margin=2.0, guard=False) == 1
     assert beats({"full": KEPT + 0.03 + NOISE}, {"full": KEPT}, margin=2.0)  # no sampled scores
+
+
+def test_selection_negatives_avoid_each_users_sequence_and_shrink_to_fit_the_catalogue():
+    split = make_split(synthetic_dataset(seed=2, num_users=30, num_items=80), rounds=1)
+    users = np.array([3, 7, 11])
+    negatives = selection_negatives(split, users, seed=0)
+    fewest_unseen = min(80 - len(np.unique(user.items)) for user in split.users)
+    assert negatives.shape == (3, min(100, fewest_unseen))
+    for row, user in zip(negatives, users, strict=True):
+        assert len(set(row)) == len(row) and not set(row) & set(split.users[user].items)

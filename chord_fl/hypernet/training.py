@@ -68,6 +68,7 @@ class HyperTrainConfig:
     # by this many paired standard errors (0: any gain), and is not lower under the sampled
     # protocol (`chord_fl.selection`).
     select_margin: float = 2.0
+    sampled_guard: bool = True  # False: the full-ranking margin alone (the rule before 2026-12-04)
     seed: int = 0
     profile_window: int = 0  # items the device's profile encodes (0: the backbone's max_len)
     # "next-item": cross-entropy of the history's next item; "distill": KL divergence from the
@@ -268,9 +269,7 @@ def train_hypernet(
     validation_windows = [split.users[i].window(VALIDATION) for i in validation_users]
     validation_targets = split.targets(VALIDATION)[validation_users]
     validation_budgets = budgets[assign_tiers(fleet, len(split), config.seed)][validation_users]
-    validation_negatives = selection_negatives(split, config.seed)
-    if validation_negatives is not None:
-        validation_negatives = validation_negatives[validation_users]
+    validation_negatives = selection_negatives(split, validation_users, config.seed)
     window = config.profile_window or None
     validation_profiles = torch.from_numpy(encode_profiles(frozen, validation_windows, window))
 
@@ -331,7 +330,7 @@ def train_hypernet(
         epochs.set_postfix(loss=f"{loss:.4f}", val=f"{history[-1]['validation']:.4f}")
         if patience_spent(scores, config.patience):
             break
-    kept = kept_epoch(scores, config.select_margin)
+    kept = kept_epoch(scores, config.select_margin, config.sampled_guard)
     hypernet.load_state_dict(states[kept])
     result = FitResult(kept, history[kept]["validation"], 0.0, history)
     result.seconds = time.perf_counter() - start
