@@ -329,7 +329,7 @@ def main() -> None:
     if not args.table_only:
         run(args, results)
     rows = read_rows(results)
-    print(f"\nTest targets, paired by device ({results}):")
+    print(f"\nNDCG@10 paired by device, test targets unless a table says otherwise ({results}):")
     print(tables(rows))
     if args.plot:
         print(f"figure: {pareto_figure(rows, args.dataset, args.backbone, Path(args.plot))}")

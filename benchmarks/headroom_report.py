@@ -73,7 +73,13 @@ def _table_name(row: dict) -> str:
     ceiling, supervised = row.get("ceiling_temperature", 1), row.get("sensitivity_temperature", 1)
     sharpened = f" / window at T={ceiling:g}" if ceiling != 1 else ""
     sharpened += f" / supervised at T={supervised:g}" if supervised != 1 else ""
-    return codes + (" / shared scales" if row.get("scales") == "tensor" else "") + sharpened
+    scored_on = " / validation targets" if row.get("targets") == "validation" else ""
+    return (
+        codes
+        + (" / shared scales" if row.get("scales") == "tensor" else "")
+        + sharpened
+        + scored_on
+    )
 
 
 def tables(rows: list[dict]) -> str:

@@ -4,6 +4,7 @@ the benchmarks share: their common options and paired differences by device."""
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 from pathlib import Path
 
@@ -16,16 +17,24 @@ from chord_fl.metrics import mean_and_standard_error
 from chord_fl.quant.quantizer import PreparedModel
 
 
+def _open(path: Path, mode: str):
+    """A results file as text; `.gz` files are gzip streams (rows that carry a per-device array
+    for thousands of devices: appending adds a gzip member, and reading joins the members)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    return opener(path, mode + "t", encoding="utf-8")
+
+
 def append_row(path: Path, row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
+    with _open(path, "a") as handle:
         handle.write(json.dumps(row) + "\n")
 
 
 def read_rows(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    with _open(path, "r") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
 
 
 def benchmark_parser(doc: str, results: str) -> argparse.ArgumentParser:

@@ -56,9 +56,8 @@ class RunConfig:
     local_lr: float = 1e-3
     hypernet_epochs: int = HyperTrainConfig.epochs
     hypernet_lr: float = HyperTrainConfig.lr
-    select_margin: float = (
-        2.0  # paired standard errors a trained hypernetwork must beat its start by
-    )
+    # paired standard errors by which a trained hypernetwork must beat its start
+    select_margin: float = 2.0
     sensitivity_temperature: float = 1.0  # sharpening of the supervision's targets, p^(1/T)
     profile_window: int = 0
     # code strategies: each device re-spreads its item table's bytes over the rows for its own

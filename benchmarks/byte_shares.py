@@ -1,0 +1,86 @@
+"""Byte shares: where each allocation puts its bits, tensor by tensor (mean stored bits per weight
+over the devices, pruned channels counting 0), at equal all-in budgets.
+
+It shows what a precision strategy decides at the layer level: the relaxation-trained CHORD
+networks and their start, `global`, and the window ceiling sharpened to T = 0.3 (the ceiling that
+sits at fp32 on MovieLens-1M, README "All 6,040 MovieLens-1M devices"):
+
+    python benchmarks/byte_shares.py --dataset ml-1m \
+        --checkpoint checkpoints/benchmark/ml-1m-sasrec.pt
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from results_file import append_row, benchmark_parser, parse, prepared_backbone
+
+from chord_fl.cli import add_quantizer_options
+from chord_fl.cloud import issue_codes, tier_budgets
+from chord_fl.experiment import eval_devices
+from chord_fl.hypernet.profile import encode_profiles
+from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
+from chord_fl.machine import machine_line
+from chord_fl.methods import CHORD_VARIANTS, hypernet_importance
+from chord_fl.sensitivity import SHARP_TEMPERATURE, expected_sensitivity, global_sensitivity
+from chord_fl.tiers import DEFAULT_FLEET, Fleet
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__, results="benchmarks/results/byte-shares.jsonl")
+    add_quantizer_options(parser)
+    parser.add_argument("--checkpoint", help="the frozen backbone (default: pretrain's cache)")
+    parser.add_argument("--bits", type=float, nargs="+", default=[2.5, 3.0])
+    parser.add_argument("--eval-users", type=int, default=500)
+    parser.add_argument("--samples", type=int, default=16, help="targets per window (Fisher)")
+    parser.add_argument("--seed", type=int, default=0, help="the hypernetworks' seed")
+    args = parse(parser)
+    split, prepared = prepared_backbone(args)
+    frozen, channels = prepared.frozen, prepared.channels
+    users, windows, _, _ = eval_devices(split, args.eval_users)
+    profiles = encode_profiles(frozen, windows)
+
+    (recipe,) = CHORD_VARIANTS["chord-relax"].recipes
+    importances = {}
+    for epochs, label in ((0, "init-relax"), (HyperTrainConfig().epochs, "chord-relax")):
+        torch.manual_seed(args.seed)
+        config = HyperTrainConfig(epochs=epochs, seed=args.seed, objective=recipe.objective)
+        net, fit = train_hypernet(prepared, split, DEFAULT_FLEET, recipe.network, config)
+        print(f"{label}: kept epoch {fit.best_epoch}", flush=True)
+        importances[label] = hypernet_importance(net, profiles)
+    everyone = (len(users), channels.channels)
+    shared = global_sensitivity(frozen, channels, split, samples=args.samples)
+    importances["global"] = np.broadcast_to(shared, everyone)
+    importances[f"window T={SHARP_TEMPERATURE:g}"] = expected_sensitivity(
+        frozen, channels, windows, args.samples, seed=1, temperature=SHARP_TEMPERATURE
+    )
+
+    names = [group.name for group in channels.groups]
+    for bits in args.bits:
+        budgets = np.full(len(users), tier_budgets(Fleet.at_bits(bits), channels)[0])
+        print(f"\n{args.dataset} / {args.backbone} / {bits:g} bits, {len(users)} test devices")
+        print("| method | " + " | ".join(f"`{name}`" for name in names) + " |")
+        print("|---|" + "---:|" * len(names))
+        for method, importance in importances.items():
+            widths = prepared.table.array[issue_codes(prepared, importance, budgets)]
+            cells = [float(widths[:, g.codes].mean()) for g in channels.groups]
+            print(f"| {method} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+            row = {
+                "dataset": args.dataset,
+                "backbone": args.backbone,
+                "budget_bits": bits,
+                "method": method,
+                "seed": args.seed,
+                "users": len(users),
+                "code_bits": list(args.code_bits),
+                "scales": args.scales,
+                "bits_per_weight": dict(zip(names, cells, strict=True)),
+                "machine": machine_line(),
+            }
+            append_row(Path(args.results), row)
+
+
+if __name__ == "__main__":
+    main()
