@@ -39,7 +39,7 @@ from chord_fl.experiment import (
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.training import HyperTrainConfig, train_best
 from chord_fl.machine import machine_line
-from chord_fl.methods import CHORD_VARIANTS, METHODS, Cloud
+from chord_fl.methods import CHORD_VARIANTS, METHODS, Cloud, calibrated_global
 from chord_fl.metrics import mean_and_standard_error
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.sensitivity import global_sensitivity
@@ -80,6 +80,7 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
     users, windows, targets, negatives = eval_devices(split, args.eval_users)
     profiles = encode_profiles(prepared.frozen, windows)
     importance = global_sensitivity(prepared.frozen, prepared.channels, split)
+    importance = calibrated_global(prepared, split, DEFAULT_FLEET, importance, HyperTrainConfig())
     cloud = Cloud(prepared, global_importance=importance)
     ndcg: dict[tuple[float, str], list[dict[str, np.ndarray]]] = defaultdict(list)
     for seed in args.seeds:

@@ -10,14 +10,15 @@ and fp32 aside), and every device is scored on its own test target:
   could output: the window ceiling); window-fisher: the same at temperature 1 (the plain Fisher),
   when the ceiling's temperature is another;
 - chord-relax: hypernetworks trained through the relaxed allocation;
-  init-relax: the same networks untrained (the backbone's own item scores, softplus);
+  init-relax: the same networks untrained (the backbone's own item scores, softplus), at the
+  importance exponent chosen on validation;
 - chord-sens: hypernetworks trained by sensitivity supervision (log link, cloud-wide prior);
   init-sens: the same networks untrained (the prior, with the backbone's own item scores);
 - chord: the one of the two trained networks that scored best on validation targets (what the
   `chord` strategy keeps);
-- global: the mean expected sensitivity of training users' history windows, each normalised (the
-  project's `global` strategy); global-target: the earlier estimate, the mean squared gradient
-  of the same users' realised last history items;
+- global: the mean expected sensitivity of training users' history windows, each normalised, raised
+  to the exponent chosen on validation (the project's `global` strategy); global-target: the
+  earlier estimate, the mean squared gradient of the same users' realised last history items;
 - uniform (widest of 1..8 bits, per-channel or per-tensor scales), random, fp32;
 - global+refined, chord+refined: those codes with the item table's rows re-allocated on each
   device for its own window (`chord_fl.refine`), within the bytes the codes gave the table.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,7 @@ import torch
 from headroom_report import method_order, pareto_figure, tables
 from results_file import append_row, prepared_backbone, read_rows
 
-from chord_fl.cli import add_quantizer_options, add_selection_options
+from chord_fl.cli_options import add_quantizer_options, add_selection_options
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data.split import VALIDATION
 from chord_fl.experiment import eval_devices, evaluate_method
@@ -55,7 +57,7 @@ from chord_fl.hypernet.supervision import (
 )
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
 from chord_fl.machine import machine_line
-from chord_fl.methods import CHORD_VARIANTS, Cloud, hypernet_importance
+from chord_fl.methods import CHORD_VARIANTS, Cloud, calibrated_global, hypernet_importance
 from chord_fl.quant.budget import coded_bytes
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.refine import refine_item_rows
@@ -99,6 +101,20 @@ def print_fit(
         print(f"  fit to the window ceiling: {name:<13} all {whole:.3f}, item table {rows:.3f}")
 
 
+def train_config(args: argparse.Namespace, seed: int) -> HyperTrainConfig:
+    """The hypernetworks' training settings of the run (also the global exponent's choice)."""
+    return HyperTrainConfig(
+        epochs=args.hypernet_epochs,
+        lr=args.hypernet_lr,
+        seed=seed,
+        sensitivity_samples=args.samples,
+        sensitivity_temperature=args.sensitivity_temperature,
+        select_margin=args.select_margin,
+        sampled_guard=not args.no_sampled_guard,
+        exponents=tuple(args.exponents),
+    )
+
+
 def learned_importance(
     prepared: PreparedModel,
     split,
@@ -114,16 +130,7 @@ def learned_importance(
     for name in args.learned:
         (recipe,) = CHORD_VARIANTS[name].recipes
         for epochs, label in ((0, name.replace("chord", "init")), (args.hypernet_epochs, name)):
-            config = HyperTrainConfig(
-                epochs=epochs,
-                lr=args.hypernet_lr,
-                seed=seed,
-                objective=recipe.objective,
-                sensitivity_samples=args.samples,
-                sensitivity_temperature=args.sensitivity_temperature,
-                select_margin=args.select_margin,
-                sampled_guard=not args.no_sampled_guard,
-            )
+            config = replace(train_config(args, seed), epochs=epochs, objective=recipe.objective)
             start = time.perf_counter()
             net, fit = train_hypernet(
                 prepared, split, fleet, recipe.network, config, supervision=supervision
@@ -135,7 +142,8 @@ def learned_importance(
                 for h in fit.history
             ]
             print(
-                f"  {label}: best epoch {fit.best_epoch}, validation {history} "
+                f"  {label}: exponent {fit.history[0]['exponent']:g}, best epoch "
+                f"{fit.best_epoch}, validation {history} "
                 f"({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )
@@ -165,7 +173,14 @@ def run(args: argparse.Namespace, results: Path) -> None:
             frozen, channels, windows, args.samples, seed=1
         ),
         "global": lambda: np.broadcast_to(
-            global_sensitivity(frozen, channels, split, samples=args.samples), everyone
+            calibrated_global(
+                prepared,
+                split,
+                DEFAULT_FLEET,
+                global_sensitivity(frozen, channels, split, samples=args.samples),
+                train_config(args, seed=0),
+            ),
+            everyone,
         ),
         "global-target": lambda: np.broadcast_to(
             realised_target_sensitivity(frozen, channels, split), everyone
@@ -253,6 +268,7 @@ def run(args: argparse.Namespace, results: Path) -> None:
                     samples=args.samples,
                     hypernet_epochs=args.hypernet_epochs,
                     hypernet_lr=args.hypernet_lr,
+                    exponents=args.exponents,
                     trained_at="budget" if args.train_at_budget else "tiers",
                     targets=args.targets,
                     machine=machine_line(),

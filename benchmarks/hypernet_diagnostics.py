@@ -26,13 +26,8 @@ from chord_fl.data.split import VALIDATION
 from chord_fl.experiment import Setup, load_backbone, load_split
 from chord_fl.hypernet.networks import ChordHyperNet
 from chord_fl.hypernet.profile import encode_profiles
-from chord_fl.hypernet.relax import soft_codes
-from chord_fl.hypernet.training import (
-    HyperTrainConfig,
-    Relaxation,
-    item_head_index,
-    training_examples,
-)
+from chord_fl.hypernet.relax import Relaxation, soft_codes
+from chord_fl.hypernet.training import HyperTrainConfig, item_head_index, training_examples
 from chord_fl.machine import machine_line
 from chord_fl.quant.budget import channel_budget
 from chord_fl.quant.quantizer import PreparedModel

@@ -22,7 +22,7 @@ import torch
 from results_file import append_row, benchmark_parser, parse, prepared_backbone
 from tqdm import tqdm
 
-from chord_fl.cli import add_quantizer_options
+from chord_fl.cli_options import add_quantizer_options
 from chord_fl.cloud import issue_codes, tier_budgets
 from chord_fl.experiment import eval_devices
 from chord_fl.machine import machine_line

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from results_file import append_row, benchmark_parser, paired, parse, prepared_backbone
 
-from chord_fl.cli import add_quantizer_options
+from chord_fl.cli_options import add_quantizer_options
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data.split import VALIDATION
 from chord_fl.experiment import eval_devices

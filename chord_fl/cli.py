@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from chord_fl.checkpoint import hypernet_cache_path, hypernet_settings, save_hypernet
+from chord_fl.cli_options import add_quantizer_options, add_selection_options
 from chord_fl.cloud import tier_budgets
 from chord_fl.data import load_dataset, make_split
 from chord_fl.data.sources import DATA_DIR_ENV, DATASETS, FORMATS
@@ -28,43 +29,8 @@ from chord_fl.methods import CHORD_VARIANTS, Cloud
 from chord_fl.metrics import METRICS
 from chord_fl.models import BACKBONES, LOSSES
 from chord_fl.pretrain import BASELINES, pretrain
-from chord_fl.quant.channels import SCALES, CodeTable
 from chord_fl.tiers import DEFAULT_FLEET, assign_tiers, load_fleet
 from chord_fl.train import SCHEDULES, TrainConfig, default_training, evaluation_negatives
-
-
-def add_quantizer_options(parser: argparse.ArgumentParser) -> None:
-    """The code table and the scale granularity of code strategies (`Setup.code_bits`, `scales`)."""
-    parser.add_argument(
-        "--code-bits",
-        nargs=4,
-        type=int,
-        default=list(CodeTable().bits),
-        help="the width each 2-bit code stands for (0: pruned)",
-    )
-    parser.add_argument(
-        "--scales",
-        choices=SCALES,
-        default="channel",
-        help="an fp16 scale per stored channel, or shared per tensor and width",
-    )
-
-
-def add_selection_options(parser: argparse.ArgumentParser) -> None:
-    """How hypernetworks are supervised and kept (`HyperTrainConfig.select_margin`,
-    `sensitivity_temperature`)."""
-    parser.add_argument(
-        "--select-margin",
-        type=float,
-        default=HyperTrainConfig().select_margin,
-        help="paired standard errors by which a trained network must beat its start on validation",
-    )
-    parser.add_argument(
-        "--sensitivity-temperature",
-        type=float,
-        default=HyperTrainConfig().sensitivity_temperature,
-        help="the supervised sensitivity's targets are drawn from the backbone's p^(1/T)",
-    )
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -221,6 +187,7 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         select_margin=args.select_margin,
         sensitivity_temperature=args.sensitivity_temperature,
+        exponents=tuple(args.exponents),
     )
     net, result, recipe = train_best(prepared, split, fleet, recipes, config, not args.no_progress)
     identity = setup.backbone_identity(split.num_items)
@@ -242,6 +209,7 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
         "init": args.init,
         "objective": recipe.objective,
         "best_epoch": result.best_epoch,
+        "importance_exponent": float(net.exponent),
         "validation_ndcg@10": result.best_score,
         "train_seconds": round(result.seconds, 2),
         "history": result.history,

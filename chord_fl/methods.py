@@ -5,7 +5,8 @@
   budget, with per-channel or per-tensor scales (`chord_fl.quant.uniform`).
 - random: random importances, allocated under the budget.
 - global: one non-personalised importance for all users (cloud-wide squared gradients, in the spirit
-  of HAWQ), allocated under each budget.
+  of HAWQ), raised to the exponent validation chooses (`calibrated_global`), allocated under each
+  budget.
 - chord and its ablations: the hypernetworks' importances for each device's profile.
 
 The Flower strategies and the benchmarks take their names from `METHODS`.
@@ -20,12 +21,16 @@ import numpy as np
 import torch
 
 from chord_fl.cloud import issue_codes
+from chord_fl.data.split import RoundSplit
 from chord_fl.errors import ConfigError
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
-from chord_fl.hypernet.training import Recipe
+from chord_fl.hypernet.training import HyperTrainConfig, Recipe
 from chord_fl.quant.budget import widest_uniform
 from chord_fl.quant.channels import ChannelMap
 from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.selection import Scores
+from chord_fl.tiers import Fleet
+from chord_fl.validation import choose_exponent, exponent_devices, sharpened
 
 FP32, UNIFORM, CODES = "fp32", "uniform", "codes"
 
@@ -99,6 +104,29 @@ def hypernet_importance(
     if not out:
         return np.empty((0, sum(head.channels for head in net.heads)))
     return torch.cat(out).numpy()
+
+
+def calibrated_global(
+    prepared: PreparedModel,
+    split: RoundSplit,
+    fleet: Fleet,
+    importance: np.ndarray,
+    config: HyperTrainConfig,
+) -> np.ndarray:
+    """(C,) the cloud-wide `importance` raised to the exponent chosen as the hypernetworks' start
+    is (same validation users, exponents and rule: `chord_fl.validation`)."""
+    devices = exponent_devices(
+        prepared, split, fleet, config.exponent_users, config.seed, config.profile_window or None
+    )
+
+    def score(exponent: float) -> Scores:
+        rows = np.broadcast_to(
+            sharpened(importance, exponent), (len(devices.users), len(importance))
+        )
+        return devices.score(prepared, rows, config.select_metric)
+
+    exponent, _ = choose_exponent(score, config.exponents, config.sampled_guard)
+    return sharpened(importance, exponent)
 
 
 @dataclass

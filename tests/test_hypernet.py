@@ -4,24 +4,23 @@ import numpy as np
 import pytest
 import torch
 
+from chord_fl.checkpoint import load_hypernet, save_hypernet
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data import make_split, synthetic_dataset
 from chord_fl.errors import ConfigError
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
 from chord_fl.hypernet.profile import encode_profiles
-from chord_fl.hypernet.relax import soft_codes
+from chord_fl.hypernet.relax import EXCLUDED_PENALTY, Relaxation, soft_codes
 from chord_fl.hypernet.supervision import log_ratio_loss, sensitivity_set
 from chord_fl.hypernet.training import (
-    EXCLUDED_PENALTY,
     HyperTrainConfig,
-    Relaxation,
     item_head_index,
     supervised_epoch,
     train_best,
     train_hypernet,
     training_examples,
 )
-from chord_fl.methods import CHORD_VARIANTS, Cloud, method_codes
+from chord_fl.methods import CHORD_VARIANTS, Cloud, calibrated_global, method_codes
 from chord_fl.models import build_backbone, seeded_backbone
 from chord_fl.quant.allocation import codes_cost
 from chord_fl.quant.budget import channel_budget
@@ -29,6 +28,7 @@ from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.sensitivity import target_sensitivity
 from chord_fl.tiers import DEFAULT_FLEET, Fleet, Tier
 from chord_fl.train import TrainConfig, fit
+from chord_fl.validation import choose_exponent, exponent_devices
 
 
 @pytest.fixture(scope="module")
@@ -346,3 +346,70 @@ def test_the_batched_relaxation_scores_each_row_under_its_own_codes():
         scores = scores - EXCLUDED_PENALTY * pruned
         per_row.append(torch.nn.functional.cross_entropy(scores, torch.tensor(targets[row])))
     assert batched.item() == pytest.approx(torch.stack(per_row).mean().item(), rel=1e-5)
+
+
+def test_choose_exponent_takes_the_best_mean_unless_it_loses_under_the_sampled_protocol():
+    users = np.linspace(0.0, 0.2, 50)
+    gains = {1.0: (0.0, 0.0), 0.5: (0.03, 0.01), 0.25: (0.04, -0.01)}
+
+    def score(exponent):
+        full = users + gains[exponent][0] + 0.01 * np.sin(np.arange(50) * (1 + exponent))
+        return {"full": full, "sampled": users + 0.3 + gains[exponent][1]}
+
+    # 0.25 is best under full ranking but lower than exponent 1 under the sampled protocol.
+    assert choose_exponent(score, [1.0, 0.5, 0.25])[0] == 1.0
+    assert choose_exponent(score, [1.0, 0.5, 0.25], guard=False)[0] == 0.25
+    exponent, scores = choose_exponent(score, [1.0, 0.5])
+    assert exponent == 0.5 and np.array_equal(scores["full"], score(0.5)["full"])
+
+
+def test_the_exponent_raises_every_importance_and_is_saved_with_the_network(prepared, tmp_path):
+    net = ChordHyperNet(prepared.frozen, prepared.channels, 16)
+    profiles = torch.randn(4, 16)
+    with torch.no_grad():
+        plain = net(profiles)
+        net.exponent.fill_(0.25)
+        flat = net(profiles)
+    torch.testing.assert_close(flat, plain.clamp_min(1e-30) ** 0.25)
+    assert flat.max() / flat.min() < plain.max() / plain.min()
+    path = save_hypernet(tmp_path / "net.pt", net, {})
+    loaded, _ = load_hypernet(path, prepared)
+    assert float(loaded.exponent) == 0.25
+    torch.testing.assert_close(loaded(profiles).detach(), flat)
+
+
+def test_training_starts_from_the_exponent_with_the_best_validation_score():
+    split, backbone = synthetic_backbone()
+    prepared = PreparedModel(backbone)
+    exponents = (1.0, 0.25)
+    config = HyperTrainConfig(epochs=0, eval_users=150, select_margin=0, exponents=exponents)
+    torch.manual_seed(config.seed)
+    net, fit = train_hypernet(prepared, split, DEFAULT_FLEET, HyperNetConfig(), config, False)
+    chosen = fit.history[0]["exponent"]
+    assert float(net.exponent) == chosen
+    devices = exponent_devices(prepared, split, DEFAULT_FLEET, 2000, config.seed)
+    assert len(devices.users) == len(split)  # as the epochs' 150: every user
+    full = {}
+    for exponent in exponents:
+        net.exponent.fill_(exponent)
+        with torch.no_grad():
+            importance = net(torch.from_numpy(devices.profiles)).numpy()
+        full[exponent] = devices.score(prepared, importance, "ndcg@10")["full"].mean()
+    assert full[chosen] == max(full.values()) and fit.best_score == pytest.approx(full[chosen])
+    with pytest.raises(ConfigError, match="exponents"):
+        HyperTrainConfig(exponents=(1.0, 0.0))
+
+
+def test_the_global_importance_is_flattened_where_validation_says_so():
+    """A cloud-wide importance that starves all but a few channels prunes most of the model; its
+    eighth root spreads the bytes, and validation picks it. With one exponent nothing changes."""
+    split, backbone = synthetic_backbone()
+    prepared = PreparedModel(backbone)
+    spiky = np.random.default_rng(0).lognormal(0.0, 12.0, prepared.channels.channels)
+    config = HyperTrainConfig(eval_users=150, exponents=(1.0, 0.125))
+    calibrated = calibrated_global(prepared, split, DEFAULT_FLEET, spiky, config)
+    np.testing.assert_allclose(calibrated, spiky**0.125)
+    alone = calibrated_global(
+        prepared, split, DEFAULT_FLEET, spiky, dataclasses.replace(config, exponents=(1.0,))
+    )
+    assert np.array_equal(alone, spiky)

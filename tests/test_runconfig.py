@@ -143,6 +143,8 @@ def test_fraction_inside_zero_one_is_accepted(fraction):
         ({"scales": "row"}, "row"),
         ({"select-margin": -1.0}, "select-margin"),
         ({"sensitivity-temperature": 0.0}, "sensitivity-temperature"),
+        ({"importance-exponents": "1,x"}, "importance-exponents"),
+        ({"importance-exponents": "1,0"}, "importance-exponents"),
     ],
 )
 def test_out_of_range_values_are_rejected(values, mentioned):

@@ -59,6 +59,9 @@ class RunConfig:
     # paired standard errors by which a trained hypernetwork must beat its start
     select_margin: float = 2.0
     sensitivity_temperature: float = 1.0  # sharpening of the supervision's targets, p^(1/T)
+    # exponents tried on validation for global's and each hypernetwork start's importances
+    # (chord_fl.validation), comma-separated; "1": allocate importances as they are
+    importance_exponents: str = ",".join(f"{e:g}" for e in HyperTrainConfig.exponents)
     profile_window: int = 0
     # code strategies: each device re-spreads its item table's bytes over the rows for its own
     # window (chord_fl.refine); the cloud's codes and the bytes on the network stay the same
@@ -119,6 +122,10 @@ class RunConfig:
         parse_shard(self.shard)
         self.fleet  # noqa: B018 - a malformed tier file fails here, before any work
         self.setup  # noqa: B018 - and a bad code table or scale granularity here
+        if min(_numbers(self.importance_exponents, "importance-exponents", float)) <= 0:
+            raise ConfigError(
+                f"importance-exponents must be > 0, got {self.importance_exponents!r}"
+            )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
@@ -153,7 +160,7 @@ class RunConfig:
             checkpoint=os.fspath(Path(self.checkpoint_dir) / name),
             format=self.format or None,
             master=self.master,
-            code_bits=_code_bits(self.code_bits),
+            code_bits=_numbers(self.code_bits, "code-bits", int),
             scales=self.scales,
         )
 
@@ -167,6 +174,7 @@ class RunConfig:
             profile_window=self.profile_window,
             select_margin=self.select_margin,
             sensitivity_temperature=self.sensitivity_temperature,
+            exponents=_numbers(self.importance_exponents, "importance-exponents", float),
         )
 
     @property
@@ -203,10 +211,9 @@ def _key(name: str) -> str:
     return name.replace("_", "-")
 
 
-def _code_bits(text: str) -> tuple[int, ...]:
+def _numbers(text: str, key: str, kind: type) -> tuple:
     try:
-        return tuple(int(part) for part in text.split(","))
+        return tuple(kind(part) for part in text.split(","))
     except ValueError:
-        raise ConfigError(
-            f"code-bits must be four comma-separated integers, got {text!r}"
-        ) from None
+        what = "integers" if kind is int else "numbers"
+        raise ConfigError(f"{key} must be comma-separated {what}, got {text!r}") from None

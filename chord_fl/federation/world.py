@@ -25,7 +25,7 @@ from chord_fl.errors import ConfigError
 from chord_fl.experiment import Setup, load_split, prepare
 from chord_fl.federation.runconfig import RunConfig, fleet_from_setting
 from chord_fl.hypernet.training import train_best
-from chord_fl.methods import CHORD_VARIANTS, Cloud
+from chord_fl.methods import CHORD_VARIANTS, Cloud, calibrated_global
 from chord_fl.quant.budget import floor_bytes
 from chord_fl.quant.master import master_tag
 from chord_fl.quant.quantizer import PreparedModel
@@ -113,7 +113,7 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
                 world.prepared, world.split, world.fleet, recipes, train, progress
             )
             meta = {"best_epoch": result.best_epoch, "variant": method, "settings": settings}
-            meta["objective"] = recipe.objective
+            meta.update(objective=recipe.objective, importance_exponent=float(net.exponent))
             save_hypernet(path, net, meta)
         cloud.hypernets[method] = net.eval()
     elif method == "global":
@@ -122,11 +122,14 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
         name = f"{stem}-{tag}-global-fisher.npy" if tag else f"{stem}-global-fisher.npy"
         path = Path(config.checkpoint_dir) / name
         if path.exists():
-            cloud.global_importance = np.load(path, allow_pickle=False)
+            importance = np.load(path, allow_pickle=False)
         else:
-            cloud.global_importance = global_sensitivity(
+            importance = global_sensitivity(
                 world.prepared.frozen, world.prepared.channels, world.split, seed=config.seed
             )
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, cloud.global_importance, allow_pickle=False)
+            np.save(path, importance, allow_pickle=False)
+        cloud.global_importance = calibrated_global(
+            world.prepared, world.split, world.fleet, importance, config.hypernet_training
+        )
     return cloud

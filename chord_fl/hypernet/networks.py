@@ -22,6 +22,10 @@ heads start from the backbone's own view, u . e_c (plus the output bias, for the
 divided by `item_temperature`: 0 there. With the temperature of the sharpened sensitivity
 (`chord_fl.sensitivity.target_distribution`) an item row starts at p_c^(1/T) up to a common
 factor, the dominant term of its sharpened sensitivity.
+
+Every importance is finally raised to the network's `exponent` (a buffer, 1 at construction;
+training chooses it on validation users: `chord_fl.validation`), which sets how unevenly the
+allocator spreads bytes.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from torch import nn
 from chord_fl.errors import ConfigError
 from chord_fl.models import SequentialRecommender
 from chord_fl.quant.channels import ChannelGroup, ChannelMap, channel_rows
+from chord_fl.validation import TINY
 
 LINKS = ("softplus", "exp")
 MAX_LOG_IMPORTANCE = 60.0  # exp link: keeps every importance finite in float32
@@ -173,6 +178,7 @@ class ChordHyperNet(nn.Module):
             nn.init.zeros_(self.layer.weight)
             if config.link == "exp":
                 nn.init.zeros_(self.layer.bias)
+        self.register_buffer("exponent", torch.tensor(1.0))
         if config.prior:
             self.register_buffer("log_prior", torch.zeros(channels.channels))
             exponent = [0.0 if _is_item_rows(g) else 1.0 for g in channels.groups]
@@ -202,6 +208,8 @@ class ChordHyperNet(nn.Module):
                 self.prior_exponent, torch.tensor(self._sizes), output_size=importance.shape[1]
             )
             importance = importance * torch.exp(exponent * self.log_prior)
+        if self.exponent != 1:
+            importance = importance.clamp_min(TINY) ** self.exponent
         return importance
 
 

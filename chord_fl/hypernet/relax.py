@@ -12,7 +12,22 @@ channel's expected precision, as the hard allocator would.
 
 from __future__ import annotations
 
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+
+from chord_fl.cloud import issue_codes
+from chord_fl.quant.channels import rows_to_tensor
+from chord_fl.quant.quantizer import PreparedModel
+
+if TYPE_CHECKING:
+    from chord_fl.hypernet.training import HyperTrainConfig
+
+EXCLUDED_PENALTY = 20.0  # logits; exp(-20) ~ 2e-9, so an excluded item's probability vanishes
 
 
 def _probabilities(
@@ -75,3 +90,74 @@ def soft_codes(
     step = (spent - spent.detach()) / safe_slope
     mu = mu - torch.where(binding, step, torch.zeros_like(step))
     return _probabilities(importance, error, cost, mu, temperature)
+
+
+class Relaxation:
+    """Everything about the frozen model that a training step reuses: costs, errors, levels."""
+
+    def __init__(self, prepared: PreparedModel) -> None:
+        self.prepared = prepared
+        errors = prepared.errors
+        self.error = torch.tensor(errors / errors[:, 0].mean(), dtype=torch.float32)
+        self.cost = torch.tensor(prepared.channels.cost(prepared.table), dtype=torch.float32)
+        self.candidates = [prepared.candidate_rows(g) for g in prepared.channels.groups]
+
+    def loss(
+        self,
+        importance: torch.Tensor,
+        channel_bytes: np.ndarray,
+        seqs: torch.Tensor,
+        targets: torch.Tensor,
+        config: HyperTrainConfig,
+    ) -> torch.Tensor:
+        budget = torch.tensor(channel_bytes, dtype=torch.float32)
+        probabilities = soft_codes(
+            importance, self.error, self.cost, budget, config.temperature, config.implicit_budget
+        )
+        hard = None
+        if config.straight_through:
+            hard = issue_codes(
+                self.prepared,
+                importance.detach().numpy(),
+                channel_bytes + self.prepared.channels.fixed_bytes,
+            )
+        frozen = self.prepared.frozen
+        weights = {}
+        for group, candidates in zip(self.prepared.channels.groups, self.candidates, strict=True):
+            rows = torch.einsum("bcq,qck->bck", probabilities[:, group.codes], candidates)
+            if hard is not None:
+                picked = torch.from_numpy(hard[:, group.codes].astype(np.int64))
+                chosen = candidates[picked, torch.arange(group.channels)]
+                rows = chosen + rows - rows.detach()
+            weights[group.name] = rows_to_tensor(rows, group)
+        scores = _scores_per_row(frozen, weights, seqs)
+        item_group = self.prepared.item_group
+        if item_group is not None:
+            # Items the device would not hold score far below the rest (a soft -inf).
+            pruned = probabilities[:, item_group.codes, 0]
+            if hard is not None:
+                hard_pruned = torch.from_numpy(hard[:, item_group.codes] == 0).float()
+                pruned = hard_pruned + pruned - pruned.detach()
+            scores = scores - EXCLUDED_PENALTY * pruned
+        if config.objective == "distill":
+            with torch.no_grad():  # column 0 is padding (-inf in both models)
+                teacher = F.log_softmax(frozen(seqs)[:, 1:], dim=1)
+            student = F.log_softmax(scores[:, 1:], dim=1)
+            loss = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+        else:
+            loss = F.cross_entropy(scores, targets)
+        spent = (probabilities * self.cost).sum((1, 2))
+        overspend = F.relu(spent / budget.clamp_min(1.0) - 1.0).mean()
+        return loss + config.budget_penalty * overspend
+
+
+def _scores_per_row(
+    frozen: torch.nn.Module, weights: dict[str, torch.Tensor], seqs: torch.Tensor
+) -> torch.Tensor:
+    """(B, N + 1) scores of row b's window under row b's weights (each (B, ...)), in one batched
+    call rather than B forward passes."""
+    with warnings.catch_warnings():
+        # vmap runs attention one row at a time (no batching rule for CPU's fused kernel);
+        # the rest of the model still runs batched, so the warning says nothing to act on.
+        warnings.filterwarnings("ignore", message=".*batching rule.*")
+        return vmap(lambda w, seq: functional_call(frozen, w, (seq[None],))[0])(weights, seqs)

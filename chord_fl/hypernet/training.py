@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import copy
 import time
-import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
-from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
-from chord_fl.data.split import VALIDATION, RoundSplit
+from chord_fl.cloud import tier_budgets
+from chord_fl.data.split import RoundSplit
 from chord_fl.errors import ConfigError, require_positive
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
 from chord_fl.hypernet.profile import encode_profiles
-from chord_fl.hypernet.relax import soft_codes
+from chord_fl.hypernet.relax import Relaxation
 from chord_fl.hypernet.supervision import (
     SensitivitySet,
     log_ratio_loss,
@@ -35,20 +32,24 @@ from chord_fl.hypernet.supervision import (
 )
 from chord_fl.metrics import METRICS
 from chord_fl.quant.budget import channel_budget
-from chord_fl.quant.channels import rows_to_tensor
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.selection import (
+    Scores,
     best_epoch,
     kept_epoch,
     mean_scores,
     patience_spent,
-    selection_negatives,
 )
-from chord_fl.tiers import Fleet, assign_tiers
+from chord_fl.tiers import Fleet
 from chord_fl.train import FitResult
+from chord_fl.validation import (
+    ValidationDevices,
+    choose_exponent,
+    exponent_devices,
+    validation_devices,
+)
 
 OBJECTIVES = ("next-item", "distill", "sensitivity")
-EXCLUDED_PENALTY = 20.0  # logits; exp(-20) ~ 2e-9, so an excluded item's probability vanishes
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,10 @@ class HyperTrainConfig:
     # Keep the item table's head (all its levels) at its initialisation, the frozen model's own
     # relevance of each item to the profile; the layer level can still rescale it as a whole.
     freeze_item_head: bool = False
+    # Importance exponents tried on the untrained start (`chord_fl.validation`); the one with the
+    # best validation score (and not lower than the first under the sampled protocol) is trained at.
+    exponents: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
+    exponent_users: int = 2000  # validation users the exponent is chosen on
 
     def __post_init__(self) -> None:
         require_positive(
@@ -98,6 +103,7 @@ class HyperTrainConfig:
             "users_per_epoch",
             "sensitivity_samples",
             "sensitivity_positions",
+            "exponent_users",
         )
         if self.epochs < 0:
             raise ConfigError(
@@ -109,79 +115,12 @@ class HyperTrainConfig:
             raise ConfigError(f"select_margin must be >= 0, got {self.select_margin}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}")
+        if not self.exponents or min(self.exponents) <= 0:
+            raise ConfigError(
+                f"exponents must be a non-empty list of values > 0, got {self.exponents}"
+            )
         if self.select_metric not in METRICS:
             raise ConfigError(f"select_metric must be one of {', '.join(METRICS)}")
-
-
-class Relaxation:
-    """Everything about the frozen model that a training step reuses: costs, errors, levels."""
-
-    def __init__(self, prepared: PreparedModel) -> None:
-        self.prepared = prepared
-        errors = prepared.errors
-        self.error = torch.tensor(errors / errors[:, 0].mean(), dtype=torch.float32)
-        self.cost = torch.tensor(prepared.channels.cost(prepared.table), dtype=torch.float32)
-        self.candidates = [prepared.candidate_rows(g) for g in prepared.channels.groups]
-
-    def loss(
-        self,
-        importance: torch.Tensor,
-        channel_bytes: np.ndarray,
-        seqs: torch.Tensor,
-        targets: torch.Tensor,
-        config: HyperTrainConfig,
-    ) -> torch.Tensor:
-        budget = torch.tensor(channel_bytes, dtype=torch.float32)
-        probabilities = soft_codes(
-            importance, self.error, self.cost, budget, config.temperature, config.implicit_budget
-        )
-        hard = None
-        if config.straight_through:
-            hard = issue_codes(
-                self.prepared,
-                importance.detach().numpy(),
-                channel_bytes + self.prepared.channels.fixed_bytes,
-            )
-        frozen = self.prepared.frozen
-        weights = {}
-        for group, candidates in zip(self.prepared.channels.groups, self.candidates, strict=True):
-            rows = torch.einsum("bcq,qck->bck", probabilities[:, group.codes], candidates)
-            if hard is not None:
-                picked = torch.from_numpy(hard[:, group.codes].astype(np.int64))
-                chosen = candidates[picked, torch.arange(group.channels)]
-                rows = chosen + rows - rows.detach()
-            weights[group.name] = rows_to_tensor(rows, group)
-        scores = _scores_per_row(frozen, weights, seqs)
-        item_group = self.prepared.item_group
-        if item_group is not None:
-            # Items the device would not hold score far below the rest (a soft -inf).
-            pruned = probabilities[:, item_group.codes, 0]
-            if hard is not None:
-                hard_pruned = torch.from_numpy(hard[:, item_group.codes] == 0).float()
-                pruned = hard_pruned + pruned - pruned.detach()
-            scores = scores - EXCLUDED_PENALTY * pruned
-        if config.objective == "distill":
-            with torch.no_grad():  # column 0 is padding (-inf in both models)
-                teacher = F.log_softmax(frozen(seqs)[:, 1:], dim=1)
-            student = F.log_softmax(scores[:, 1:], dim=1)
-            loss = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
-        else:
-            loss = F.cross_entropy(scores, targets)
-        spent = (probabilities * self.cost).sum((1, 2))
-        overspend = F.relu(spent / budget.clamp_min(1.0) - 1.0).mean()
-        return loss + config.budget_penalty * overspend
-
-
-def _scores_per_row(
-    frozen: torch.nn.Module, weights: dict[str, torch.Tensor], seqs: torch.Tensor
-) -> torch.Tensor:
-    """(B, N + 1) scores of row b's window under row b's weights (each (B, ...)), in one batched
-    call rather than B forward passes."""
-    with warnings.catch_warnings():
-        # vmap runs attention one row at a time (no batching rule for CPU's fused kernel);
-        # the rest of the model still runs batched, so the warning says nothing to act on.
-        warnings.filterwarnings("ignore", message=".*batching rule.*")
-        return vmap(lambda w, seq: functional_call(frozen, w, (seq[None],))[0])(weights, seqs)
 
 
 def training_examples(
@@ -265,13 +204,10 @@ def train_hypernet(
     budgets = tier_budgets(fleet, prepared.channels)
     histories = split.histories()
 
-    validation_users = np.sort(rng.permutation(len(split))[: config.eval_users])
-    validation_windows = [split.users[i].window(VALIDATION) for i in validation_users]
-    validation_targets = split.targets(VALIDATION)[validation_users]
-    validation_budgets = budgets[assign_tiers(fleet, len(split), config.seed)][validation_users]
-    validation_negatives = selection_negatives(split, validation_users, config.seed)
     window = config.profile_window or None
-    validation_profiles = torch.from_numpy(encode_profiles(frozen, validation_windows, window))
+    validation = validation_devices(
+        prepared, split, fleet, config.eval_users, rng, config.seed, window
+    )
 
     hypernet = ChordHyperNet(
         frozen, prepared.channels, frozen.hidden_size, net_config, config.sensitivity_temperature
@@ -295,14 +231,19 @@ def train_hypernet(
     trained = [parameter for parameter in hypernet.parameters() if parameter.requires_grad]
     optimizer = torch.optim.Adam(trained, lr=config.lr)
 
-    def validate() -> dict[str, np.ndarray]:
+    def validate(devices: ValidationDevices = validation) -> Scores:
         hypernet.eval()
         with torch.no_grad():
-            codes = issue_codes(prepared, hypernet(validation_profiles).numpy(), validation_budgets)
-        metrics = evaluate_codes(
-            prepared, validation_windows, validation_targets, codes, validation_negatives
-        )
-        return {protocol: values[config.select_metric] for protocol, values in metrics.items()}
+            importance = hypernet(torch.from_numpy(devices.profiles)).numpy()
+        return devices.score(prepared, importance, config.select_metric)
+
+    calibration = exponent_devices(
+        prepared, split, fleet, config.exponent_users, config.seed, window
+    )
+
+    def validate_at(exponent: float) -> Scores:
+        hypernet.exponent.fill_(exponent)
+        return validate(calibration)
 
     if config.objective == "sensitivity":
 
@@ -315,9 +256,12 @@ def train_hypernet(
         def epoch_losses() -> list[float]:
             return relaxed(hypernet, optimizer, rng)
 
-    # Epoch 0 is the untrained initialisation, so the history shows whether training helped.
+    # Epoch 0 is the untrained initialisation at its chosen exponent, trained at that exponent;
+    # the history shows whether training helped.
+    exponent, _ = choose_exponent(validate_at, config.exponents, config.sampled_guard)
+    hypernet.exponent.fill_(exponent)
     scores = [validate()]
-    history = [{"epoch": 0, "loss": float("nan"), **mean_scores(scores[0])}]
+    history = [{"epoch": 0, "loss": float("nan"), "exponent": exponent, **mean_scores(scores[0])}]
     states = {0: copy.deepcopy(hypernet.state_dict())}  # the start and the best epoch so far
     epochs = tqdm(range(1, config.epochs + 1), desc="hypernet", unit="epoch", disable=not progress)
     for epoch in epochs:
@@ -348,7 +292,9 @@ def supervised_epoch(
     order = torch.from_numpy(rng.permutation(len(supervision)))
     for begin in range(0, len(order), batch_size):
         rows = order[begin : begin + batch_size]
-        loss = log_ratio_loss(hypernet(supervision.profiles[rows]), supervision.targets[rows])
+        targets = supervision.targets[rows] ** hypernet.exponent  # fit what is allocated
+        targets = targets / targets.mean(dim=1, keepdim=True).clamp_min(1e-30)
+        loss = log_ratio_loss(hypernet(supervision.profiles[rows]), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
