@@ -80,7 +80,10 @@ def load_hypernet(
     config = HyperNetConfig(**payload["model"]["hypernet"])
     frozen = prepared.frozen
     net = ChordHyperNet(frozen, prepared.channels, frozen.hidden_size, config)
-    _restore(path, net, payload["state_dict"])
+    state = payload["state_dict"]
+    # Saved before the importance exponent: its importances were allocated as they are.
+    state.setdefault("exponent", torch.tensor(1.0))
+    _restore(path, net, state)
     return net.eval(), payload["meta"]
 
 

@@ -14,6 +14,7 @@ The Flower strategies and the benchmarks take their names from `METHODS`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -115,18 +116,18 @@ def calibrated_global(
 ) -> np.ndarray:
     """(C,) the cloud-wide `importance` raised to the exponent chosen as the hypernetworks' start
     is (same validation users, exponents and rule: `chord_fl.validation`)."""
-    devices = exponent_devices(
-        prepared, split, fleet, config.exponent_users, config.seed, config.profile_window or None
+    window = config.profile_window or None
+    devices = functools.cache(
+        lambda: exponent_devices(prepared, split, fleet, config.exponent_users, config.seed, window)
     )
 
     def score(exponent: float) -> Scores:
         rows = np.broadcast_to(
-            sharpened(importance, exponent), (len(devices.users), len(importance))
+            sharpened(importance, exponent), (len(devices().users), len(importance))
         )
-        return devices.score(prepared, rows, config.select_metric)
+        return devices().score(prepared, rows, config.select_metric)
 
-    exponent, _ = choose_exponent(score, config.exponents, config.sampled_guard)
-    return sharpened(importance, exponent)
+    return sharpened(importance, choose_exponent(score, config.exponents, config.sampled_guard))
 
 
 @dataclass

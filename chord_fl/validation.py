@@ -20,12 +20,12 @@ import numpy as np
 
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data.split import VALIDATION, RoundSplit
+from chord_fl.hypernet.networks import TINY
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.selection import Scores, kept_epoch, selection_negatives
 from chord_fl.tiers import Fleet, assign_tiers
 
-TINY = 1e-30  # importances are floored here before a power below 1, whose slope at 0 is infinite
 EXPONENT_STREAM = 0x657870  # "exp": the random stream of the exponent's validation users
 
 
@@ -93,13 +93,14 @@ def sharpened(importance: np.ndarray, exponent: float) -> np.ndarray:
 
 def choose_exponent(
     score: Callable[[float], Scores], exponents: Sequence[float], guard: bool = True
-) -> tuple[float, Scores]:
-    """The exponent with the highest mean validation `score` under full ranking, and its scores;
-    with `guard`, one that is lower in mean under the sampled protocol than the first (the
-    reference) loses to it. Unlike a trained epoch it needs no margin over the reference: one
-    scalar of a handful, scored on many users (a margin of two standard errors left `global` at
-    exponent 1 on MovieLens-1M where 1/2 scored 0.0059 +- 0.0030 higher at the fleet's budgets,
-    and 0.018 higher at 2.5 bits)."""
+) -> float:
+    """The exponent with the highest mean validation `score` under full ranking; with `guard`, one
+    that is lower in mean under the sampled protocol than the first (the reference) loses to it.
+    A single exponent is returned unscored. Unlike a trained epoch it needs no margin over the
+    reference: one scalar of a handful, scored on many users (a margin of two standard errors
+    left `global` at exponent 1 on MovieLens-1M where 1/2 scored 0.0059 +- 0.0030 higher at the
+    fleet's budgets, and 0.018 higher at 2.5 bits)."""
+    if len(exponents) == 1:
+        return exponents[0]
     scores = [score(exponent) for exponent in exponents]
-    chosen = kept_epoch(scores, margin=0.0, guard=guard)
-    return exponents[chosen], scores[chosen]
+    return exponents[kept_epoch(scores, margin=0.0, guard=guard)]

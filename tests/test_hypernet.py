@@ -357,10 +357,10 @@ def test_choose_exponent_takes_the_best_mean_unless_it_loses_under_the_sampled_p
         return {"full": full, "sampled": users + 0.3 + gains[exponent][1]}
 
     # 0.25 is best under full ranking but lower than exponent 1 under the sampled protocol.
-    assert choose_exponent(score, [1.0, 0.5, 0.25])[0] == 1.0
-    assert choose_exponent(score, [1.0, 0.5, 0.25], guard=False)[0] == 0.25
-    exponent, scores = choose_exponent(score, [1.0, 0.5])
-    assert exponent == 0.5 and np.array_equal(scores["full"], score(0.5)["full"])
+    assert choose_exponent(score, [1.0, 0.5, 0.25]) == 1.0
+    assert choose_exponent(score, [1.0, 0.5, 0.25], guard=False) == 0.25
+    assert choose_exponent(score, [1.0, 0.5]) == 0.5
+    assert choose_exponent(lambda exponent: 1 / 0, [0.5]) == 0.5  # one candidate: not scored
 
 
 def test_the_exponent_raises_every_importance_and_is_saved_with_the_network(prepared, tmp_path):
@@ -376,6 +376,13 @@ def test_the_exponent_raises_every_importance_and_is_saved_with_the_network(prep
     loaded, _ = load_hypernet(path, prepared)
     assert float(loaded.exponent) == 0.25
     torch.testing.assert_close(loaded(profiles).detach(), flat)
+    # A network saved before the exponent existed allocates its importances as they are.
+    payload = torch.load(path, weights_only=True)
+    del payload["state_dict"]["exponent"]
+    torch.save(payload, path)
+    older, _ = load_hypernet(path, prepared)
+    assert float(older.exponent) == 1.0
+    torch.testing.assert_close(older(profiles).detach(), plain)
 
 
 def test_training_starts_from_the_exponent_with_the_best_validation_score():

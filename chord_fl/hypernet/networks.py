@@ -40,10 +40,10 @@ from torch import nn
 from chord_fl.errors import ConfigError
 from chord_fl.models import SequentialRecommender
 from chord_fl.quant.channels import ChannelGroup, ChannelMap, channel_rows
-from chord_fl.validation import TINY
 
 LINKS = ("softplus", "exp")
 MAX_LOG_IMPORTANCE = 60.0  # exp link: keeps every importance finite in float32
+TINY = 1e-30  # importances are floored here before a power below 1, whose slope at 0 is infinite
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ next-item loss flows back to the hypernetworks. Selection uses validation target
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from dataclasses import dataclass, replace
 
@@ -237,13 +238,13 @@ def train_hypernet(
             importance = hypernet(torch.from_numpy(devices.profiles)).numpy()
         return devices.score(prepared, importance, config.select_metric)
 
-    calibration = exponent_devices(
-        prepared, split, fleet, config.exponent_users, config.seed, window
-    )
-
     def validate_at(exponent: float) -> Scores:
         hypernet.exponent.fill_(exponent)
-        return validate(calibration)
+        return validate(calibration())
+
+    calibration = functools.cache(
+        lambda: exponent_devices(prepared, split, fleet, config.exponent_users, config.seed, window)
+    )
 
     if config.objective == "sensitivity":
 
@@ -258,7 +259,7 @@ def train_hypernet(
 
     # Epoch 0 is the untrained initialisation at its chosen exponent, trained at that exponent;
     # the history shows whether training helped.
-    exponent, _ = choose_exponent(validate_at, config.exponents, config.sampled_guard)
+    exponent = choose_exponent(validate_at, config.exponents, config.sampled_guard)
     hypernet.exponent.fill_(exponent)
     scores = [validate()]
     history = [{"epoch": 0, "loss": float("nan"), "exponent": exponent, **mean_scores(scores[0])}]
