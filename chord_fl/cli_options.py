@@ -40,6 +40,11 @@ def add_selection_options(parser: argparse.ArgumentParser) -> None:
         default=HyperTrainConfig().sensitivity_temperature,
         help="the supervised sensitivity's targets are drawn from the backbone's p^(1/T)",
     )
+    add_exponent_option(parser)
+
+
+def add_exponent_option(parser: argparse.ArgumentParser) -> None:
+    """The importance exponents validation chooses from (`HyperTrainConfig.exponents`)."""
     parser.add_argument(
         "--exponents",
         nargs="+",
