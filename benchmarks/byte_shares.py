@@ -15,16 +15,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-from results_file import append_row, benchmark_parser, parse, prepared_backbone
+from results_file import (
+    append_row,
+    benchmark_parser,
+    parse,
+    prepared_backbone,
+    relaxation_importances,
+)
 
 from chord_fl.cli_options import add_exponent_option, add_quantizer_options
 from chord_fl.cloud import issue_codes, tier_budgets
 from chord_fl.experiment import eval_devices
 from chord_fl.hypernet.profile import encode_profiles
-from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
+from chord_fl.hypernet.training import HyperTrainConfig
 from chord_fl.machine import machine_line
-from chord_fl.methods import CHORD_VARIANTS, calibrated_global, hypernet_importance
+from chord_fl.methods import calibrated_global
 from chord_fl.sensitivity import SHARP_TEMPERATURE, expected_sensitivity, global_sensitivity
 from chord_fl.tiers import DEFAULT_FLEET, Fleet
 
@@ -44,17 +49,8 @@ def main() -> None:
     users, windows, _, _ = eval_devices(split, args.eval_users)
     profiles = encode_profiles(frozen, windows)
 
-    (recipe,) = CHORD_VARIANTS["chord-relax"].recipes
-    importances = {}
     exponents = tuple(args.exponents)
-    for epochs, label in ((0, "init-relax"), (HyperTrainConfig().epochs, "chord-relax")):
-        torch.manual_seed(args.seed)
-        config = HyperTrainConfig(
-            epochs=epochs, seed=args.seed, objective=recipe.objective, exponents=exponents
-        )
-        net, fit = train_hypernet(prepared, split, DEFAULT_FLEET, recipe.network, config)
-        print(f"{label}: exponent {float(net.exponent):g}, kept epoch {fit.best_epoch}", flush=True)
-        importances[label] = hypernet_importance(net, profiles)
+    importances = relaxation_importances(prepared, split, profiles, args.seed, exponents)
     everyone = (len(users), channels.channels)
     shared = global_sensitivity(frozen, channels, split, samples=args.samples)
     calibration = HyperTrainConfig(seed=args.seed, exponents=exponents)

@@ -15,20 +15,25 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import torch
-from results_file import append_row, benchmark_parser, parse, prepared_backbone, read_rows
+from results_file import (
+    append_row,
+    benchmark_parser,
+    parse,
+    prepared_backbone,
+    read_rows,
+    relaxation_importances,
+)
 
 from chord_fl.cli_options import add_quantizer_options
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data.split import VALIDATION
 from chord_fl.experiment import eval_devices, evaluate_method
 from chord_fl.hypernet.profile import encode_profiles
-from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
 from chord_fl.machine import machine_line
-from chord_fl.methods import CHORD_VARIANTS, Cloud, hypernet_importance
+from chord_fl.methods import Cloud
 from chord_fl.metrics import mean_and_standard_error
 from chord_fl.sensitivity import global_sensitivity
-from chord_fl.tiers import DEFAULT_FLEET, Fleet
+from chord_fl.tiers import Fleet
 from chord_fl.validation import sharpened
 
 METHODS = ("global", "init-relax", "chord-relax")
@@ -36,17 +41,9 @@ METHODS = ("global", "init-relax", "chord-relax")
 
 def importances(prepared, split, profiles: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """(D, C) importance of each method at exponent 1."""
-    (recipe,) = CHORD_VARIANTS["chord-relax"].recipes
-    out = {}
     shared = global_sensitivity(prepared.frozen, prepared.channels, split)
-    out["global"] = np.broadcast_to(shared, (len(profiles), len(shared)))
-    for epochs, label in ((0, "init-relax"), (HyperTrainConfig.epochs, "chord-relax")):
-        torch.manual_seed(seed)
-        config = HyperTrainConfig(epochs=epochs, seed=seed, exponents=(1.0,))
-        net, fit = train_hypernet(prepared, split, DEFAULT_FLEET, recipe.network, config)
-        print(f"{label}: kept epoch {fit.best_epoch}", flush=True)
-        out[label] = hypernet_importance(net, profiles)
-    return out
+    out = {"global": np.broadcast_to(shared, (len(profiles), len(shared)))}
+    return out | relaxation_importances(prepared, split, profiles, seed, exponents=(1.0,))
 
 
 def run(args, results: Path) -> None:

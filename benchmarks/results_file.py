@@ -13,8 +13,11 @@ import torch
 
 from chord_fl.data import RoundSplit
 from chord_fl.experiment import Setup, load_split, prepare
+from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
+from chord_fl.methods import CHORD_VARIANTS, hypernet_importance
 from chord_fl.metrics import mean_and_standard_error
 from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.tiers import DEFAULT_FLEET
 
 
 def _open(path: Path, mode: str):
@@ -82,3 +85,26 @@ def prepared_backbone(args: argparse.Namespace) -> tuple[RoundSplit, PreparedMod
     )
     split = load_split(setup)
     return split, prepare(setup, split)
+
+
+def relaxation_importances(
+    prepared: PreparedModel,
+    split: RoundSplit,
+    profiles: np.ndarray,
+    seed: int,
+    exponents: tuple[float, ...],
+) -> dict[str, np.ndarray]:
+    """(D, C) importances of the relaxation recipe's networks for `profiles`: untrained
+    (`init-relax`) and trained with the default settings (`chord-relax`), each from the exponent
+    validation chooses among `exponents`."""
+    (recipe,) = CHORD_VARIANTS["chord-relax"].recipes
+    out = {}
+    for epochs, label in ((0, "init-relax"), (HyperTrainConfig.epochs, "chord-relax")):
+        torch.manual_seed(seed)
+        config = HyperTrainConfig(
+            epochs=epochs, seed=seed, objective=recipe.objective, exponents=exponents
+        )
+        net, fit = train_hypernet(prepared, split, DEFAULT_FLEET, recipe.network, config)
+        print(f"{label}: exponent {float(net.exponent):g}, kept epoch {fit.best_epoch}", flush=True)
+        out[label] = hypernet_importance(net, profiles)
+    return out

@@ -76,10 +76,10 @@ def exponent_devices(
     seed: int,
     profile_window: int | None = None,
 ) -> ValidationDevices:
-    """The validation devices the importance exponent is chosen on: more than an epoch's (one
-    scalar for the whole fleet is cheap to score, and on 500 MovieLens-1M users a gain of 0.009
-    NDCG@10 was under two standard errors), drawn from a stream of their own so that the
-    training run's own draws stay as they were."""
+    """The validation devices the importance exponent is chosen on: more than an epoch's, since
+    one scalar for the whole fleet is cheap to score and its gains are diluted by the fleet's
+    wider tiers; drawn from a stream of their own so that the training run's own draws stay as
+    they were."""
     rng = np.random.default_rng([seed, EXPONENT_STREAM])
     return validation_devices(prepared, split, fleet, count, rng, seed, profile_window)
 
@@ -97,9 +97,10 @@ def choose_exponent(
     """The exponent with the highest mean validation `score` under full ranking; with `guard`, one
     that is lower in mean under the sampled protocol than the first (the reference) loses to it.
     A single exponent is returned unscored. Unlike a trained epoch it needs no margin over the
-    reference: one scalar of a handful, scored on many users (a margin of two standard errors
-    left `global` at exponent 1 on MovieLens-1M where 1/2 scored 0.0059 +- 0.0030 higher at the
-    fleet's budgets, and 0.018 higher at 2.5 bits)."""
+    reference: it is one scalar of a handful, scored on many users, and a margin would favour
+    exponent 1, which leaves comparators such as `global` weaker than they can be (on MovieLens-1M
+    validation targets `global` at 1/2 is 0.018 NDCG@10 above 1 at 2.5 bits:
+    `benchmarks/exponents.py`)."""
     if len(exponents) == 1:
         return exponents[0]
     scores = [score(exponent) for exponent in exponents]
