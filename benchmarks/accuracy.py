@@ -26,6 +26,7 @@ import torch
 from results_file import append_row, read_rows
 
 from chord_fl.cli import parse_pairs
+from chord_fl.cli_options import add_exponent_option
 from chord_fl.cloud import tier_budgets
 from chord_fl.errors import ConfigError
 from chord_fl.experiment import (
@@ -80,7 +81,8 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
     users, windows, targets, negatives = eval_devices(split, args.eval_users)
     profiles = encode_profiles(prepared.frozen, windows)
     importance = global_sensitivity(prepared.frozen, prepared.channels, split)
-    importance = calibrated_global(prepared, split, DEFAULT_FLEET, importance, HyperTrainConfig())
+    calibration = HyperTrainConfig(exponents=tuple(args.exponents))
+    importance = calibrated_global(prepared, split, DEFAULT_FLEET, importance, calibration)
     cloud = Cloud(prepared, global_importance=importance)
     ndcg: dict[tuple[float, str], list[dict[str, np.ndarray]]] = defaultdict(list)
     for seed in args.seeds:
@@ -90,7 +92,12 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
             if method in CHORD_VARIANTS:
                 recipes = CHORD_VARIANTS[method].recipes
                 options = args.hypernet_options
-                config = HyperTrainConfig(epochs=args.hypernet_epochs, seed=seed, **options)
+                config = HyperTrainConfig(
+                    epochs=args.hypernet_epochs,
+                    seed=seed,
+                    exponents=tuple(args.exponents),
+                    **options,
+                )
                 net, fit, _ = train_best(prepared, split, DEFAULT_FLEET, recipes, config)
                 cloud.hypernets[method] = net
                 train_seconds[method] = fit.seconds
@@ -216,8 +223,9 @@ def paired_table(rows: list[dict]) -> str:
 
 
 def hypernet_options(parser: argparse.ArgumentParser, pairs: list[str]) -> dict:
-    # The objective comes from each variant's recipes.
-    fields = set(HyperTrainConfig.__dataclass_fields__) - {"epochs", "seed", "objective"}
+    # The objective comes from each variant's recipes; the exponents have an option of their own.
+    own_options = {"epochs", "seed", "objective", "exponents"}
+    fields = set(HyperTrainConfig.__dataclass_fields__) - own_options
     try:
         options = {k.replace("-", "_"): v for k, v in parse_pairs(pairs, "--hypernet").items()}
     except ConfigError as error:
@@ -242,6 +250,7 @@ def main() -> None:
     parser.add_argument("--init", choices=INITS, default="pretrained")
     parser.add_argument("--pruned-items", choices=("exclude", "zero"), default="exclude")
     parser.add_argument("--hypernet-epochs", type=int, default=HyperTrainConfig.epochs)
+    add_exponent_option(parser)
     parser.add_argument("--eval-users", type=int, default=1000, help="test users per data set")
     parser.add_argument(
         "--hypernet",

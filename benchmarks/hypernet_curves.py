@@ -13,6 +13,7 @@ from pathlib import Path
 import matplotlib
 import torch
 
+from chord_fl.cli_options import add_exponent_option
 from chord_fl.experiment import Setup, load_backbone, load_split
 from chord_fl.hypernet.supervision import sensitivity_set, training_windows
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
@@ -53,6 +54,7 @@ def curves(args: argparse.Namespace) -> list[dict]:
                 objective=recipe.objective,
                 patience=args.epochs,  # the whole curve, not early stopping
                 sensitivity_samples=args.samples,
+                exponents=tuple(args.exponents),
             )
             _, fit = train_hypernet(
                 prepared, split, DEFAULT_FLEET, recipe.network, config, supervision=supervision
@@ -104,6 +106,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--lr", type=float, default=HyperTrainConfig.lr)
+    add_exponent_option(parser)
     parser.add_argument("--data-dir")
     parser.add_argument("--checkpoint", help="the frozen backbone (default: pretrain's cache)")
     parser.add_argument("--threads", type=int)
