@@ -44,6 +44,19 @@ def test_profiles_are_small_fp16_vectors(prepared):
     assert profiles.nbytes == 2 * 2 * 16
 
 
+def test_profiles_are_encoded_without_dropout_and_leave_the_mode_as_found():
+    model = build_backbone("sasrec", 30, hidden=16, max_len=8, dropout=0.5)
+    windows = [np.array([1, 2, 3]), np.array([4, 5])]
+    model.eval()
+    expected = encode_profiles(model, windows)
+    model.train()
+    np.testing.assert_array_equal(encode_profiles(model, windows), expected)
+    assert model.training
+    model.eval()
+    encode_profiles(model, windows)
+    assert not model.training
+
+
 @pytest.mark.parametrize("config", [HyperNetConfig(), HyperNetConfig(element_level=False)])
 def test_hypernet_gives_one_non_negative_importance_per_channel(prepared, config):
     net = ChordHyperNet(prepared.frozen, prepared.channels, 16, config)
