@@ -44,16 +44,23 @@ def best_epoch(scores: Sequence[Scores]) -> int:
     return int(np.argmax([np.mean(epoch["full"]) for epoch in scores]))
 
 
+def best_trained_epoch(scores: Sequence[Scores]) -> int:
+    """The first trained epoch (1 on) with the highest mean full-ranking score; 0 before any."""
+    return 1 + best_epoch(scores[1:]) if len(scores) > 1 else 0
+
+
 def patience_spent(scores: Sequence[Scores], patience: int) -> bool:
-    """Whether `patience` epochs have passed without a higher mean score: training stops then,
-    not while a gradual climb goes on whose single steps are too small to be significant."""
-    return len(scores) - 1 - best_epoch(scores) >= patience
+    """Whether `patience` epochs have passed without a higher mean score than the best trained
+    epoch's: training stops then, not while a gradual climb goes on whose single steps are too
+    small to be significant. The start does not count: from a strong start, training can dip
+    below it for several epochs before it climbs past (README, "Stopping")."""
+    return len(scores) - 1 - best_trained_epoch(scores) >= patience
 
 
 def kept_epoch(scores: Sequence[Scores], margin: float, guard: bool = True) -> int:
-    """The best epoch if it `beats` the start, else the start."""
-    best = best_epoch(scores)
-    return best if beats(scores[best], scores[0], margin, guard) else 0
+    """The best trained epoch if it `beats` the start, else the start."""
+    best = best_trained_epoch(scores)
+    return best if best and beats(scores[best], scores[0], margin, guard) else 0
 
 
 def selection_negatives(split: RoundSplit, users: np.ndarray, seed: int) -> np.ndarray | None:

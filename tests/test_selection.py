@@ -4,6 +4,7 @@ from chord_fl.data import make_split, synthetic_dataset
 from chord_fl.selection import (
     beats,
     best_epoch,
+    best_trained_epoch,
     improves,
     kept_epoch,
     patience_spent,
@@ -47,6 +48,17 @@ def test_patience_counts_from_the_highest_mean_score():
     assert not patience_spent(history, patience=4)
     assert patience_spent(history + climb(0.015)[1:], patience=4)
     assert not patience_spent(history + climb(0.03)[1:], patience=4)
+
+
+def test_a_dip_below_the_start_does_not_stop_training_while_trained_epochs_improve():
+    # Below the start for five epochs, each a little higher than the one before, then past it.
+    dip = climb(-0.02, -0.015, -0.012, -0.008, -0.004, 0.001, 0.02)
+    assert best_epoch(dip[:6]) == 0 and best_trained_epoch(dip[:6]) == 5
+    assert not any(patience_spent(dip[: n + 1], patience=4) for n in range(len(dip)))
+    assert kept_epoch(dip, margin=2.0) == 7
+    # Trained epochs that stop improving spend the patience, whatever the start scored.
+    stuck = climb(-0.02, -0.03, -0.03, -0.03, -0.03)
+    assert patience_spent(stuck, patience=4) and kept_epoch(stuck, margin=0.0) == 0
 
 
 def test_the_start_is_kept_unless_the_best_epoch_beats_it_by_the_margin():
