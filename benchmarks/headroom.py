@@ -111,6 +111,7 @@ def train_config(args: argparse.Namespace, seed: int) -> HyperTrainConfig:
         sensitivity_temperature=args.sensitivity_temperature,
         select_margin=args.select_margin,
         sampled_guard=not args.no_sampled_guard,
+        tier_guard=not args.no_tier_guard,
         exponents=tuple(args.exponents),
     )
 
@@ -323,6 +324,12 @@ def main() -> None:
         "--no-sampled-guard",
         action="store_true",
         help="keep a trained epoch on its full-ranking margin alone (the rule before 2026-12-04)",
+    )
+    parser.add_argument(
+        "--no-tier-guard",
+        action="store_true",
+        help="keep a trained epoch even where it is lower at one of the fleet's tiers (the rule "
+        "before 2026-12-05)",
     )
     parser.add_argument(
         "--train-at-budget",

@@ -29,13 +29,28 @@ def improves(candidate: np.ndarray, kept: np.ndarray, margin: float) -> bool:
     return bool(mean > 0 and mean >= margin * (error or 0.0))
 
 
-def beats(candidate: Scores, kept: Scores, margin: float, guard: bool = True) -> bool:
+def beats(
+    candidate: Scores,
+    kept: Scores,
+    margin: float,
+    guard: bool = True,
+    groups: np.ndarray | None = None,
+) -> bool:
     """`improves` under full ranking, and (with `guard`) a mean under the sampled protocol, where
-    both have it, at least the kept one's."""
+    both have it, at least the kept one's. With `groups` (a label per user, such as its tier's
+    budget), also a full-ranking mean at least the kept one's within every group: a network that
+    serves a fleet must not buy a gain at one tier with a loss at another."""
     if not improves(candidate["full"], kept["full"], margin):
         return False
-    if guard and "sampled" in candidate and "sampled" in kept:
-        return bool(np.mean(candidate["sampled"]) >= np.mean(kept["sampled"]))
+    sampled = guard and "sampled" in candidate and "sampled" in kept
+    if sampled and np.mean(candidate["sampled"]) < np.mean(kept["sampled"]):
+        return False
+    if groups is not None:
+        groups = np.asarray(groups)
+        for label in np.unique(groups):
+            members = groups == label
+            if np.mean(candidate["full"][members]) < np.mean(kept["full"][members]):
+                return False
     return True
 
 
@@ -57,10 +72,15 @@ def patience_spent(scores: Sequence[Scores], patience: int) -> bool:
     return len(scores) - 1 - best_trained_epoch(scores) >= patience
 
 
-def kept_epoch(scores: Sequence[Scores], margin: float, guard: bool = True) -> int:
+def kept_epoch(
+    scores: Sequence[Scores],
+    margin: float,
+    guard: bool = True,
+    groups: np.ndarray | None = None,
+) -> int:
     """The best trained epoch if it `beats` the start, else the start."""
     best = best_trained_epoch(scores)
-    return best if best and beats(scores[best], scores[0], margin, guard) else 0
+    return best if best and beats(scores[best], scores[0], margin, guard, groups) else 0
 
 
 def selection_negatives(split: RoundSplit, users: np.ndarray, seed: int) -> np.ndarray | None:

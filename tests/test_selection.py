@@ -78,6 +78,17 @@ def test_a_full_ranking_gain_that_is_a_sampled_loss_does_not_win():
     assert beats({"full": KEPT + 0.03 + NOISE}, {"full": KEPT}, margin=2.0)  # no sampled scores
 
 
+def test_a_gain_bought_with_a_loss_at_one_tier_does_not_win():
+    tiers = np.repeat([2, 3], 200)  # a label per user: the first half at one tier, then the other
+    start = climb()[0]
+    at_one_tier = {"full": KEPT + np.where(tiers == 2, 0.06, -0.004) + NOISE, "sampled": KEPT}
+    assert beats(at_one_tier, start, margin=2.0)  # the fleet's mean alone
+    assert not beats(at_one_tier, start, margin=2.0, groups=tiers)
+    assert kept_epoch([start, at_one_tier], margin=2.0, groups=tiers) == 0
+    everywhere = {"full": KEPT + 0.02 + NOISE, "sampled": KEPT}
+    assert kept_epoch([start, everywhere], margin=2.0, groups=tiers) == 1
+
+
 def test_selection_negatives_avoid_each_users_sequence_and_shrink_to_fit_the_catalogue():
     split = make_split(synthetic_dataset(seed=2, num_users=30, num_items=80), rounds=1)
     users = np.array([3, 7, 11])

@@ -76,6 +76,8 @@ class HyperTrainConfig:
     # protocol (`chord_fl.selection`).
     select_margin: float = 2.0
     sampled_guard: bool = True  # False: the full-ranking margin alone (the rule before 2026-12-04)
+    # ...and is not lower at any tier of the fleet (False: the rule before 2026-12-05).
+    tier_guard: bool = True
     seed: int = 0
     profile_window: int = 0  # items the device's profile encodes (0: the backbone's max_len)
     # "next-item": cross-entropy of the history's next item; "distill": KL divergence from the
@@ -280,7 +282,8 @@ def train_hypernet(
         epochs.set_postfix(loss=f"{loss:.4f}", val=f"{history[-1]['validation']:.4f}")
         if patience_spent(scores, config.patience):
             break
-    kept = kept_epoch(scores, config.select_margin, config.sampled_guard)
+    tiers = validation.budgets if config.tier_guard else None
+    kept = kept_epoch(scores, config.select_margin, config.sampled_guard, tiers)
     hypernet.load_state_dict(states[kept])
     result = FitResult(kept, history[kept]["validation"], 0.0, history)
     result.seconds = time.perf_counter() - start
