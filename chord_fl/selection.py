@@ -94,14 +94,22 @@ def selection_negatives(split: RoundSplit, users: np.ndarray, seed: int) -> np.n
     return evaluation_negatives(split, count, seed)[users] if count > 0 else None
 
 
-def mean_scores(scores: dict[str, np.ndarray]) -> dict[str, float]:
-    """A history row's validation scores: "validation" (full ranking, what selects), and the
-    sampled protocol's."""
+def mean_scores(
+    scores: dict[str, np.ndarray], groups: dict[str, np.ndarray] | None = None
+) -> dict[str, float]:
+    """A history row's validation scores: "validation" (full ranking, what selects), the sampled
+    protocol's, and the full-ranking mean of each of `groups` (name: a mask of users), such as the
+    fleet's tiers, under "validation_tier_<name>"."""
     return {
         "validation": float(scores["full"].mean()),
         **{
             f"validation_{protocol}": float(values.mean())
             for protocol, values in scores.items()
             if protocol != "full"
+        },
+        **{
+            f"validation_tier_{name}": float(scores["full"][members].mean())
+            for name, members in (groups or {}).items()
+            if members.any()
         },
     }

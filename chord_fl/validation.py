@@ -35,6 +35,7 @@ class ValidationDevices:
     windows: list[np.ndarray]
     targets: np.ndarray
     budgets: np.ndarray  # bytes, by each user's tier
+    tiers: np.ndarray  # each user's tier, an index into the fleet's tiers
     negatives: np.ndarray | None
     profiles: np.ndarray  # (users, hidden)
 
@@ -57,12 +58,13 @@ def validation_devices(
     """`count` users drawn by `rng`, each at the budget of the tier `seed` assigns it."""
     users = np.sort(rng.permutation(len(split))[:count])
     windows = [split.users[i].window(VALIDATION) for i in users]
-    budgets = tier_budgets(fleet, prepared.channels)[assign_tiers(fleet, len(split), seed)]
+    tiers = assign_tiers(fleet, len(split), seed)[users]
     return ValidationDevices(
         users=users,
         windows=windows,
         targets=split.targets(VALIDATION)[users],
-        budgets=budgets[users],
+        budgets=tier_budgets(fleet, prepared.channels)[tiers],
+        tiers=tiers,
         negatives=selection_negatives(split, users, seed),
         profiles=encode_profiles(prepared.frozen, windows, profile_window),
     )

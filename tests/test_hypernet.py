@@ -276,6 +276,17 @@ def test_sensitivity_supervision_lowers_its_loss_and_beats_random_codes():
     assert scores["chord"] > scores["random"] + 0.05, scores
 
 
+def test_the_history_keeps_each_tiers_validation_mean():
+    torch.manual_seed(0)
+    split, backbone = synthetic_backbone()
+    prepared = PreparedModel(backbone)
+    config = HyperTrainConfig(epochs=1, eval_users=150, patience=5)
+    _, fit = train_hypernet(prepared, split, DEFAULT_FLEET, HyperNetConfig(), config, False)
+    for row in fit.history:
+        by_tier = [row[f"validation_tier_{tier.name}"] for tier in DEFAULT_FLEET.tiers]
+        assert min(by_tier) <= row["validation"] <= max(by_tier)
+
+
 def test_a_margin_no_epoch_reaches_keeps_the_untrained_start():
     torch.manual_seed(0)
     split, backbone = synthetic_backbone()

@@ -7,6 +7,7 @@ from chord_fl.selection import (
     best_trained_epoch,
     improves,
     kept_epoch,
+    mean_scores,
     patience_spent,
     selection_negatives,
 )
@@ -87,6 +88,14 @@ def test_a_gain_bought_with_a_loss_at_one_tier_does_not_win():
     assert kept_epoch([start, at_one_tier], margin=2.0, groups=tiers) == 0
     everywhere = {"full": KEPT + 0.02 + NOISE, "sampled": KEPT}
     assert kept_epoch([start, everywhere], margin=2.0, groups=tiers) == 1
+
+
+def test_mean_scores_give_each_groups_full_ranking_mean():
+    full = np.array([0.0, 0.25, 0.5, 1.0])
+    groups = {"low": np.array([True, True, False, False]), "empty": np.zeros(4, dtype=bool)}
+    row = mean_scores({"full": full, "sampled": full / 2}, groups)
+    expected = {"validation": 0.4375, "validation_sampled": 0.21875, "validation_tier_low": 0.125}
+    assert row == expected
 
 
 def test_selection_negatives_avoid_each_users_sequence_and_shrink_to_fit_the_catalogue():

@@ -269,21 +269,24 @@ def train_hypernet(
     exponent = choose_exponent(validate_at, config.exponents, config.sampled_guard)
     hypernet.exponent.fill_(exponent)
     scores = [validate()]
-    history = [{"epoch": 0, "loss": float("nan"), "exponent": exponent, **mean_scores(scores[0])}]
+    # Each tier's mean is kept too: the tier guard's decisions can be read from the history.
+    tiers = {t.name: validation.tiers == i for i, t in enumerate(fleet.tiers)}
+    history = [{"epoch": 0, "loss": float("nan"), "exponent": exponent}]
+    history[0].update(mean_scores(scores[0], tiers))
     states = {0: copy.deepcopy(hypernet.state_dict())}  # the start and the best trained epoch
     epochs = tqdm(range(1, config.epochs + 1), desc="hypernet", unit="epoch", disable=not progress)
     for epoch in epochs:
         hypernet.train()
         loss = float(np.mean(epoch_losses()))
         scores.append(validate())
-        history.append({"epoch": epoch, "loss": loss, **mean_scores(scores[-1])})
+        history.append({"epoch": epoch, "loss": loss, **mean_scores(scores[-1], tiers)})
         if best_trained_epoch(scores) == epoch:
             states = {0: states[0], epoch: copy.deepcopy(hypernet.state_dict())}
         epochs.set_postfix(loss=f"{loss:.4f}", val=f"{history[-1]['validation']:.4f}")
         if patience_spent(scores, config.patience):
             break
-    tiers = validation.budgets if config.tier_guard else None
-    kept = kept_epoch(scores, config.select_margin, config.sampled_guard, tiers)
+    groups = validation.tiers if config.tier_guard else None
+    kept = kept_epoch(scores, config.select_margin, config.sampled_guard, groups)
     hypernet.load_state_dict(states[kept])
     result = FitResult(kept, history[kept]["validation"], 0.0, history)
     result.seconds = time.perf_counter() - start
