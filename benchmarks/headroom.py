@@ -142,9 +142,16 @@ def learned_importance(
                 (h["epoch"], round(h["validation"], 4), round(h["validation_sampled"], 4))
                 for h in fit.history
             ]
+            # The tier guard's paired z of the best trained epoch against the start, by tier.
+            tier_z = {
+                key.removeprefix("tier_z_"): round(value, 1)
+                for row in fit.history
+                for key, value in row.items()
+                if key.startswith("tier_z_")
+            }
             print(
                 f"  {label}: exponent {fit.history[0]['exponent']:g}, best epoch "
-                f"{fit.best_epoch}, validation {history} "
+                f"{fit.best_epoch}, validation {history} tier z {tier_z} "
                 f"({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )

@@ -34,16 +34,35 @@ class ValidationDevices:
     users: np.ndarray
     windows: list[np.ndarray]
     targets: np.ndarray
-    budgets: np.ndarray  # bytes, by each user's tier
-    tiers: np.ndarray  # each user's tier, an index into the fleet's tiers
+    tiers: np.ndarray  # each device's tier, an index into the fleet's tiers
+    tier_budgets: np.ndarray  # bytes of each of the fleet's tiers
     negatives: np.ndarray | None
     profiles: np.ndarray  # (users, hidden)
+
+    @property
+    def budgets(self) -> np.ndarray:
+        return self.tier_budgets[self.tiers]
 
     def score(self, prepared: PreparedModel, importance: np.ndarray, metric: str) -> Scores:
         """Per-user `metric` by protocol of the codes that (users, C) `importance` gets."""
         codes = issue_codes(prepared, importance, self.budgets)
         metrics = evaluate_codes(prepared, self.windows, self.targets, codes, self.negatives)
         return {protocol: values[metric] for protocol, values in metrics.items()}
+
+    def at_every_tier(self) -> ValidationDevices:
+        """The same users, each at every tier of the fleet, tier-major: the devices of tier t are
+        rows t * len(users) to (t + 1) * len(users), in the users' order."""
+        tiers, count = len(self.tier_budgets), len(self.users)
+        rows = np.tile(np.arange(count), tiers)
+        return ValidationDevices(
+            users=self.users[rows],
+            windows=[self.windows[row] for row in rows],
+            targets=self.targets[rows],
+            tiers=np.repeat(np.arange(tiers), count),
+            tier_budgets=self.tier_budgets,
+            negatives=None if self.negatives is None else self.negatives[rows],
+            profiles=self.profiles[rows],
+        )
 
 
 def validation_devices(
@@ -63,8 +82,8 @@ def validation_devices(
         users=users,
         windows=windows,
         targets=split.targets(VALIDATION)[users],
-        budgets=tier_budgets(fleet, prepared.channels)[tiers],
         tiers=tiers,
+        tier_budgets=tier_budgets(fleet, prepared.channels),
         negatives=selection_negatives(split, users, seed),
         profiles=encode_profiles(prepared.frozen, windows, profile_window),
     )

@@ -287,6 +287,52 @@ def test_the_history_keeps_each_tiers_validation_mean():
         assert min(by_tier) <= row["validation"] <= max(by_tier)
 
 
+def test_the_tier_guard_decides_on_every_tiers_paired_gain():
+    split, backbone = synthetic_backbone()
+    prepared = PreparedModel(backbone)
+    shares = np.array([tier.share for tier in DEFAULT_FLEET.tiers])
+    for tier_margin in (0.0, 1e9):
+        config = HyperTrainConfig(
+            epochs=1, eval_users=150, patience=5, select_margin=0.0, sampled_guard=False
+        )
+        config = dataclasses.replace(config, tier_margin=tier_margin)
+        torch.manual_seed(0)
+        _, fit = train_hypernet(prepared, split, DEFAULT_FLEET, HyperNetConfig(), config, False)
+        assert fit.history[1]["validation"] > fit.history[0]["validation"]  # else not scored
+        gains = np.array([fit.history[1][f"tier_gain_{t.name}"] for t in DEFAULT_FLEET.tiers])
+        fleet_gain = shares @ gains / shares.sum()
+        tiers_hold = tier_margin > 0 or (gains >= 0).all()
+        assert fit.best_epoch == int(fleet_gain > 0 and tiers_hold), (tier_margin, gains)
+
+
+def test_an_epoch_level_with_the_start_is_not_scored_at_every_tier():
+    split, backbone = synthetic_backbone()
+    config = HyperTrainConfig(epochs=1, eval_users=150, lr=1e-12, select_margin=0.0)
+    torch.manual_seed(0)
+    _, fit = train_hypernet(
+        PreparedModel(backbone), split, DEFAULT_FLEET, config=config, progress=False
+    )
+    assert fit.history[1]["validation"] == fit.history[0]["validation"]
+    assert fit.best_epoch == 0 and not any(key.startswith("tier_") for key in fit.history[1])
+
+
+def test_validation_devices_at_every_tier_repeat_each_user_tier_major(prepared):
+    split = make_split(synthetic_dataset(seed=2, num_users=40, num_items=30), rounds=1)
+    devices = exponent_devices(prepared, split, DEFAULT_FLEET, 10, seed=0)
+    every = devices.at_every_tier()
+    tiers = len(DEFAULT_FLEET.tiers)
+    np.testing.assert_array_equal(every.users, np.tile(devices.users, tiers))
+    budgets = tier_budgets(DEFAULT_FLEET, prepared.channels)
+    np.testing.assert_array_equal(every.budgets, np.repeat(budgets, 10))
+    np.testing.assert_array_equal(every.profiles[10:20], devices.profiles)
+    importance = np.random.default_rng(0).random((10, prepared.channels.channels))
+    scores = every.score(prepared, np.tile(importance, (tiers, 1)), "ndcg@10")
+    own = devices.score(prepared, importance, "ndcg@10")
+    for protocol, values in own.items():
+        at_own_tier = scores[protocol].reshape(tiers, 10)[devices.tiers, np.arange(10)]
+        np.testing.assert_allclose(at_own_tier, values)
+
+
 def test_a_margin_no_epoch_reaches_keeps_the_untrained_start():
     torch.manual_seed(0)
     split, backbone = synthetic_backbone()

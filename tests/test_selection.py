@@ -2,6 +2,7 @@ import numpy as np
 
 from chord_fl.data import make_split, synthetic_dataset
 from chord_fl.selection import (
+    Scores,
     beats,
     best_epoch,
     best_trained_epoch,
@@ -10,6 +11,8 @@ from chord_fl.selection import (
     mean_scores,
     patience_spent,
     selection_negatives,
+    serves_every_tier,
+    tier_differences,
 )
 
 KEPT = np.random.default_rng(0).random(400)
@@ -79,15 +82,53 @@ def test_a_full_ranking_gain_that_is_a_sampled_loss_does_not_win():
     assert beats({"full": KEPT + 0.03 + NOISE}, {"full": KEPT}, margin=2.0)  # no sampled scores
 
 
+def every_tier(*gains: float, sampled_gains: tuple[float, ...] | None = None) -> Scores:
+    """The same 200 users at one tier per gain, tier-major: the start's scores plus each tier's
+    gain and noise, by protocol (sampled: `sampled_gains`, default the same gains)."""
+    users, noise = KEPT[:200], NOISE[:200]
+
+    def at(tier_gains: tuple[float, ...]) -> np.ndarray:
+        return np.concatenate([users + gain + noise for gain in tier_gains])
+
+    return {"full": at(gains), "sampled": at(gains if sampled_gains is None else sampled_gains)}
+
+
+START = {"full": np.tile(KEPT[:200], 2), "sampled": np.tile(KEPT[:200], 2)}  # two tiers
+
+
 def test_a_gain_bought_with_a_loss_at_one_tier_does_not_win():
-    tiers = np.repeat([2, 3], 200)  # a label per user: the first half at one tier, then the other
-    start = climb()[0]
-    at_one_tier = {"full": KEPT + np.where(tiers == 2, 0.06, -0.004) + NOISE, "sampled": KEPT}
-    assert beats(at_one_tier, start, margin=2.0)  # the fleet's mean alone
-    assert not beats(at_one_tier, start, margin=2.0, groups=tiers)
-    assert kept_epoch([start, at_one_tier], margin=2.0, groups=tiers) == 0
-    everywhere = {"full": KEPT + 0.02 + NOISE, "sampled": KEPT}
-    assert kept_epoch([start, everywhere], margin=2.0, groups=tiers) == 1
+    # Each tier's paired standard error is 0.007: -0.02 at the second tier is z = -2.8.
+    at_one_tier = every_tier(0.06, -0.02)
+    assert beats(at_one_tier, START, margin=2.0)  # all devices pooled
+    assert not serves_every_tier(at_one_tier, START, [0.5, 0.5], margin=2.0, tier_margin=2.0)
+    assert serves_every_tier(at_one_tier, START, [0.5, 0.5], margin=2.0, tier_margin=3.0)
+
+
+def test_a_tier_where_nothing_changes_does_not_decide_by_its_noise():
+    flat_at_one = every_tier(0.06, -0.005)  # z = -0.7 at the second tier
+    assert serves_every_tier(flat_at_one, START, [0.5, 0.5], margin=2.0, tier_margin=2.0)
+    # ...but a gain at a tier with a tenth of the fleet is not a fleet's gain.
+    assert not serves_every_tier(flat_at_one, START, [0.1, 0.9], margin=2.0, tier_margin=2.0)
+    lower_sampled = every_tier(0.06, -0.005, sampled_gains=(-0.001, -0.001))
+    assert not serves_every_tier(lower_sampled, START, [0.5, 0.5], 2.0, 2.0)
+    assert serves_every_tier(lower_sampled, START, [0.5, 0.5], 2.0, 2.0, guard=False)
+
+
+def test_a_loss_at_one_tier_under_the_sampled_protocol_does_not_win():
+    # Full ranking gains at one tier, level at the other; the sampled protocol loses there (z -4).
+    sampled_loss = every_tier(0.03, 0.0, sampled_gains=(0.05, -0.03))
+    assert not serves_every_tier(sampled_loss, START, [0.5, 0.5], margin=2.0, tier_margin=2.0)
+    assert serves_every_tier(sampled_loss, START, [0.5, 0.5], 2.0, 2.0, guard=False)
+
+
+def test_tier_differences_pair_each_tiers_devices():
+    (low, low_error), (high, high_error) = tier_differences(every_tier(0.03, -0.01), START, tiers=2)
+    assert np.isclose(low, 0.03) and np.isclose(high, -0.01)
+    assert np.isclose(low_error, NOISE[:200].std(ddof=1) / np.sqrt(200))
+    assert np.isclose(low_error, high_error)
+    sampled = every_tier(0.0, 0.0, sampled_gains=(0.01, 0.02))
+    means = [mean for mean, _ in tier_differences(sampled, START, 2, "sampled")]
+    assert np.allclose(means, [0.01, 0.02])
 
 
 def test_mean_scores_give_each_groups_full_ranking_mean():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -40,6 +41,8 @@ from chord_fl.selection import (
     kept_epoch,
     mean_scores,
     patience_spent,
+    serves_every_tier,
+    tier_differences,
 )
 from chord_fl.tiers import Fleet
 from chord_fl.train import FitResult
@@ -76,8 +79,12 @@ class HyperTrainConfig:
     # protocol (`chord_fl.selection`).
     select_margin: float = 2.0
     sampled_guard: bool = True  # False: the full-ranking margin alone (the rule before 2026-12-04)
-    # ...and is not lower at any tier of the fleet (False: the rule before 2026-12-05).
+    # With the tier guard, that choice is made on the validation users scored at every tier of
+    # the fleet: the fleet's share-weighted mean must rise by the margin, and no tier's mean may
+    # fall by `tier_margin` paired standard errors under either protocol (False: the epochs' own
+    # scores, each user at its one tier, decide; the rule before 2026-12-05).
     tier_guard: bool = True
+    tier_margin: float = 2.0
     seed: int = 0
     profile_window: int = 0  # items the device's profile encodes (0: the backbone's max_len)
     # "next-item": cross-entropy of the history's next item; "distill": KL divergence from the
@@ -119,8 +126,9 @@ class HyperTrainConfig:
             )
         if min(self.lr, self.temperature, self.sensitivity_temperature) <= 0:
             raise ConfigError("lr, temperature and sensitivity_temperature must be > 0")
-        if not self.select_margin >= 0:
-            raise ConfigError(f"select_margin must be >= 0, got {self.select_margin}")
+        for name in ("select_margin", "tier_margin"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}")
         if not self.exponents or min(self.exponents) <= 0:
@@ -285,12 +293,48 @@ def train_hypernet(
         epochs.set_postfix(loss=f"{loss:.4f}", val=f"{history[-1]['validation']:.4f}")
         if patience_spent(scores, config.patience):
             break
-    groups = validation.tiers if config.tier_guard else None
-    kept = kept_epoch(scores, config.select_margin, config.sampled_guard, groups)
+    if config.tier_guard:
+        kept = _tier_guarded_epoch(hypernet, states, validate, validation, fleet, config, history)
+    else:
+        kept = kept_epoch(scores, config.select_margin, config.sampled_guard)
     hypernet.load_state_dict(states[kept])
     result = FitResult(kept, history[kept]["validation"], 0.0, history)
     result.seconds = time.perf_counter() - start
     return hypernet.eval(), result
+
+
+def _tier_guarded_epoch(
+    hypernet: ChordHyperNet,
+    states: dict[int, dict],
+    validate: Callable[[ValidationDevices], Scores],
+    validation: ValidationDevices,
+    fleet: Fleet,
+    config: HyperTrainConfig,
+    history: list[dict],
+) -> int:
+    """The best trained epoch in `states` if `serves_every_tier` on the validation users scored at
+    every tier, else the start (0). The best trained epoch's history row records each tier's
+    paired difference from the start and its z, by protocol ("tier_z_<tier>" under full ranking,
+    "tier_z_sampled_<tier>" under the sampled protocol). An epoch not above the start in mean on
+    the epochs' own scores (each user at its tier, drawn by the tiers' shares) is not scored again:
+    it cannot be the fleet's gain, and the scoring would cost four validations of two networks."""
+    best = max(states)
+    if not best or history[best]["validation"] <= history[0]["validation"]:
+        return 0
+    every_tier = validation.at_every_tier()
+    scores = {}
+    for epoch in (0, best):
+        hypernet.load_state_dict(states[epoch])
+        scores[epoch] = validate(every_tier)
+    for protocol in scores[0]:
+        label = "" if protocol == "full" else f"{protocol}_"
+        differences = tier_differences(scores[best], scores[0], len(fleet.tiers), protocol)
+        for tier, (mean, error) in zip(fleet.tiers, differences, strict=True):
+            history[best][f"tier_gain_{label}{tier.name}"] = mean
+            history[best][f"tier_z_{label}{tier.name}"] = mean / error if error else float("nan")
+    shares = [tier.share for tier in fleet.tiers]
+    margins = (config.select_margin, config.tier_margin, config.sampled_guard)
+    return best if serves_every_tier(scores[best], scores[0], shares, *margins) else 0
 
 
 def supervised_epoch(
