@@ -333,12 +333,6 @@ def main() -> None:
         help="keep a trained epoch on its full-ranking margin alone (the rule before 2026-12-04)",
     )
     parser.add_argument(
-        "--no-tier-guard",
-        action="store_true",
-        help="keep a trained epoch even where it is lower at one of the fleet's tiers (the rule "
-        "before 2026-12-05)",
-    )
-    parser.add_argument(
         "--train-at-budget",
         action="store_true",
         help="train the hypernetworks for each budget on its own, not on the default fleet's tiers",

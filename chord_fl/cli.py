@@ -186,6 +186,7 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
         lr=args.lr,
         seed=args.seed,
         select_margin=args.select_margin,
+        tier_guard=not args.no_tier_guard,
         sensitivity_temperature=args.sensitivity_temperature,
         exponents=tuple(args.exponents),
     )

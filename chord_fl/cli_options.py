@@ -27,12 +27,18 @@ def add_quantizer_options(parser: argparse.ArgumentParser) -> None:
 
 def add_selection_options(parser: argparse.ArgumentParser) -> None:
     """How hypernetworks are supervised and kept (`HyperTrainConfig.select_margin`,
-    `sensitivity_temperature`, `exponents`)."""
+    `tier_guard`, `sensitivity_temperature`, `exponents`)."""
     parser.add_argument(
         "--select-margin",
         type=float,
         default=HyperTrainConfig().select_margin,
         help="paired standard errors by which a trained network must beat its start on validation",
+    )
+    parser.add_argument(
+        "--no-tier-guard",
+        action="store_true",
+        help="keep a trained network on the fleet's mean alone, even where one tier loses (the "
+        "rule before 2026-12-05)",
     )
     parser.add_argument(
         "--sensitivity-temperature",

@@ -75,6 +75,7 @@ def snapshot(root: Path, names: dict[str, str]) -> dict[str, dict[str, list[dict
         "hypernet-epochs": 1,
         "hypernet-lr": 3e-3,  # the default then
         "select-margin": 0.0,  # the reference kept the best validation score, whatever the margin
+        "tier-guard": False,  # or the tiers
         "importance-exponents": "1",  # and allocated importances as they are
         "local-epochs": 1,
         "output-dir": str(root / "runs"),

@@ -58,6 +58,8 @@ class RunConfig:
     hypernet_lr: float = HyperTrainConfig.lr
     # paired standard errors by which a trained hypernetwork must beat its start
     select_margin: float = 2.0
+    # ...at every tier of the fleet (false: on the fleet's mean alone, the rule before 2026-12-05)
+    tier_guard: bool = True
     sensitivity_temperature: float = 1.0  # sharpening of the supervision's targets, p^(1/T)
     # exponents tried on validation for global's and each hypernetwork start's importances
     # (chord_fl.validation), comma-separated; "1": allocate importances as they are
@@ -173,6 +175,7 @@ class RunConfig:
             seed=self.seed,
             profile_window=self.profile_window,
             select_margin=self.select_margin,
+            tier_guard=self.tier_guard,
             sensitivity_temperature=self.sensitivity_temperature,
             exponents=_numbers(self.importance_exponents, "importance-exponents", float),
         )
