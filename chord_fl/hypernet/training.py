@@ -79,10 +79,11 @@ class HyperTrainConfig:
     # protocol (`chord_fl.selection`).
     select_margin: float = 2.0
     sampled_guard: bool = True  # False: the full-ranking margin alone (the rule before 2026-12-04)
-    # With the tier guard, that choice is made on the validation users scored at every tier of
-    # the fleet: the fleet's share-weighted mean must rise by the margin, and no tier's mean may
-    # fall by `tier_margin` paired standard errors under either protocol (False: the epochs' own
-    # scores, each user at its one tier, decide; the rule before 2026-12-05).
+    # With the tier guard, an epoch that passes is also scored with the start on the validation
+    # users at every tier of the fleet: the fleet's share-weighted mean must rise by the margin,
+    # and no tier's mean may fall by `tier_margin` paired standard errors under either protocol
+    # (False: the epochs' own scores, each user at its one tier, decide; the rule before
+    # 2026-12-05). The rescoring costs eight validations, so it is kept for epochs that pass.
     tier_guard: bool = True
     tier_margin: float = 2.0
     seed: int = 0
@@ -293,10 +294,9 @@ def train_hypernet(
         epochs.set_postfix(loss=f"{loss:.4f}", val=f"{history[-1]['validation']:.4f}")
         if patience_spent(scores, config.patience):
             break
-    if config.tier_guard:
+    kept = kept_epoch(scores, config.select_margin, config.sampled_guard)
+    if kept and config.tier_guard:
         kept = _tier_guarded_epoch(hypernet, states, validate, validation, fleet, config, history)
-    else:
-        kept = kept_epoch(scores, config.select_margin, config.sampled_guard)
     hypernet.load_state_dict(states[kept])
     result = FitResult(kept, history[kept]["validation"], 0.0, history)
     result.seconds = time.perf_counter() - start
@@ -312,15 +312,12 @@ def _tier_guarded_epoch(
     config: HyperTrainConfig,
     history: list[dict],
 ) -> int:
-    """The best trained epoch in `states` if `serves_every_tier` on the validation users scored at
-    every tier, else the start (0). The best trained epoch's history row records each tier's
-    paired difference from the start and its z, by protocol ("tier_z_<tier>" under full ranking,
-    "tier_z_sampled_<tier>" under the sampled protocol). An epoch not above the start in mean on
-    the epochs' own scores (each user at its tier, drawn by the tiers' shares) is not scored again:
-    it cannot be the fleet's gain, and the scoring would cost four validations of two networks."""
+    """The best trained epoch in `states`, which beat the start on the epochs' own scores (each
+    user at its tier), if it also `serves_every_tier` on the validation users scored at every
+    tier, else the start (0). Its history row records each tier's paired difference from the
+    start and its z, by protocol ("tier_z_<tier>" under full ranking, "tier_z_sampled_<tier>"
+    under the sampled protocol)."""
     best = max(states)
-    if not best or history[best]["validation"] <= history[0]["validation"]:
-        return 0
     every_tier = validation.at_every_tier()
     scores = {}
     for epoch in (0, best):
