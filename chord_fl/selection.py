@@ -65,7 +65,7 @@ def serves_every_tier(
     with a loss at another; a tier where nothing changes (the widest, near fp32) must not decide
     by its noise. On MovieLens-1M a relaxation 0.003 lower at the 3-bit tier under full ranking
     (z -0.8) was 0.019 lower under the sampled protocol (z -4.0) and lost 0.012 on test targets
-    at 3 bits under full ranking (README, "Stopping")."""
+    at 3 bits under full ranking (README, "The tier guard at every tier")."""
     shares = np.asarray(shares, dtype=np.float64) / np.sum(shares)
 
     def fleet(scores: Scores) -> Scores:
