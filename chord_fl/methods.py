@@ -114,8 +114,19 @@ def calibrated_global(
     importance: np.ndarray,
     config: HyperTrainConfig,
 ) -> np.ndarray:
-    """(C,) the cloud-wide `importance` raised to the exponent chosen as the hypernetworks' start
-    is (same validation users, exponents and rule: `chord_fl.validation`)."""
+    """(C,) the cloud-wide `importance` raised to its `global_exponent`."""
+    return sharpened(importance, global_exponent(prepared, split, fleet, importance, config))
+
+
+def global_exponent(
+    prepared: PreparedModel,
+    split: RoundSplit,
+    fleet: Fleet,
+    importance: np.ndarray,
+    config: HyperTrainConfig,
+) -> float:
+    """The exponent for the cloud-wide `importance`, chosen as the hypernetworks' start's is (same
+    validation users, exponents and rule: `chord_fl.validation`)."""
     window = config.profile_window or None
     devices = functools.cache(
         lambda: exponent_devices(prepared, split, fleet, config.exponent_users, config.seed, window)
@@ -127,7 +138,7 @@ def calibrated_global(
         )
         return devices().score(prepared, rows, config.select_metric)
 
-    return sharpened(importance, choose_exponent(score, config.exponents, config.sampled_guard))
+    return choose_exponent(score, config.exponents, config.sampled_guard)
 
 
 @dataclass

@@ -8,6 +8,7 @@ import json
 import math
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import ray.cloudpickle
 from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+import chord_fl.federation.world as world_module
 from chord_fl.errors import ChordError
 from chord_fl.federation.faults import (
     ERROR,
@@ -93,6 +95,27 @@ def test_injected_faults_get_their_status_and_returning_devices_full_codes(base)
         base_codes = codes[partition] if held else None
         assert size == len(encode_strategy(codes[partition], base_codes))
     assert [r for r in ledger if r["kind"] == "late"]  # slow replies are on the ledger
+
+
+def test_the_global_exponent_is_chosen_once_and_cached(base, monkeypatch):
+    config = RunConfig.from_mapping({**base, "strategy": "global"})
+    world = load_world(config)
+    for old in Path(config.checkpoint_dir).glob("*-global-fisher-exponent-*.json"):
+        old.unlink()
+    first = load_cloud(world, "global", config).global_importance
+    (cached,) = Path(config.checkpoint_dir).glob("*-global-fisher-exponent-*.json")
+
+    def chosen_again(*args, **kwargs):
+        raise AssertionError("the exponent was chosen again")
+
+    monkeypatch.setattr(world_module, "global_exponent", chosen_again)
+    np.testing.assert_array_equal(load_cloud(world, "global", config).global_importance, first)
+    cached.write_text("{damaged")  # an unreadable cache is chosen again, not trusted
+    with pytest.raises(AssertionError, match="chosen again"):
+        load_cloud(world, "global", config)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(load_cloud(world, "global", config).global_importance, first)
+    assert json.loads(cached.read_text())["exponent"] in config.hypernet_training.exponents
 
 
 def test_damaged_code_messages_become_errors_and_full_codes_next_round(base):

@@ -8,6 +8,7 @@ reads the data and the weights a single time.
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +26,14 @@ from chord_fl.errors import ConfigError
 from chord_fl.experiment import Setup, load_split, prepare
 from chord_fl.federation.runconfig import RunConfig, fleet_from_setting
 from chord_fl.hypernet.training import train_best
-from chord_fl.methods import CHORD_VARIANTS, Cloud, calibrated_global
+from chord_fl.methods import CHORD_VARIANTS, Cloud, global_exponent
 from chord_fl.quant.budget import floor_bytes
 from chord_fl.quant.master import master_tag
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.sensitivity import global_sensitivity
 from chord_fl.tiers import Fleet, Tier, assign_tiers
 from chord_fl.train import evaluation_negatives
+from chord_fl.validation import sharpened
 
 
 @dataclass(frozen=True)
@@ -100,10 +102,10 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
     cloud = Cloud(world.prepared)
     setup = config.setup
     stem = Path(setup.checkpoint_path).stem
+    train = config.hypernet_training
+    identity = setup.backbone_identity(world.split.num_items)
     if method in CHORD_VARIANTS:
         recipes = CHORD_VARIANTS[method].recipes
-        train = config.hypernet_training
-        identity = setup.backbone_identity(world.split.num_items)
         settings = hypernet_settings(identity, setup.quantizer, recipes, world.fleet, train)
         path = hypernet_cache_path(config.checkpoint_dir, f"{stem}-{method}", settings)
         if path.exists():
@@ -129,7 +131,23 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
             )
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, importance, allow_pickle=False)
-        cloud.global_importance = calibrated_global(
-            world.prepared, world.split, world.fleet, importance, config.hypernet_training
-        )
+        # The exponent costs a validation per candidate: chosen once per setting, then cached.
+        settings = hypernet_settings(identity, setup.quantizer, (), world.fleet, train)
+        exponent_path = hypernet_cache_path(path.parent, f"{path.stem}-exponent", settings)
+        exponent_path = exponent_path.with_suffix(".json")
+        exponent = _cached_exponent(exponent_path, train.exponents)
+        if exponent is None:
+            exponent = global_exponent(world.prepared, world.split, world.fleet, importance, train)
+            exponent_path.write_text(json.dumps({"exponent": exponent, "settings": settings}))
+        cloud.global_importance = sharpened(importance, exponent)
     return cloud
+
+
+def _cached_exponent(path: Path, candidates: tuple[float, ...]) -> float | None:
+    """The exponent cached at `path`, or None where there is none to trust (absent, unreadable or
+    not one of `candidates`): it is then chosen again and the file rewritten."""
+    try:
+        exponent = json.loads(path.read_text())["exponent"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return float(exponent) if exponent in candidates else None
