@@ -103,10 +103,14 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
     setup = config.setup
     stem = Path(setup.checkpoint_path).stem
     train = config.hypernet_training
-    identity = setup.backbone_identity(world.split.num_items)
+
+    def settings_of(recipes: tuple) -> dict:
+        identity = setup.backbone_identity(world.split.num_items)  # hashes the checkpoint
+        return hypernet_settings(identity, setup.quantizer, recipes, world.fleet, train)
+
     if method in CHORD_VARIANTS:
         recipes = CHORD_VARIANTS[method].recipes
-        settings = hypernet_settings(identity, setup.quantizer, recipes, world.fleet, train)
+        settings = settings_of(recipes)
         path = hypernet_cache_path(config.checkpoint_dir, f"{stem}-{method}", settings)
         if path.exists():
             net, _ = load_hypernet(path, world.prepared)
@@ -132,7 +136,7 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, importance, allow_pickle=False)
         # The exponent costs a validation per candidate: chosen once per setting, then cached.
-        settings = hypernet_settings(identity, setup.quantizer, (), world.fleet, train)
+        settings = settings_of(())
         exponent_path = hypernet_cache_path(path.parent, f"{path.stem}-exponent", settings)
         exponent_path = exponent_path.with_suffix(".json")
         exponent = _cached_exponent(exponent_path, train.exponents)
