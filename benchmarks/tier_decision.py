@@ -58,12 +58,8 @@ def devices_of(
 def scores_of(
     nets: dict[str, ChordHyperNet], devices: ValidationDevices, prepared: PreparedModel
 ) -> dict[str, Scores]:
-    out = {}
-    for name, net in nets.items():
-        with torch.no_grad():
-            importance = net(torch.from_numpy(devices.profiles)).numpy()
-        out[name] = devices.score(prepared, importance, HyperTrainConfig.select_metric)
-    return out
+    metric = HyperTrainConfig.select_metric
+    return {name: devices.score_network(prepared, net, metric) for name, net in nets.items()}
 
 
 def main() -> None:

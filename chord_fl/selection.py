@@ -35,8 +35,13 @@ def beats(candidate: Scores, kept: Scores, margin: float, guard: bool = True) ->
     both have it, at least the kept one's."""
     if not improves(candidate["full"], kept["full"], margin):
         return False
-    sampled = guard and "sampled" in candidate and "sampled" in kept
+    sampled = _guarded(candidate, kept, guard)
     return not (sampled and np.mean(candidate["sampled"]) < np.mean(kept["sampled"]))
+
+
+def _guarded(candidate: Scores, kept: Scores, guard: bool) -> bool:
+    """Whether the sampled protocol is checked: with `guard`, where both have its scores."""
+    return guard and "sampled" in candidate and "sampled" in kept
 
 
 def tier_differences(
@@ -73,9 +78,7 @@ def serves_every_tier(
 
     if not beats(fleet(candidate), fleet(kept), margin, guard):
         return False
-    protocols = ["full"] + (
-        ["sampled"] if guard and "sampled" in candidate and "sampled" in kept else []
-    )
+    protocols = ["full"] + (["sampled"] if _guarded(candidate, kept, guard) else [])
     return not any(
         mean < 0 and mean <= -tier_margin * (error or 0.0)
         for protocol in protocols

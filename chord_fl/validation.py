@@ -17,10 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data.split import VALIDATION, RoundSplit
-from chord_fl.hypernet.networks import TINY
+from chord_fl.hypernet.networks import TINY, ChordHyperNet
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.selection import Scores, kept_epoch, selection_negatives
@@ -48,6 +49,12 @@ class ValidationDevices:
         codes = issue_codes(prepared, importance, self.budgets)
         metrics = evaluate_codes(prepared, self.windows, self.targets, codes, self.negatives)
         return {protocol: values[metric] for protocol, values in metrics.items()}
+
+    def score_network(self, prepared: PreparedModel, net: ChordHyperNet, metric: str) -> Scores:
+        """`score` of the importances `net` gives these devices' profiles."""
+        with torch.no_grad():
+            importance = net(torch.from_numpy(self.profiles)).numpy()
+        return self.score(prepared, importance, metric)
 
     def at_every_tier(self) -> ValidationDevices:
         """The same users, each at every tier of the fleet, tier-major: the devices of tier t are

@@ -249,10 +249,7 @@ def train_hypernet(
     optimizer = torch.optim.Adam(trained, lr=config.lr)
 
     def validate(devices: ValidationDevices = validation) -> Scores:
-        hypernet.eval()
-        with torch.no_grad():
-            importance = hypernet(torch.from_numpy(devices.profiles)).numpy()
-        return devices.score(prepared, importance, config.select_metric)
+        return devices.score_network(prepared, hypernet.eval(), config.select_metric)
 
     def validate_at(exponent: float) -> Scores:
         hypernet.exponent.fill_(exponent)
