@@ -18,9 +18,10 @@ import numpy as np
 from results_file import (
     append_row,
     benchmark_parser,
+    importances_at,
     parse,
     prepared_backbone,
-    relaxation_importances,
+    relaxation_networks,
 )
 
 from chord_fl.cli_options import add_exponent_option, add_quantizer_options
@@ -50,7 +51,8 @@ def main() -> None:
     profiles = encode_profiles(frozen, windows)
 
     exponents = tuple(args.exponents)
-    importances = relaxation_importances(prepared, split, profiles, args.seed, exponents)
+    networks = relaxation_networks(prepared, split, args.seed, exponents)
+    importances = {}
     everyone = (len(users), channels.channels)
     shared = global_sensitivity(frozen, channels, split, samples=args.samples)
     calibration = HyperTrainConfig(seed=args.seed, exponents=exponents)
@@ -63,6 +65,7 @@ def main() -> None:
     names = [group.name for group in channels.groups]
     for bits in args.bits:
         budgets = np.full(len(users), tier_budgets(Fleet.at_bits(bits), channels)[0])
+        importances |= importances_at(networks, profiles, budgets)
         print(f"\n{args.dataset} / {args.backbone} / {bits:g} bits, {len(users)} test devices")
         print("| method | " + " | ".join(f"`{name}`" for name in names) + " |")
         print("|---|" + "---:|" * len(names))

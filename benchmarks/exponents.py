@@ -18,10 +18,11 @@ import numpy as np
 from results_file import (
     append_row,
     benchmark_parser,
+    importances_at,
     parse,
     prepared_backbone,
     read_rows,
-    relaxation_importances,
+    relaxation_networks,
 )
 
 from chord_fl.cli_options import add_quantizer_options
@@ -39,18 +40,18 @@ from chord_fl.validation import sharpened
 METHODS = ("global", "init-relax", "chord-relax")
 
 
-def importances(prepared, split, profiles: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """(D, C) importance of each method at exponent 1."""
+def importances(prepared, split, profiles: np.ndarray, seed: int):
+    """(D, C) importance of `global` at exponent 1, and the relaxation's networks trained there."""
     shared = global_sensitivity(prepared.frozen, prepared.channels, split)
-    out = {"global": np.broadcast_to(shared, (len(profiles), len(shared)))}
-    return out | relaxation_importances(prepared, split, profiles, seed, exponents=(1.0,))
+    fixed = {"global": np.broadcast_to(shared, (len(profiles), len(shared)))}
+    return fixed, relaxation_networks(prepared, split, seed, exponents=(1.0,))
 
 
 def run(args, results: Path) -> None:
     split, prepared = prepared_backbone(args)
     users, windows, targets, negatives = eval_devices(split, args.eval_users, stage=VALIDATION)
     profiles = encode_profiles(prepared.frozen, windows)
-    found = importances(prepared, split, profiles, args.seed)
+    fixed, networks = importances(prepared, split, profiles, args.seed)
     common = dict(
         dataset=args.dataset,
         backbone=args.backbone,
@@ -63,6 +64,7 @@ def run(args, results: Path) -> None:
     )
     for bits in args.bits:
         budgets = np.full(len(users), tier_budgets(Fleet.at_bits(bits), prepared.channels)[0])
+        found = fixed | importances_at(networks, profiles, budgets)
         cloud = Cloud(prepared)
         row, per_device = evaluate_method(
             "uniform", cloud, windows, targets, profiles, budgets, negatives, args.seed

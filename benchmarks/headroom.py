@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from headroom_report import method_order, pareto_figure, tables
-from results_file import append_row, prepared_backbone, read_rows
+from results_file import append_row, importances_at, prepared_backbone, read_rows
 
 from chord_fl.cli_options import add_quantizer_options, add_selection_options
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
@@ -55,9 +55,10 @@ from chord_fl.hypernet.supervision import (
     sensitivity_set,
     training_windows,
 )
+from chord_fl.hypernet.tiered import TieredHyperNet
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
 from chord_fl.machine import machine_line
-from chord_fl.methods import CHORD_VARIANTS, Cloud, calibrated_global, hypernet_importance
+from chord_fl.methods import CHORD_VARIANTS, Cloud, calibrated_global
 from chord_fl.quant.budget import coded_bytes
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.refine import refine_item_rows
@@ -116,17 +117,16 @@ def train_config(args: argparse.Namespace, seed: int) -> HyperTrainConfig:
     )
 
 
-def learned_importance(
+def learned_networks(
     prepared: PreparedModel,
     split,
-    profiles: np.ndarray,
     supervision: SensitivitySet | None,
     seed: int,
     fleet: Fleet,
     args: argparse.Namespace,
-) -> dict[str, np.ndarray]:
-    """Importances of each learned recipe and of its untrained start, for one seed, and of `chord`:
-    the trained recipe the `chord` variant keeps on validation (`train_best`'s rule)."""
+) -> dict[str, TieredHyperNet]:
+    """The networks of each learned recipe and of its untrained start, for one seed, and of
+    `chord`: the trained recipe the `chord` variant keeps on validation (`train_best`'s rule)."""
     out, validation = {}, {}
     for name in args.learned:
         (recipe,) = CHORD_VARIANTS[name].recipes
@@ -136,7 +136,7 @@ def learned_importance(
             net, fit = train_hypernet(
                 prepared, split, fleet, recipe.network, config, supervision=supervision
             )
-            out[label] = hypernet_importance(net, profiles)
+            out[label] = net
             validation[label] = fit
             history = [
                 (h["epoch"], round(h["validation"], 4), round(h["validation_sampled"], 4))
@@ -151,7 +151,8 @@ def learned_importance(
             }
             print(
                 f"  {label}: exponent {fit.history[0]['exponent']:g}, best epoch "
-                f"{fit.best_epoch}, validation {history} tier z {tier_z} "
+                f"{fit.best_epoch} (serving tiers {net.trained_tiers(fleet.names)}), validation "
+                f"{history} tier z {tier_z} "
                 f"({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )
@@ -225,13 +226,13 @@ def run(args: argparse.Namespace, results: Path) -> None:
             if trained_at not in learned:
                 torch.manual_seed(seed)
                 fleet = Fleet.at_bits(bits) if args.train_at_budget else DEFAULT_FLEET
-                learned[trained_at] = learned_importance(
-                    prepared, split, profiles, supervision, seed, fleet, args
+                learned[trained_at] = learned_networks(
+                    prepared, split, supervision, seed, fleet, args
                 )
-                if "window" in fixed:
-                    print_fit({**fixed, **learned[trained_at]}, fixed["window"], prepared)
-            importances = {**fixed, **learned[trained_at]}
             budgets = np.full(len(users), tier_budgets(Fleet.at_bits(bits), channels)[0])
+            importances = fixed | importances_at(learned[trained_at], profiles, budgets)
+            if "window" in fixed and learned[trained_at]:
+                print_fit(importances, fixed["window"], prepared)
             refinable = [f"{m}{REFINED}" for m in ("global", "chord") if m in importances]
             available = sorted([*FIXED, *importances, *refinable], key=method_order)
             for method in [m for m in available if not args.methods or m in args.methods]:

@@ -24,10 +24,11 @@ import torch
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data.split import VALIDATION
 from chord_fl.experiment import Setup, load_backbone, load_split
+from chord_fl.hypernet.epochs import training_examples
 from chord_fl.hypernet.networks import ChordHyperNet
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.relax import Relaxation, soft_codes
-from chord_fl.hypernet.training import HyperTrainConfig, item_head_index, training_examples
+from chord_fl.hypernet.training import HyperTrainConfig, item_head_index
 from chord_fl.machine import machine_line
 from chord_fl.quant.budget import channel_budget
 from chord_fl.quant.quantizer import PreparedModel

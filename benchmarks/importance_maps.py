@@ -39,9 +39,8 @@ def importance_maps(config: RunConfig, count: int, out: Path) -> Path:
     histories = world.split.histories()
     users = chosen_users(np.array([len(h) for h in histories]), count)
     windows = [world.split.users[u].window(1) for u in users]
-    importance = hypernet_importance(
-        cloud.hypernets["chord"], encode_profiles(prepared.frozen, windows)
-    )
+    profiles = encode_profiles(prepared.frozen, windows)
+    importance = hypernet_importance(cloud.hypernets["chord"], profiles, world.budgets[users])
     relative = np.log10(importance / importance.mean(axis=1, keepdims=True))
 
     item_group = next(g for g in prepared.channels.groups if g.name == prepared.frozen.output_table)

@@ -13,6 +13,7 @@ import torch
 
 from chord_fl.data import RoundSplit
 from chord_fl.experiment import Setup, load_split, prepare
+from chord_fl.hypernet.tiered import TieredHyperNet
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
 from chord_fl.methods import CHORD_VARIANTS, hypernet_importance
 from chord_fl.metrics import mean_and_standard_error
@@ -87,16 +88,11 @@ def prepared_backbone(args: argparse.Namespace) -> tuple[RoundSplit, PreparedMod
     return split, prepare(setup, split)
 
 
-def relaxation_importances(
-    prepared: PreparedModel,
-    split: RoundSplit,
-    profiles: np.ndarray,
-    seed: int,
-    exponents: tuple[float, ...],
-) -> dict[str, np.ndarray]:
-    """(D, C) importances of the relaxation recipe's networks for `profiles`: untrained
-    (`init-relax`) and trained with the default settings (`chord-relax`), each from the exponent
-    validation chooses among `exponents`."""
+def relaxation_networks(
+    prepared: PreparedModel, split: RoundSplit, seed: int, exponents: tuple[float, ...]
+) -> dict[str, TieredHyperNet]:
+    """The relaxation recipe's networks: untrained (`init-relax`) and trained with the default
+    settings (`chord-relax`), each from the exponent validation chooses among `exponents`."""
     (recipe,) = CHORD_VARIANTS["chord-relax"].recipes
     out = {}
     for epochs, label in ((0, "init-relax"), (HyperTrainConfig.epochs, "chord-relax")):
@@ -106,5 +102,12 @@ def relaxation_importances(
         )
         net, fit = train_hypernet(prepared, split, DEFAULT_FLEET, recipe.network, config)
         print(f"{label}: exponent {float(net.exponent):g}, kept epoch {fit.best_epoch}", flush=True)
-        out[label] = hypernet_importance(net, profiles)
+        out[label] = net
     return out
+
+
+def importances_at(
+    networks: dict[str, TieredHyperNet], profiles: np.ndarray, budgets: np.ndarray
+) -> dict[str, np.ndarray]:
+    """(D, C) importance of each of `networks` for devices with these profiles and budgets."""
+    return {label: hypernet_importance(net, profiles, budgets) for label, net in networks.items()}

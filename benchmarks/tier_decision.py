@@ -1,13 +1,15 @@
 """Whether the tier guard's evidence carries: a trained recipe's best epoch against its untrained
 start, paired by device, at every tier of the fleet, on three sets of devices:
 
-- selection: the validation users training scored its epochs on and the guard decides on
-  (`chord_fl.selection.serves_every_tier`);
-- other users: every other training user, on its validation target (never seen by the choice);
+- selection: the validation users training scored its epochs on;
+- other users: every other training user, on its validation target (never seen by the epoch's
+  choice; the tier guard decides on as many of them, `chord_fl.validation.decision_devices`);
 - test: every user on its test target.
 
-The guard sees only the first. If the others disagree with it, its evidence was selection noise
-(the best of many epochs on the same users) or validation targets that do not stand for test ones.
+If the selection users disagree with the others, their evidence was selection noise (the best of
+many epochs on the same users); if the others disagree with test, validation targets do not stand
+for test ones. Each row records whether the per-tier rule (`chord_fl.selection.tier_choices`)
+would serve the trained epoch to that tier on that set.
 
     python benchmarks/tier_decision.py --dataset ml-1m --backbone sasrec \
         --checkpoint checkpoints/benchmark/ml-1m-sasrec.pt --seeds 0
@@ -23,41 +25,23 @@ import torch
 from results_file import append_row, benchmark_parser, parse, prepared_backbone
 
 from chord_fl.cli_options import add_quantizer_options
-from chord_fl.cloud import tier_budgets
-from chord_fl.data.split import VALIDATION, RoundSplit
+from chord_fl.data.split import VALIDATION
 from chord_fl.hypernet.networks import ChordHyperNet
-from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
 from chord_fl.machine import machine_line
 from chord_fl.methods import CHORD_VARIANTS
 from chord_fl.quant.quantizer import PreparedModel
-from chord_fl.selection import Scores, selection_negatives, serves_every_tier, tier_differences
+from chord_fl.selection import Scores, tier_choices, tier_differences
 from chord_fl.tiers import DEFAULT_FLEET
-from chord_fl.validation import ValidationDevices, validation_devices
+from chord_fl.validation import ValidationDevices, devices_of, validation_devices
 
 TEST = 1  # the stage of the test targets in a one-round split
-
-
-def devices_of(
-    prepared: PreparedModel, split: RoundSplit, users: np.ndarray, stage: int, seed: int
-) -> ValidationDevices:
-    """`users` on their `stage` targets, each at every tier (tier-major)."""
-    windows = [split.users[i].window(stage) for i in users]
-    devices = ValidationDevices(
-        users=users,
-        windows=windows,
-        targets=split.targets(stage)[users],
-        tiers=np.zeros(len(users), dtype=np.int64),  # any: at_every_tier sets every tier
-        tier_budgets=tier_budgets(DEFAULT_FLEET, prepared.channels),
-        negatives=selection_negatives(split, users, seed),
-        profiles=encode_profiles(prepared.frozen, windows),
-    )
-    return devices.at_every_tier()
 
 
 def scores_of(
     nets: dict[str, ChordHyperNet], devices: ValidationDevices, prepared: PreparedModel
 ) -> dict[str, Scores]:
+    """Each network's scores on `devices`."""
     metric = HyperTrainConfig.select_metric
     return {name: devices.score_network(prepared, net, metric) for name, net in nets.items()}
 
@@ -72,7 +56,6 @@ def main() -> None:
     split, prepared = prepared_backbone(args)
     (recipe,) = CHORD_VARIANTS[args.variant].recipes
     tiers = [tier.name for tier in DEFAULT_FLEET.tiers]
-    shares = [tier.share for tier in DEFAULT_FLEET.tiers]
     for seed in args.seeds:
         start = HyperTrainConfig(seed=seed, objective=recipe.objective)
         # The best trained epoch whatever the guard says: the guard runs after training, so the
@@ -81,9 +64,10 @@ def main() -> None:
         nets = {}
         for name, config in (("start", replace(start, epochs=0)), ("trained", best)):
             torch.manual_seed(seed)
-            nets[name], fit = train_hypernet(
+            served, fit = train_hypernet(
                 prepared, split, DEFAULT_FLEET, recipe.network, config, progress=False
             )
+            nets[name] = served.trained if name == "trained" else served.start
         print(f"seed {seed}: best trained epoch {fit.best_epoch}", flush=True)
         if not fit.best_epoch:
             print("  no trained epoch above the start on validation: nothing to compare")
@@ -99,17 +83,18 @@ def main() -> None:
         for set_name, (users, stage) in sets.items():
             if not len(users):
                 continue
-            devices = devices_of(prepared, split, users, stage, seed)
+            devices = devices_of(prepared, split, DEFAULT_FLEET, users, seed, stage=stage)
+            devices = devices.at_every_tier()
             scores = scores_of(nets, devices, prepared)
-            keeps = serves_every_tier(
-                scores["trained"], scores["start"], shares, start.select_margin, start.tier_margin
+            chooses = tier_choices(
+                scores["trained"], scores["start"], len(tiers), start.select_margin
             )
             for protocol in scores["start"]:
                 differences = tier_differences(
                     scores["trained"], scores["start"], len(tiers), protocol
                 )
                 cells = []
-                for tier, (gain, error) in zip(tiers, differences, strict=True):
+                for tier, (gain, error), chosen in zip(tiers, differences, chooses, strict=True):
                     cells.append(f"{tier} {gain:+.4f} ({gain / error:+.1f})")
                     append_row(
                         Path(args.results),
@@ -125,13 +110,14 @@ def main() -> None:
                             "tier": tier,
                             "gain": gain,
                             "error": error,
-                            "guard_keeps": keeps,
+                            "chooses_trained": chosen,
                             "machine": machine_line(),
                         },
                     )
                 print(
                     f"  {set_name:<11} {protocol:<7} ({len(devices.users) // len(tiers)} users): "
-                    f"{', '.join(cells)}; the guard's rule here: {'keep' if keeps else 'start'}",
+                    f"{', '.join(cells)}; the rule here serves it to "
+                    f"{', '.join(t for t, c in zip(tiers, chooses, strict=True) if c) or 'none'}",
                     flush=True,
                 )
 

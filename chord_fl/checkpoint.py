@@ -16,6 +16,7 @@ import torch
 
 from chord_fl.errors import DataError
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
+from chord_fl.hypernet.tiered import TieredHyperNet
 from chord_fl.models import SequentialRecommender, build_backbone, describe
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.tiers import Fleet, fleet_to_toml
@@ -68,21 +69,29 @@ def load_checkpoint(path: str | Path) -> tuple[SequentialRecommender, dict[str, 
     return model.eval(), payload["meta"]
 
 
-def save_hypernet(path: str | Path, net: ChordHyperNet, meta: dict[str, Any]) -> Path:
+def save_hypernet(path: str | Path, net: TieredHyperNet, meta: dict[str, Any]) -> Path:
     return _save(path, {"hypernet": asdict(net.config)}, net, meta)
 
 
 def load_hypernet(
     path: str | Path, prepared: PreparedModel
-) -> tuple[ChordHyperNet, dict[str, Any]]:
+) -> tuple[TieredHyperNet, dict[str, Any]]:
     """Rebuild hypernetworks for `prepared`'s frozen backbone (the one they were trained on)."""
     payload = _load(path)
     config = HyperNetConfig(**payload["model"]["hypernet"])
     frozen = prepared.frozen
-    net = ChordHyperNet(frozen, prepared.channels, frozen.hidden_size, config)
     state = payload["state_dict"]
-    # Saved before the importance exponent: its importances were allocated as they are.
-    state.setdefault("exponent", torch.tensor(1.0))
+    if "tier_bytes" not in state:
+        # Saved before networks were chosen per tier: one network serves every budget.
+        single = ChordHyperNet(frozen, prepared.channels, frozen.hidden_size, config)
+        state.setdefault("exponent", torch.tensor(1.0))  # and before the importance exponent
+        _restore(path, single, state)
+        return TieredHyperNet(single, single, [0], [False]).eval(), payload["meta"]
+    networks = [
+        ChordHyperNet(frozen, prepared.channels, frozen.hidden_size, config) for _ in range(2)
+    ]
+    tiers = len(state["tier_bytes"])
+    net = TieredHyperNet(*networks, [0] * tiers, [False] * tiers)
     _restore(path, net, state)
     return net.eval(), payload["meta"]
 

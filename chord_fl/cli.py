@@ -210,6 +210,7 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
         "init": args.init,
         "objective": recipe.objective,
         "best_epoch": result.best_epoch,
+        "trained_tiers": list(net.trained_tiers(fleet.names)),
         "importance_exponent": float(net.exponent),
         "validation_ndcg@10": result.best_score,
         "train_seconds": round(result.seconds, 2),
@@ -260,7 +261,8 @@ def _print_pretrain(report: dict[str, Any]) -> None:
 def _print_hypernet(report: dict[str, Any]) -> None:
     print(
         f"{report['variant']} hypernetworks for {report['backbone']} on {report['dataset']} "
-        f"({report['init']} weights): best epoch {report['best_epoch']}, validation NDCG@10 "
+        f"({report['init']} weights): best epoch {report['best_epoch']} (serving tiers: "
+        f"{', '.join(report['trained_tiers']) or 'none'}), validation NDCG@10 "
         f"{report['validation_ndcg@10']:.4f}, {report['train_seconds']} s"
     )
     test = report["test_round_1"]

@@ -37,8 +37,8 @@ def add_selection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-tier-guard",
         action="store_true",
-        help="keep a trained network on the fleet's mean alone, even where one tier loses (the "
-        "rule before 2026-12-05)",
+        help="serve a trained network to every tier or none, on the fleet's mean alone (the rule "
+        "before 2026-12-05), instead of to each tier where it wins there",
     )
     parser.add_argument(
         "--sensitivity-temperature",

@@ -25,6 +25,7 @@ from chord_fl.cloud import issue_codes
 from chord_fl.data.split import RoundSplit
 from chord_fl.errors import ConfigError
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
+from chord_fl.hypernet.tiered import TieredHyperNet
 from chord_fl.hypernet.training import HyperTrainConfig, Recipe
 from chord_fl.quant.budget import widest_uniform
 from chord_fl.quant.channels import ChannelMap
@@ -89,9 +90,24 @@ HYPERNET_CHUNK = 256
 
 @torch.no_grad()
 def hypernet_importance(
+    net: TieredHyperNet, profiles: np.ndarray, budgets: np.ndarray, chunk: int = HYPERNET_CHUNK
+) -> np.ndarray:
+    """(D, C) importance of devices with (D, hidden) profiles and (D,) byte budgets, from the
+    network each budget is served (`TieredHyperNet.route`)."""
+    profiles = np.asarray(profiles)
+    route = net.route(budgets)
+    out = np.empty((len(profiles), sum(head.channels for head in net.start.heads)), np.float32)
+    for index, network in enumerate(net.networks):
+        rows = np.flatnonzero(route == index)
+        out[rows] = network_importance(network, profiles[rows], chunk)
+    return out
+
+
+@torch.no_grad()
+def network_importance(
     net: ChordHyperNet, profiles: np.ndarray, chunk: int = HYPERNET_CHUNK
 ) -> np.ndarray:
-    """(D, C) importance, computed in zero-padded chunks of one fixed shape.
+    """(D, C) importance of one network, computed in zero-padded chunks of one fixed shape.
 
     Matrix kernels choose their summation order by shape, so a batch of another size can change
     a row in its last bits and flip a code at a tie; with one shape, a device's codes never
@@ -147,30 +163,40 @@ class Cloud:
     the cloud-wide channel importance for the global strategy."""
 
     prepared: PreparedModel
-    hypernets: dict[str, ChordHyperNet] = field(default_factory=dict)
+    hypernets: dict[str, TieredHyperNet] = field(default_factory=dict)
     global_importance: np.ndarray | None = None
 
 
-def _random(name: str, cloud: Cloud, profiles: np.ndarray, ids: np.ndarray, seed: int):
+@dataclass(frozen=True)
+class Devices:
+    """The devices of one batch of codes: (D, hidden) profiles, (D,) byte budgets, (D,) ids."""
+
+    profiles: np.ndarray
+    budgets: np.ndarray
+    ids: np.ndarray
+
+
+def _random(name: str, cloud: Cloud, devices: Devices, seed: int) -> np.ndarray:
     # One stream per device: its codes never depend on which other devices share the batch.
     channels = cloud.prepared.channels.channels
-    rows = [np.random.default_rng([seed, int(i), 0x72616E64]).random(channels) for i in ids]
-    return np.array(rows).reshape(len(ids), channels)
+    rows = [np.random.default_rng([seed, int(i), 0x72616E64]).random(channels) for i in devices.ids]
+    return np.array(rows).reshape(len(devices.ids), channels)
 
 
-def _global(name: str, cloud: Cloud, profiles: np.ndarray, ids: np.ndarray, seed: int):
+def _global(name: str, cloud: Cloud, devices: Devices, seed: int) -> np.ndarray:
     if cloud.global_importance is None:
         raise ConfigError("the global strategy needs cloud-wide channel importance")
-    return np.broadcast_to(cloud.global_importance, (len(ids), cloud.prepared.channels.channels))
+    shape = (len(devices.ids), cloud.prepared.channels.channels)
+    return np.broadcast_to(cloud.global_importance, shape)
 
 
-def _hypernet(name: str, cloud: Cloud, profiles: np.ndarray, ids: np.ndarray, seed: int):
+def _hypernet(name: str, cloud: Cloud, devices: Devices, seed: int) -> np.ndarray:
     if name not in cloud.hypernets:
         raise ConfigError(f"no trained hypernetworks for {name!r}")
-    return hypernet_importance(cloud.hypernets[name], profiles)
+    return hypernet_importance(cloud.hypernets[name], devices.profiles, devices.budgets)
 
 
-Importance = Callable[[str, Cloud, np.ndarray, np.ndarray, int], np.ndarray]
+Importance = Callable[[str, Cloud, Devices, int], np.ndarray]
 _IMPORTANCE: dict[str, Importance] = {
     "random": _random,
     "global": _global,
@@ -191,7 +217,7 @@ def method_codes(
     if method(name).gives != CODES:
         raise ConfigError(f"{name} gives devices no codes")
     ids = np.arange(len(budgets)) if device_ids is None else np.asarray(device_ids)
-    importance = _IMPORTANCE[name](name, cloud, profiles, ids, seed)
+    importance = _IMPORTANCE[name](name, cloud, Devices(profiles, budgets, ids), seed)
     return issue_codes(cloud.prepared, importance, budgets)
 
 

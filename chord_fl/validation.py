@@ -28,6 +28,7 @@ from chord_fl.selection import Scores, kept_epoch, selection_negatives
 from chord_fl.tiers import Fleet, assign_tiers
 
 EXPONENT_STREAM = 0x657870  # "exp": the random stream of the exponent's validation users
+DECISION_STREAM = 0x646563  # "dec": the random stream of the tier decisions' users
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,26 @@ def validation_devices(
 ) -> ValidationDevices:
     """`count` users drawn by `rng`, each at the budget of the tier `seed` assigns it."""
     users = np.sort(rng.permutation(len(split))[:count])
-    windows = [split.users[i].window(VALIDATION) for i in users]
-    tiers = assign_tiers(fleet, len(split), seed)[users]
+    return devices_of(prepared, split, fleet, users, seed, profile_window)
+
+
+def devices_of(
+    prepared: PreparedModel,
+    split: RoundSplit,
+    fleet: Fleet,
+    users: np.ndarray,
+    seed: int,
+    profile_window: int | None = None,
+    stage: int = VALIDATION,
+) -> ValidationDevices:
+    """`users` (sorted) on their `stage` targets (validation ones unless a benchmark asks for
+    others), each at its tier's budget (`seed`'s tiers)."""
+    windows = [split.users[i].window(stage) for i in users]
     return ValidationDevices(
         users=users,
         windows=windows,
-        targets=split.targets(VALIDATION)[users],
-        tiers=tiers,
+        targets=split.targets(stage)[users],
+        tiers=assign_tiers(fleet, len(split), seed)[users],
         tier_budgets=tier_budgets(fleet, prepared.channels),
         negatives=selection_negatives(split, users, seed),
         profiles=encode_profiles(prepared.frozen, windows, profile_window),
@@ -110,6 +124,28 @@ def exponent_devices(
     they were."""
     rng = np.random.default_rng([seed, EXPONENT_STREAM])
     return validation_devices(prepared, split, fleet, count, rng, seed, profile_window)
+
+
+def decision_devices(
+    prepared: PreparedModel,
+    split: RoundSplit,
+    fleet: Fleet,
+    validation: ValidationDevices,
+    seed: int,
+    profile_window: int | None = None,
+) -> ValidationDevices:
+    """The devices on which a trained epoch is finally weighed against its start: as many users
+    as `validation` holds, drawn from those it does not, so that the epoch's choice (the best of
+    many on `validation`, partly its luck) is judged on users it never saw. On MovieLens-1M the
+    best of 12 epochs gained 0.0217 NDCG@10 at the 2-bit tier on the users that chose it and
+    0.0125 on the others, as on test targets (README, "The tier guard at every tier"). Where the
+    split has too few other users (MovieLens-100K: every user validates), `validation` itself."""
+    others = np.setdiff1d(np.arange(len(split)), validation.users)
+    if len(others) < len(validation.users):
+        return validation
+    rng = np.random.default_rng([seed, DECISION_STREAM])
+    chosen = np.sort(rng.permutation(others)[: len(validation.users)])
+    return devices_of(prepared, split, fleet, chosen, seed, profile_window)
 
 
 def sharpened(importance: np.ndarray, exponent: float) -> np.ndarray:

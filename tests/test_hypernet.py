@@ -8,19 +8,26 @@ from chord_fl.checkpoint import load_hypernet, save_hypernet
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data import make_split, synthetic_dataset
 from chord_fl.errors import ConfigError
+from chord_fl.hypernet.epochs import supervised_epoch, training_examples
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.relax import EXCLUDED_PENALTY, Relaxation, soft_codes
 from chord_fl.hypernet.supervision import log_ratio_loss, sensitivity_set
+from chord_fl.hypernet.tiered import TieredHyperNet
 from chord_fl.hypernet.training import (
     HyperTrainConfig,
     item_head_index,
-    supervised_epoch,
     train_best,
     train_hypernet,
-    training_examples,
 )
-from chord_fl.methods import CHORD_VARIANTS, Cloud, calibrated_global, method_codes
+from chord_fl.methods import (
+    CHORD_VARIANTS,
+    Cloud,
+    calibrated_global,
+    hypernet_importance,
+    method_codes,
+    network_importance,
+)
 from chord_fl.models import build_backbone, seeded_backbone
 from chord_fl.quant.allocation import codes_cost
 from chord_fl.quant.budget import channel_budget
@@ -28,7 +35,12 @@ from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.sensitivity import target_sensitivity
 from chord_fl.tiers import DEFAULT_FLEET, Fleet, Tier
 from chord_fl.train import TrainConfig, fit
-from chord_fl.validation import choose_exponent, exponent_devices
+from chord_fl.validation import (
+    choose_exponent,
+    decision_devices,
+    exponent_devices,
+    validation_devices,
+)
 
 
 @pytest.fixture(scope="module")
@@ -198,11 +210,12 @@ def test_training_options_distill_implicit_budget_and_frozen_item_head():
     item_head = item_head_index(prepared)
     # Whichever epoch selection keeps, the item head is the initialisation.
     moved = {
-        name: not torch.equal(value, untrained[name]) for name, value in net.state_dict().items()
+        name: not torch.equal(value, untrained[name])
+        for name, value in net.trained.state_dict().items()
     }
     assert not any(moved[n] for n in moved if n.startswith(f"heads.{item_head}."))
-    assert not any(p.requires_grad for p in net.heads[item_head].parameters())
-    assert all(p.requires_grad for p in net.heads[item_head - 1].parameters())
+    assert not any(p.requires_grad for p in net.trained.heads[item_head].parameters())
+    assert all(p.requires_grad for p in net.trained.heads[item_head - 1].parameters())
     if result.best_epoch > 0:
         assert any(moved.values())
     with pytest.raises(ConfigError, match="item table"):
@@ -211,7 +224,9 @@ def test_training_options_distill_implicit_budget_and_frozen_item_head():
     # No epochs: the untrained initialisation, validated once.
     initial, fit0 = train_quietly(prepared, split, epochs=0, eval_users=50)
     assert [h["epoch"] for h in fit0.history] == [0]
-    assert all(torch.equal(v, untrained[k]) for k, v in initial.state_dict().items())
+    for network in initial.networks:
+        assert all(torch.equal(v, untrained[k]) for k, v in network.state_dict().items())
+    assert not initial.trained_at.any()
 
 
 def test_chord_end_to_end_beats_random_codes_on_synthetic_data():
@@ -287,22 +302,65 @@ def test_the_history_keeps_each_tiers_validation_mean():
         assert min(by_tier) <= row["validation"] <= max(by_tier)
 
 
-def test_the_tier_guard_decides_on_every_tiers_paired_gain():
+def test_the_tier_guard_serves_the_trained_epoch_to_the_tiers_it_wins_at():
     split, backbone = synthetic_backbone()
     prepared = PreparedModel(backbone)
-    shares = np.array([tier.share for tier in DEFAULT_FLEET.tiers])
-    for tier_margin in (0.0, 1e9):
-        config = HyperTrainConfig(
-            epochs=1, eval_users=150, patience=5, select_margin=0.0, sampled_guard=False
-        )
-        config = dataclasses.replace(config, tier_margin=tier_margin)
-        torch.manual_seed(0)
-        _, fit = train_hypernet(prepared, split, DEFAULT_FLEET, HyperNetConfig(), config, False)
-        assert fit.history[1]["validation"] > fit.history[0]["validation"]  # else not scored
-        gains = np.array([fit.history[1][f"tier_gain_{t.name}"] for t in DEFAULT_FLEET.tiers])
-        fleet_gain = shares @ gains / shares.sum()
-        tiers_hold = tier_margin > 0 or (gains >= 0).all()
-        assert fit.best_epoch == int(fleet_gain > 0 and tiers_hold), (tier_margin, gains)
+    config = HyperTrainConfig(
+        epochs=1, eval_users=150, patience=5, select_margin=0.0, sampled_guard=False
+    )
+    torch.manual_seed(0)
+    net, fit = train_hypernet(prepared, split, DEFAULT_FLEET, HyperNetConfig(), config, False)
+    assert fit.history[1]["validation"] > fit.history[0]["validation"]  # else not scored
+    gains = np.array([fit.history[1][f"tier_gain_{t.name}"] for t in DEFAULT_FLEET.tiers])
+    # With no margin, each tier where the trained epoch's mean is higher is served it.
+    assert net.trained_at.tolist() == (gains > 0).tolist(), gains
+    recorded = [fit.history[1][f"tier_trained_{t.name}"] for t in DEFAULT_FLEET.tiers]
+    assert recorded == (gains > 0).astype(float).tolist()
+    assert fit.best_epoch == int((gains > 0).any())
+    served = net.trained_tiers(DEFAULT_FLEET.names)
+    assert served == tuple(t.name for t, g in zip(DEFAULT_FLEET.tiers, gains, strict=True) if g > 0)
+    # The served score: each validation user scored by the network its own tier was served.
+    validation = validation_devices(
+        prepared, split, DEFAULT_FLEET, 150, np.random.default_rng(config.seed), config.seed
+    )
+    importance = hypernet_importance(net, validation.profiles, validation.budgets)
+    scores = validation.score(prepared, importance, config.select_metric)["full"]
+    assert fit.best_score == pytest.approx(scores.mean())
+
+
+def test_the_tier_decision_is_made_on_users_the_epochs_were_not_scored_on():
+    split = make_split(synthetic_dataset(seed=2, num_users=60, num_items=30), rounds=1)
+    prepared = PreparedModel(build_backbone("sasrec", split.num_items, hidden=16, max_len=20))
+    rng = np.random.default_rng(0)
+    validation = validation_devices(prepared, split, DEFAULT_FLEET, 25, rng, seed=0)
+    decision = decision_devices(prepared, split, DEFAULT_FLEET, validation, seed=0)
+    assert len(decision.users) == 25 and not np.intersect1d(decision.users, validation.users).size
+    np.testing.assert_array_equal(decision.users, np.sort(decision.users))
+    tiers = exponent_devices(prepared, split, DEFAULT_FLEET, 60, seed=0).tiers  # every user's
+    np.testing.assert_array_equal(decision.tiers, tiers[decision.users])
+    # Where fewer users are left than validate, the validation users themselves.
+    many = validation_devices(prepared, split, DEFAULT_FLEET, 40, rng, seed=0)
+    assert decision_devices(prepared, split, DEFAULT_FLEET, many, seed=0) is many
+
+
+def test_a_budget_is_served_the_network_its_tiers_chose(prepared):
+    start = ChordHyperNet(prepared.frozen, prepared.channels, 16)
+    trained = ChordHyperNet(prepared.frozen, prepared.channels, 16)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    # Tiers listed out of budget order: 300 and 100 bytes chose the trained network, 200 not.
+    net = TieredHyperNet(start, trained, [300, 100, 200, 400], [True, True, False, True])
+    budgets = np.array([100, 200, 300, 400, 50, 150, 250, 350, 500])
+    expected = [1, 0, 1, 1, 1, 0, 0, 1, 1]  # between two tiers: trained only where both chose it
+    np.testing.assert_array_equal(net.route(budgets), expected)
+    profiles = np.random.default_rng(0).standard_normal((9, 16)).astype(np.float32)
+    importance = hypernet_importance(net, profiles, budgets)
+    for row, chosen in enumerate(expected):
+        alone = network_importance(net.networks[chosen], profiles[row : row + 1])
+        np.testing.assert_array_equal(importance[row], alone[0])
+    with pytest.raises(ConfigError, match="one choice per tier"):
+        TieredHyperNet(start, trained, [100, 200], [True])
 
 
 def test_an_epoch_level_with_the_start_is_not_scored_at_every_tier():
@@ -442,17 +500,31 @@ def test_the_exponent_raises_every_importance_and_is_saved_with_the_network(prep
         flat = net(profiles)
     torch.testing.assert_close(flat, plain.clamp_min(1e-30) ** 0.25)
     assert flat.max() / flat.min() < plain.max() / plain.min()
-    path = save_hypernet(tmp_path / "net.pt", net, {})
+    trained = ChordHyperNet(prepared.frozen, prepared.channels, 16)
+    trained.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(torch.randn_like(parameter))
+        served = trained(profiles)
+    assert not torch.allclose(served, flat)
+    path = save_hypernet(
+        tmp_path / "net.pt", TieredHyperNet(net, trained, [10, 20], [False, True]), {}
+    )
     loaded, _ = load_hypernet(path, prepared)
     assert float(loaded.exponent) == 0.25
-    torch.testing.assert_close(loaded(profiles).detach(), flat)
-    # A network saved before the exponent existed allocates its importances as they are.
-    payload = torch.load(path, weights_only=True)
+    importance = hypernet_importance(loaded, profiles.numpy(), np.array([10, 20, 10, 20]))
+    expected = torch.stack([flat[0], served[1], flat[2], served[3]])
+    np.testing.assert_allclose(importance, expected, rtol=1e-5)  # kernels of another shape
+    # A network saved before networks were served by tier, and before the exponent existed,
+    # serves every budget and allocates its importances as they are.
+    single = save_hypernet(tmp_path / "single.pt", net, {})
+    payload = torch.load(single, weights_only=True)
     del payload["state_dict"]["exponent"]
-    torch.save(payload, path)
-    older, _ = load_hypernet(path, prepared)
+    torch.save(payload, single)
+    older, _ = load_hypernet(single, prepared)
     assert float(older.exponent) == 1.0
-    torch.testing.assert_close(older(profiles).detach(), plain)
+    older_importance = hypernet_importance(older, profiles.numpy(), np.array([1] * 4))
+    np.testing.assert_allclose(older_importance, plain, rtol=1e-5)
 
 
 def test_training_starts_from_the_exponent_with_the_best_validation_score():
@@ -470,7 +542,7 @@ def test_training_starts_from_the_exponent_with_the_best_validation_score():
     for exponent in exponents:
         net.exponent.fill_(exponent)
         with torch.no_grad():
-            importance = net(torch.from_numpy(devices.profiles)).numpy()
+            importance = net.start(torch.from_numpy(devices.profiles)).numpy()
         full[exponent] = devices.score(prepared, importance, "ndcg@10")["full"].mean()
     assert full[chosen] == max(full.values()) and fit.best_score == pytest.approx(full[chosen])
     with pytest.raises(ConfigError, match="exponents"):

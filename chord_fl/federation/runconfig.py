@@ -58,7 +58,8 @@ class RunConfig:
     hypernet_lr: float = HyperTrainConfig.lr
     # paired standard errors by which a trained hypernetwork must beat its start
     select_margin: float = 2.0
-    # ...at every tier of the fleet (false: on the fleet's mean alone, the rule before 2026-12-05)
+    # ...and each tier is served it only where it wins at that tier, on users besides the epochs'
+    # validation users (false: every tier or none, on the fleet's mean alone; before 2026-12-05)
     tier_guard: bool = True
     sensitivity_temperature: float = 1.0  # sharpening of the supervision's targets, p^(1/T)
     # exponents tried on validation for global's and each hypernetwork start's importances

@@ -120,6 +120,7 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
             )
             meta = {"best_epoch": result.best_epoch, "variant": method, "settings": settings}
             meta.update(objective=recipe.objective, importance_exponent=float(net.exponent))
+            meta["trained_tiers"] = list(net.trained_tiers(world.fleet.names))
             save_hypernet(path, net, meta)
         cloud.hypernets[method] = net.eval()
     elif method == "global":

@@ -23,17 +23,16 @@ from tqdm.auto import tqdm
 from chord_fl.cloud import tier_budgets
 from chord_fl.data.split import RoundSplit
 from chord_fl.errors import ConfigError, require_positive
+from chord_fl.hypernet.epochs import RelaxedEpoch, supervised_epoch
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
-from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.relax import Relaxation
 from chord_fl.hypernet.supervision import (
     SensitivitySet,
-    log_ratio_loss,
     sensitivity_set,
     training_windows,
 )
+from chord_fl.hypernet.tiered import TieredHyperNet
 from chord_fl.metrics import METRICS
-from chord_fl.quant.budget import channel_budget
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.selection import (
     Scores,
@@ -41,7 +40,7 @@ from chord_fl.selection import (
     kept_epoch,
     mean_scores,
     patience_spent,
-    serves_every_tier,
+    tier_choices,
     tier_differences,
 )
 from chord_fl.tiers import Fleet
@@ -49,6 +48,7 @@ from chord_fl.train import FitResult
 from chord_fl.validation import (
     ValidationDevices,
     choose_exponent,
+    decision_devices,
     exponent_devices,
     validation_devices,
 )
@@ -79,13 +79,14 @@ class HyperTrainConfig:
     # protocol (`chord_fl.selection`).
     select_margin: float = 2.0
     sampled_guard: bool = True  # False: the full-ranking margin alone (the rule before 2026-12-04)
-    # With the tier guard, an epoch that passes is also scored with the start on the validation
-    # users at every tier of the fleet: the fleet's share-weighted mean must rise by the margin,
-    # and no tier's mean may fall by `tier_margin` paired standard errors under either protocol
-    # (False: the epochs' own scores, each user at its one tier, decide; the rule before
-    # 2026-12-05). The rescoring costs eight validations, so it is kept for epochs that pass.
+    # With the tier guard, an epoch that passes is scored again with the start at every tier of
+    # the fleet, on as many users besides the epochs' validation users
+    # (`chord_fl.validation.decision_devices`), and each tier is served the trained epoch only
+    # where it beats the start there by the margin (`chord_fl.selection.tier_choices`). False:
+    # the epochs' own scores, each user at its one tier, decide for every tier at once (the rule
+    # before 2026-12-05). The rescoring costs eight validations, so it is kept for epochs that
+    # pass.
     tier_guard: bool = True
-    tier_margin: float = 2.0
     seed: int = 0
     profile_window: int = 0  # items the device's profile encodes (0: the backbone's max_len)
     # "next-item": cross-entropy of the history's next item; "distill": KL divergence from the
@@ -127,9 +128,8 @@ class HyperTrainConfig:
             )
         if min(self.lr, self.temperature, self.sensitivity_temperature) <= 0:
             raise ConfigError("lr, temperature and sensitivity_temperature must be > 0")
-        for name in ("select_margin", "tier_margin"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.select_margin >= 0:
+            raise ConfigError(f"select_margin must be >= 0, got {self.select_margin}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}")
         if not self.exponents or min(self.exponents) <= 0:
@@ -138,18 +138,6 @@ class HyperTrainConfig:
             )
         if self.select_metric not in METRICS:
             raise ConfigError(f"select_metric must be one of {', '.join(METRICS)}")
-
-
-def training_examples(
-    histories: list[np.ndarray], users: np.ndarray, positions: int, rng: np.random.Generator
-) -> tuple[list[np.ndarray], np.ndarray]:
-    windows, targets = [], []
-    for user in users:
-        history = histories[user]
-        end = int(rng.integers(max(1, len(history) - positions), len(history)))
-        windows.append(history[:end])
-        targets.append(history[end])
-    return windows, np.asarray(targets, dtype=np.int64)
 
 
 def item_head_index(prepared: PreparedModel) -> int:
@@ -181,7 +169,7 @@ def train_best(
     config: HyperTrainConfig = HyperTrainConfig(),
     progress: bool = True,
     supervision: SensitivitySet | None = None,
-) -> tuple[ChordHyperNet, FitResult, Recipe]:
+) -> tuple[TieredHyperNet, FitResult, Recipe]:
     """Train every recipe (on the same validation users) and keep the one with the highest mean
     validation score (the first on a tie). The margin guards each recipe's own start; between
     recipes, it would favour whichever is listed first."""
@@ -211,8 +199,9 @@ def train_hypernet(
     config: HyperTrainConfig = HyperTrainConfig(),
     progress: bool = True,
     supervision: SensitivitySet | None = None,
-) -> tuple[ChordHyperNet, FitResult]:
-    """Hypernetworks selected on validation targets. `supervision`: the sensitivity set to use
+) -> tuple[TieredHyperNet, FitResult]:
+    """Hypernetworks selected on validation targets: the start and the best trained epoch, each
+    tier served the one it chose (`TieredHyperNet`). `supervision`: the sensitivity set to use
     (computed from training users' histories when needed and not given)."""
     start = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -265,7 +254,7 @@ def train_hypernet(
             return supervised_epoch(hypernet, optimizer, supervision, config.batch_users, rng)
 
     else:
-        relaxed = _RelaxedEpoch(Relaxation(prepared), histories, fleet, budgets, config, window)
+        relaxed = RelaxedEpoch(Relaxation(prepared), histories, fleet, budgets, config, window)
 
         def epoch_losses() -> list[float]:
             return relaxed(hypernet, optimizer, rng)
@@ -292,30 +281,49 @@ def train_hypernet(
         if patience_spent(scores, config.patience):
             break
     kept = kept_epoch(scores, config.select_margin, config.sampled_guard)
+    trained_at = [bool(kept)] * len(fleet.tiers)
     if kept and config.tier_guard:
-        kept = _tier_guarded_epoch(hypernet, states, validate, validation, fleet, config, history)
-    hypernet.load_state_dict(states[kept])
-    result = FitResult(kept, history[kept]["validation"], 0.0, history)
+        decision = decision_devices(prepared, split, fleet, validation, config.seed, window)
+        trained_at = _tier_choices(hypernet, states, validate, decision, fleet, config, history)
+    served = _served(hypernet, states, budgets, trained_at)
+    # The served networks' score on the epochs' validation users, each at its own tier.
+    chosen = np.asarray(trained_at)[validation.tiers]
+    best = max(states) if any(trained_at) else 0
+    served_scores = np.where(chosen, scores[best]["full"], scores[0]["full"])
+    result = FitResult(best, float(served_scores.mean()), 0.0, history)
     result.seconds = time.perf_counter() - start
-    return hypernet.eval(), result
+    return served, result
 
 
-def _tier_guarded_epoch(
+def _served(
+    hypernet: ChordHyperNet, states: dict[int, dict], budgets: np.ndarray, trained_at: list[bool]
+) -> TieredHyperNet:
+    """The start and the best trained epoch in `states` (the start twice where no tier chose the
+    trained one), each tier served the one `trained_at` chose."""
+    networks = []
+    for epoch in (0, max(states) if any(trained_at) else 0):
+        network = copy.deepcopy(hypernet)
+        network.load_state_dict(states[epoch])
+        networks.append(network.eval())
+    return TieredHyperNet(*networks, budgets, trained_at)
+
+
+def _tier_choices(
     hypernet: ChordHyperNet,
     states: dict[int, dict],
     validate: Callable[[ValidationDevices], Scores],
-    validation: ValidationDevices,
+    decision: ValidationDevices,
     fleet: Fleet,
     config: HyperTrainConfig,
     history: list[dict],
-) -> int:
-    """The best trained epoch in `states`, which beat the start on the epochs' own scores (each
-    user at its tier), if it also `serves_every_tier` on the validation users scored at every
-    tier, else the start (0). Its history row records each tier's paired difference from the
-    start and its z, by protocol ("tier_z_<tier>" under full ranking, "tier_z_sampled_<tier>"
-    under the sampled protocol)."""
+) -> list[bool]:
+    """Whether each tier is served the best trained epoch in `states` (which beat the start on
+    the epochs' own scores, each user at its tier): where it `tier_choices` beats the start on
+    the `decision` devices scored at every tier. Its history row records each tier's paired
+    difference from the start and its z, by protocol ("tier_z_<tier>" under full ranking,
+    "tier_z_sampled_<tier>" under the sampled protocol), and the tiers it serves."""
     best = max(states)
-    every_tier = validation.at_every_tier()
+    every_tier = decision.at_every_tier()
     scores = {}
     for epoch in (0, best):
         hypernet.load_state_dict(states[epoch])
@@ -326,66 +334,9 @@ def _tier_guarded_epoch(
         for tier, (mean, error) in zip(fleet.tiers, differences, strict=True):
             history[best][f"tier_gain_{label}{tier.name}"] = mean
             history[best][f"tier_z_{label}{tier.name}"] = mean / error if error else float("nan")
-    shares = [tier.share for tier in fleet.tiers]
-    margins = (config.select_margin, config.tier_margin, config.sampled_guard)
-    return best if serves_every_tier(scores[best], scores[0], shares, *margins) else 0
-
-
-def supervised_epoch(
-    hypernet: ChordHyperNet,
-    optimizer: torch.optim.Optimizer,
-    supervision: SensitivitySet,
-    batch_size: int,
-    rng: np.random.Generator,
-) -> list[float]:
-    losses = []
-    order = torch.from_numpy(rng.permutation(len(supervision)))
-    for begin in range(0, len(order), batch_size):
-        rows = order[begin : begin + batch_size]
-        targets = supervision.targets[rows] ** hypernet.exponent  # fit what is allocated
-        targets = targets / targets.mean(dim=1, keepdim=True).clamp_min(1e-30)
-        loss = log_ratio_loss(hypernet(supervision.profiles[rows]), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
-
-
-@dataclass
-class _RelaxedEpoch:
-    """One epoch of the relaxation objectives ("next-item", "distill") on fresh examples."""
-
-    relaxation: Relaxation
-    histories: list[np.ndarray]
-    fleet: Fleet
-    budgets: np.ndarray
-    config: HyperTrainConfig
-    window: int | None
-
-    def __call__(
-        self, hypernet: ChordHyperNet, optimizer: torch.optim.Optimizer, rng: np.random.Generator
-    ) -> list[float]:
-        config, prepared = self.config, self.relaxation.prepared
-        frozen = prepared.frozen
-        shares = np.array([tier.share for tier in self.fleet.tiers], dtype=np.float64)
-        shares /= shares.sum()
-        order = rng.permutation(len(self.histories))[: config.users_per_epoch]
-        losses = []
-        for begin in range(0, len(order), config.batch_users):
-            users = order[begin : begin + config.batch_users]
-            windows, targets = training_examples(self.histories, users, config.positions, rng)
-            profiles = torch.from_numpy(encode_profiles(frozen, windows, self.window))
-            tiers = rng.choice(len(shares), size=len(users), p=shares)
-            loss = self.relaxation.loss(
-                hypernet(profiles),
-                channel_budget(prepared.channels, self.budgets[tiers]),
-                frozen.pad_windows(windows),
-                torch.from_numpy(targets),
-                config,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        return losses
+    chosen = tier_choices(
+        scores[best], scores[0], len(fleet.tiers), config.select_margin, config.sampled_guard
+    )
+    for tier, trained in zip(fleet.tiers, chosen, strict=True):
+        history[best][f"tier_trained_{tier.name}"] = float(trained)
+    return chosen
