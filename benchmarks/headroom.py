@@ -49,6 +49,7 @@ from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data.split import VALIDATION
 from chord_fl.experiment import eval_devices, evaluate_method
 from chord_fl.hypernet.profile import encode_profiles
+from chord_fl.hypernet.serving import serve_best
 from chord_fl.hypernet.supervision import (
     SensitivitySet,
     log_ratio_loss,
@@ -126,8 +127,8 @@ def learned_networks(
     args: argparse.Namespace,
 ) -> dict[str, TieredHyperNet]:
     """The networks of each learned recipe and of its untrained start, for one seed, and of
-    `chord`: the trained recipe the `chord` variant keeps on validation (`train_best`'s rule)."""
-    out, validation = {}, {}
+    `chord`: what the `chord` variant serves from the trained recipes (`serve_best`)."""
+    out, fits = {}, {}
     for name in args.learned:
         (recipe,) = CHORD_VARIANTS[name].recipes
         for epochs, label in ((0, name.replace("chord", "init")), (args.hypernet_epochs, name)):
@@ -137,7 +138,8 @@ def learned_networks(
                 prepared, split, fleet, recipe.network, config, supervision=supervision
             )
             out[label] = net
-            validation[label] = fit
+            if epochs:
+                fits[recipe] = (net, fit)
             history = [
                 (h["epoch"], round(h["validation"], 4), round(h["validation_sampled"], 4))
                 for h in fit.history
@@ -156,11 +158,16 @@ def learned_networks(
                 f"({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )
-    # `train_best`'s rule: the highest mean validation score, the first on a tie.
-    chosen = max(args.learned, key=lambda name: validation[name].best_score, default=None)
-    if chosen is not None:
-        print(f"  chord: {chosen} (validation {validation[chosen].best_score:.4f})", flush=True)
-        out["chord"] = out[chosen]
+    if fits:
+        net, fit, (start, trained) = serve_best(
+            prepared, split, fleet, fits, train_config(args, seed)
+        )
+        print(
+            f"  chord: the start of {start.objective}, the trained {trained.objective} at tiers "
+            f"{net.trained_tiers(fleet.names)} (validation {fit.best_score:.4f})",
+            flush=True,
+        )
+        out["chord"] = net
     return out
 
 

@@ -70,7 +70,8 @@ def load_checkpoint(path: str | Path) -> tuple[SequentialRecommender, dict[str, 
 
 
 def save_hypernet(path: str | Path, net: TieredHyperNet, meta: dict[str, Any]) -> Path:
-    return _save(path, {"hypernet": asdict(net.config)}, net, meta)
+    description = {"hypernet": asdict(net.start.config), "trained": asdict(net.trained.config)}
+    return _save(path, description, net, meta)
 
 
 def load_hypernet(
@@ -78,7 +79,8 @@ def load_hypernet(
 ) -> tuple[TieredHyperNet, dict[str, Any]]:
     """Rebuild hypernetworks for `prepared`'s frozen backbone (the one they were trained on)."""
     payload = _load(path)
-    config = HyperNetConfig(**payload["model"]["hypernet"])
+    description = payload["model"]
+    config = HyperNetConfig(**description["hypernet"])
     frozen = prepared.frozen
     state = payload["state_dict"]
     if "tier_bytes" not in state:
@@ -87,8 +89,9 @@ def load_hypernet(
         state.setdefault("exponent", torch.tensor(1.0))  # and before the importance exponent
         _restore(path, single, state)
         return TieredHyperNet(single, single, [0], [False]).eval(), payload["meta"]
+    configs = (config, HyperNetConfig(**description.get("trained", description["hypernet"])))
     networks = [
-        ChordHyperNet(frozen, prepared.channels, frozen.hidden_size, config) for _ in range(2)
+        ChordHyperNet(frozen, prepared.channels, frozen.hidden_size, each) for each in configs
     ]
     tiers = len(state["tier_bytes"])
     net = TieredHyperNet(*networks, [0] * tiers, [False] * tiers)

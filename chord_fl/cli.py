@@ -190,7 +190,7 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
         sensitivity_temperature=args.sensitivity_temperature,
         exponents=tuple(args.exponents),
     )
-    net, result, recipe = train_best(prepared, split, fleet, recipes, config, not args.no_progress)
+    net, result, served = train_best(prepared, split, fleet, recipes, config, not args.no_progress)
     identity = setup.backbone_identity(split.num_items)
     settings = hypernet_settings(identity, setup.quantizer, recipes, fleet, config)
     stem = f"{Path(setup.checkpoint_path).stem}-{args.variant}"
@@ -208,7 +208,7 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
         "backbone": args.backbone,
         "variant": args.variant,
         "init": args.init,
-        "objective": recipe.objective,
+        "objectives": [recipe.objective for recipe in served],  # of the start, the trained one
         "best_epoch": result.best_epoch,
         "trained_tiers": list(net.trained_tiers(fleet.names)),
         "importance_exponent": float(net.exponent),

@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 
 import numpy as np
@@ -12,10 +13,12 @@ from chord_fl.hypernet.epochs import supervised_epoch, training_examples
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.relax import EXCLUDED_PENALTY, Relaxation, soft_codes
+from chord_fl.hypernet.serving import serve_best
 from chord_fl.hypernet.supervision import log_ratio_loss, sensitivity_set
 from chord_fl.hypernet.tiered import TieredHyperNet
 from chord_fl.hypernet.training import (
     HyperTrainConfig,
+    Recipe,
     item_head_index,
     train_best,
     train_hypernet,
@@ -34,7 +37,7 @@ from chord_fl.quant.budget import channel_budget
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.sensitivity import target_sensitivity
 from chord_fl.tiers import DEFAULT_FLEET, Fleet, Tier
-from chord_fl.train import TrainConfig, fit
+from chord_fl.train import FitResult, TrainConfig, fit
 from chord_fl.validation import (
     choose_exponent,
     decision_devices,
@@ -303,6 +306,7 @@ def test_the_history_keeps_each_tiers_validation_mean():
 
 
 def test_the_tier_guard_serves_the_trained_epoch_to_the_tiers_it_wins_at():
+    torch.manual_seed(2)  # a backbone whose trained epoch wins at some tiers and not at others
     split, backbone = synthetic_backbone()
     prepared = PreparedModel(backbone)
     config = HyperTrainConfig(
@@ -314,6 +318,7 @@ def test_the_tier_guard_serves_the_trained_epoch_to_the_tiers_it_wins_at():
     gains = np.array([fit.history[1][f"tier_gain_{t.name}"] for t in DEFAULT_FLEET.tiers])
     # With no margin, each tier where the trained epoch's mean is higher is served it.
     assert net.trained_at.tolist() == (gains > 0).tolist(), gains
+    assert 0 < net.trained_at.sum() < len(gains)  # served to some tiers, not to others
     recorded = [fit.history[1][f"tier_trained_{t.name}"] for t in DEFAULT_FLEET.tiers]
     assert recorded == (gains > 0).astype(float).tolist()
     assert fit.best_epoch == int((gains > 0).any())
@@ -432,15 +437,66 @@ def test_train_best_keeps_the_recipe_with_the_best_validation_score():
         )[1].best_score
         for r in recipes
     ]
-    net, fit, recipe = train_best(prepared, split, DEFAULT_FLEET, recipes, config, False)
-    assert fit.best_score == max(scores)
-    assert recipe == recipes[int(np.argmax(scores))]
-    assert net.config == recipe.network
+    best = recipes[int(np.argmax(scores))]
+    net, fit, served = train_best(prepared, split, DEFAULT_FLEET, recipes, config, False)
+    assert fit.best_score == max(scores) and served == (best, best)
+    assert net.start.config == best.network and net.trained is net.start
     # The margin guards each recipe's untrained start, not the choice between two recipes, which
     # favours neither: the better one is kept whatever the margin.
     strict = dataclasses.replace(config, select_margin=1e9)
-    _, fit, recipe = train_best(prepared, split, DEFAULT_FLEET, recipes, strict, False)
-    assert recipe == recipes[int(np.argmax(scores))] and fit.best_score == max(scores)
+    _, fit, served = train_best(prepared, split, DEFAULT_FLEET, recipes, strict, False)
+    assert served == (best, best) and fit.best_score == max(scores)
+
+
+def test_a_trained_network_is_served_where_it_beats_the_best_start_not_its_own():
+    split, backbone = synthetic_backbone()
+    prepared = PreparedModel(backbone)
+    config = HyperTrainConfig(eval_users=150)
+    budgets = tier_budgets(DEFAULT_FLEET, prepared.channels)
+    tiers = len(budgets)
+    torch.manual_seed(0)
+    good = ChordHyperNet(backbone, prepared.channels, backbone.hidden_size)  # the model's own view
+    poor = ChordHyperNet(backbone, prepared.channels, backbone.hidden_size)
+    with torch.no_grad():
+        for parameter in poor.parameters():
+            parameter.copy_(10 * torch.randn_like(parameter))
+    strong, weak = Recipe(HyperNetConfig(), "next-item"), Recipe(HyperNetConfig(), "distill")
+
+    def fit_of(start_score: float, served_score: float) -> FitResult:
+        return FitResult(3, served_score, 1.0, [{"validation": start_score}])
+
+    def serve(default_start, candidate_start, candidate_trained):
+        fits = {
+            strong: (
+                TieredHyperNet(default_start, default_start, budgets, [False] * tiers),
+                fit_of(0.3, 0.3),
+            ),
+            weak: (
+                TieredHyperNet(candidate_start, candidate_trained, budgets, [True] * tiers),
+                fit_of(0.1, 0.4),
+            ),
+        }
+        return serve_best(prepared, split, DEFAULT_FLEET, fits, config)
+
+    # Trained from a weaker start to exactly the best start: it beats its own, not the best one.
+    net, fit, served = serve(good, poor, copy.deepcopy(good))
+    assert served == (strong, strong) and not net.trained_at.any() and fit.best_epoch == 0
+    # A trained network far above the best start is served where it beats it.
+    net, fit, served = serve(poor, poor, good)
+    assert served == (strong, weak) and net.trained_at[0] and fit.best_epoch == 3
+    assert net.start is poor and net.trained is good
+    validation = validation_devices(
+        prepared, split, DEFAULT_FLEET, 150, np.random.default_rng(config.seed), config.seed
+    )
+    importance = hypernet_importance(net, validation.profiles, validation.budgets)
+    scores = validation.score(prepared, importance, config.select_metric)["full"]
+    assert fit.best_score == pytest.approx(scores.mean())
+    # Without the tier guard: the recipe whose served networks scored highest, as it was.
+    unguarded = dataclasses.replace(config, tier_guard=False)
+    fits = {strong: (TieredHyperNet(good, good, budgets, [False] * tiers), fit_of(0.3, 0.3))}
+    fits[weak] = (TieredHyperNet(poor, good, budgets, [True] * tiers), fit_of(0.1, 0.4))
+    _, _, served = serve_best(prepared, split, DEFAULT_FLEET, fits, unguarded)
+    assert served == (weak, weak)
 
 
 def test_the_batched_relaxation_scores_each_row_under_its_own_codes():
@@ -517,10 +573,10 @@ def test_the_exponent_raises_every_importance_and_is_saved_with_the_network(prep
     np.testing.assert_allclose(importance, expected, rtol=1e-5)  # kernels of another shape
     # A network saved before networks were served by tier, and before the exponent existed,
     # serves every budget and allocates its importances as they are.
-    single = save_hypernet(tmp_path / "single.pt", net, {})
-    payload = torch.load(single, weights_only=True)
-    del payload["state_dict"]["exponent"]
-    torch.save(payload, single)
+    single = tmp_path / "single.pt"
+    state = {k: v for k, v in net.state_dict().items() if k != "exponent"}
+    description = {"hypernet": dataclasses.asdict(net.config)}
+    torch.save({"model": description, "meta": {}, "state_dict": state}, single)
     older, _ = load_hypernet(single, prepared)
     assert float(older.exponent) == 1.0
     older_importance = hypernet_importance(older, profiles.numpy(), np.array([1] * 4))

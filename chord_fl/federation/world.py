@@ -115,11 +115,12 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
         if path.exists():
             net, _ = load_hypernet(path, world.prepared)
         else:
-            net, result, recipe = train_best(
+            net, result, served = train_best(
                 world.prepared, world.split, world.fleet, recipes, train, progress
             )
             meta = {"best_epoch": result.best_epoch, "variant": method, "settings": settings}
-            meta.update(objective=recipe.objective, importance_exponent=float(net.exponent))
+            meta["objectives"] = [recipe.objective for recipe in served]  # start, trained
+            meta["importance_exponent"] = float(net.exponent)
             meta["trained_tiers"] = list(net.trained_tiers(world.fleet.names))
             save_hypernet(path, net, meta)
         cloud.hypernets[method] = net.eval()

@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 from chord_fl.errors import ConfigError
-from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
+from chord_fl.hypernet.networks import ChordHyperNet
 
 
 class TieredHyperNet(nn.Module):
+    """Two networks, possibly of different recipes, and the tier budgets' choice between them."""
+
     START, TRAINED = 0, 1
 
     def __init__(
@@ -44,12 +46,10 @@ class TieredHyperNet(nn.Module):
         return self.start, self.trained
 
     @property
-    def config(self) -> HyperNetConfig:
-        return self.start.config
-
-    @property
     def exponent(self) -> torch.Tensor:
-        return self.start.exponent  # the trained network was trained at the start's exponent
+        """The start's importance exponent (each network applies its own; a recipe's trained
+        network was trained at its start's)."""
+        return self.start.exponent
 
     def route(self, budgets: np.ndarray) -> np.ndarray:
         """(D,) START or TRAINED for devices with (D,) byte budgets. A tier's budget gets the

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import functools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -26,6 +25,7 @@ from chord_fl.errors import ConfigError, require_positive
 from chord_fl.hypernet.epochs import RelaxedEpoch, supervised_epoch
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
 from chord_fl.hypernet.relax import Relaxation
+from chord_fl.hypernet.serving import serve_best, served_networks, tier_decision
 from chord_fl.hypernet.supervision import (
     SensitivitySet,
     sensitivity_set,
@@ -40,8 +40,6 @@ from chord_fl.selection import (
     kept_epoch,
     mean_scores,
     patience_spent,
-    tier_choices,
-    tier_differences,
 )
 from chord_fl.tiers import Fleet
 from chord_fl.train import FitResult
@@ -169,13 +167,14 @@ def train_best(
     config: HyperTrainConfig = HyperTrainConfig(),
     progress: bool = True,
     supervision: SensitivitySet | None = None,
-) -> tuple[TieredHyperNet, FitResult, Recipe]:
-    """Train every recipe (on the same validation users) and keep the one with the highest mean
-    validation score (the first on a tie). The margin guards each recipe's own start; between
-    recipes, it would favour whichever is listed first."""
-    best = None
-    for recipe in recipes:
-        net, fit = train_hypernet(
+) -> tuple[TieredHyperNet, FitResult, tuple[Recipe, Recipe]]:
+    """Train every recipe (on the same validation users) and serve the best of them
+    (`serve_best`); returns the networks, the fit that decided and the recipes of the start and
+    the trained network served."""
+    if not recipes:
+        raise ConfigError("no recipe to train")
+    fits = {
+        recipe: train_hypernet(
             prepared,
             split,
             fleet,
@@ -184,11 +183,9 @@ def train_best(
             progress,
             supervision,
         )
-        if best is None or fit.best_score > best[1].best_score:
-            best = (net, fit, recipe)
-    if best is None:
-        raise ConfigError("no recipe to train")
-    return best
+        for recipe in recipes
+    }
+    return serve_best(prepared, split, fleet, fits, config)
 
 
 def train_hypernet(
@@ -284,8 +281,8 @@ def train_hypernet(
     trained_at = [bool(kept)] * len(fleet.tiers)
     if kept and config.tier_guard:
         decision = decision_devices(prepared, split, fleet, validation, config.seed, window)
-        trained_at = _tier_choices(hypernet, states, validate, decision, fleet, config, history)
-    served = _served(hypernet, states, budgets, trained_at)
+        trained_at = tier_decision(hypernet, states, validate, decision, fleet, config, history)
+    served = served_networks(hypernet, states, budgets, trained_at)
     # The served networks' score on the epochs' validation users, each at its own tier.
     chosen = np.asarray(trained_at)[validation.tiers]
     best = max(states) if any(trained_at) else 0
@@ -293,50 +290,3 @@ def train_hypernet(
     result = FitResult(best, float(served_scores.mean()), 0.0, history)
     result.seconds = time.perf_counter() - start
     return served, result
-
-
-def _served(
-    hypernet: ChordHyperNet, states: dict[int, dict], budgets: np.ndarray, trained_at: list[bool]
-) -> TieredHyperNet:
-    """The start and the best trained epoch in `states` (the start twice where no tier chose the
-    trained one), each tier served the one `trained_at` chose."""
-    networks = []
-    for epoch in (0, max(states) if any(trained_at) else 0):
-        network = copy.deepcopy(hypernet)
-        network.load_state_dict(states[epoch])
-        networks.append(network.eval())
-    return TieredHyperNet(*networks, budgets, trained_at)
-
-
-def _tier_choices(
-    hypernet: ChordHyperNet,
-    states: dict[int, dict],
-    validate: Callable[[ValidationDevices], Scores],
-    decision: ValidationDevices,
-    fleet: Fleet,
-    config: HyperTrainConfig,
-    history: list[dict],
-) -> list[bool]:
-    """Whether each tier is served the best trained epoch in `states` (which beat the start on
-    the epochs' own scores, each user at its tier): where it `tier_choices` beats the start on
-    the `decision` devices scored at every tier. Its history row records each tier's paired
-    difference from the start and its z, by protocol ("tier_z_<tier>" under full ranking,
-    "tier_z_sampled_<tier>" under the sampled protocol), and the tiers it serves."""
-    best = max(states)
-    every_tier = decision.at_every_tier()
-    scores = {}
-    for epoch in (0, best):
-        hypernet.load_state_dict(states[epoch])
-        scores[epoch] = validate(every_tier)
-    for protocol in scores[0]:
-        label = "" if protocol == "full" else f"{protocol}_"
-        differences = tier_differences(scores[best], scores[0], len(fleet.tiers), protocol)
-        for tier, (mean, error) in zip(fleet.tiers, differences, strict=True):
-            history[best][f"tier_gain_{label}{tier.name}"] = mean
-            history[best][f"tier_z_{label}{tier.name}"] = mean / error if error else float("nan")
-    chosen = tier_choices(
-        scores[best], scores[0], len(fleet.tiers), config.select_margin, config.sampled_guard
-    )
-    for tier, trained in zip(fleet.tiers, chosen, strict=True):
-        history[best][f"tier_trained_{tier.name}"] = float(trained)
-    return chosen

@@ -1,0 +1,130 @@
+"""Which hypernetworks the cloud serves each tier of its fleet, once they are trained.
+
+A recipe's best trained epoch is served to a tier only where it beats the untrained start at
+that tier on validation (`tier_decision`), measured on users the epochs were not scored on.
+Across recipes (`serve_best`), the start served is the best untrained one, the strongest
+heuristic the cloud has, and the best trained network must beat that start, not a weaker one,
+at each tier it is served.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from chord_fl.cloud import tier_budgets
+from chord_fl.data.split import RoundSplit
+from chord_fl.hypernet.networks import ChordHyperNet
+from chord_fl.hypernet.tiered import TieredHyperNet
+from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.selection import Scores, tier_choices, tier_differences
+from chord_fl.tiers import Fleet
+from chord_fl.train import FitResult
+from chord_fl.validation import ValidationDevices, decision_devices, validation_devices
+
+if TYPE_CHECKING:  # the training module imports this one
+    from chord_fl.hypernet.training import HyperTrainConfig, Recipe
+
+
+def served_networks(
+    hypernet: ChordHyperNet, states: dict[int, dict], budgets: np.ndarray, trained_at: list[bool]
+) -> TieredHyperNet:
+    """The start and the best trained epoch in `states` (the start in both places where no tier
+    chose the trained one), each tier served the one `trained_at` chose."""
+
+    def at(epoch: int) -> ChordHyperNet:
+        network = copy.deepcopy(hypernet)
+        network.load_state_dict(states[epoch])
+        return network.eval()
+
+    start = at(0)
+    trained = at(max(states)) if any(trained_at) else start
+    return TieredHyperNet(start, trained, budgets, trained_at)
+
+
+def tier_decision(
+    hypernet: ChordHyperNet,
+    states: dict[int, dict],
+    validate: Callable[[ValidationDevices], Scores],
+    decision: ValidationDevices,
+    fleet: Fleet,
+    config: HyperTrainConfig,
+    history: list[dict],
+) -> list[bool]:
+    """Whether each tier is served the best trained epoch in `states` (which beat the start on
+    the epochs' own scores, each user at its tier): where it beats the start at that tier
+    (`tier_choices`) on the `decision` devices scored at every tier. Its history row records
+    each tier's paired difference from the start and its z, by protocol ("tier_z_<tier>" under
+    full ranking, "tier_z_sampled_<tier>" under the sampled protocol), and the tiers it serves."""
+    best = max(states)
+    every_tier = decision.at_every_tier()
+    scores = {}
+    for epoch in (0, best):
+        hypernet.load_state_dict(states[epoch])
+        scores[epoch] = validate(every_tier)
+    for protocol in scores[0]:
+        label = "" if protocol == "full" else f"{protocol}_"
+        differences = tier_differences(scores[best], scores[0], len(fleet.tiers), protocol)
+        for tier, (mean, error) in zip(fleet.tiers, differences, strict=True):
+            history[best][f"tier_gain_{label}{tier.name}"] = mean
+            history[best][f"tier_z_{label}{tier.name}"] = mean / error if error else float("nan")
+    chosen = tier_choices(
+        scores[best], scores[0], len(fleet.tiers), config.select_margin, config.sampled_guard
+    )
+    for tier, trained in zip(fleet.tiers, chosen, strict=True):
+        history[best][f"tier_trained_{tier.name}"] = float(trained)
+    return chosen
+
+
+def serve_best(
+    prepared: PreparedModel,
+    split: RoundSplit,
+    fleet: Fleet,
+    fits: Mapping[Recipe, tuple[TieredHyperNet, FitResult]],
+    config: HyperTrainConfig,
+) -> tuple[TieredHyperNet, FitResult, tuple[Recipe, Recipe]]:
+    """The networks served from several recipes' `fits` (each trained on the same validation
+    users), the fit that decided, and the recipes of the start and the trained network served.
+
+    With the tier guard: the untrained start with the highest mean validation score (the first
+    on a tie), and at each tier the trained network with the highest served validation score
+    where it beats that start there (`tier_choices`, on the recipes' decision users; rescored
+    when the two come from different recipes). Without it, the recipe whose served networks
+    score highest (the rule before 2026-12-05): a start replaced everywhere or nowhere."""
+    recipes = list(fits)
+    best = max(recipes, key=lambda recipe: fits[recipe][1].best_score)
+    if not config.tier_guard:
+        return *fits[best], (best, best)
+    default = max(recipes, key=lambda recipe: fits[recipe][1].history[0]["validation"])
+    trained = [recipe for recipe in recipes if fits[recipe][0].trained_at.any()]
+    candidate = max(trained, key=lambda recipe: fits[recipe][1].best_score, default=None)
+    if candidate is None or candidate == default:
+        return *fits[default], (default, default)
+    start, network = fits[default][0].start, fits[candidate][0].trained
+    window = config.profile_window or None
+    rng = np.random.default_rng(config.seed)  # training's first draw: its validation users
+    validation = validation_devices(
+        prepared, split, fleet, config.eval_users, rng, config.seed, window
+    )
+    decision = decision_devices(prepared, split, fleet, validation, config.seed, window)
+    every_tier = decision.at_every_tier()
+    metric = config.select_metric
+    chosen = tier_choices(
+        every_tier.score_network(prepared, network, metric),
+        every_tier.score_network(prepared, start, metric),
+        len(fleet.tiers),
+        config.select_margin,
+        config.sampled_guard,
+    )
+    budgets = tier_budgets(fleet, prepared.channels)
+    served = TieredHyperNet(start, network if any(chosen) else start, budgets, chosen)
+    route = served.route(validation.budgets)
+    per_network = [validation.score_network(prepared, n, metric)["full"] for n in served.networks]
+    score = float(np.choose(route, per_network).mean())
+    fit = fits[candidate][1] if any(chosen) else fits[default][1]
+    seconds = sum(result.seconds for _, result in fits.values())
+    decided = FitResult(fit.best_epoch if any(chosen) else 0, score, seconds, fit.history)
+    return served, decided, (default, candidate if any(chosen) else default)
