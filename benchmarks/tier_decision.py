@@ -87,7 +87,7 @@ def main() -> None:
             devices = devices.at_every_tier()
             scores = scores_of(nets, devices, prepared)
             chooses = tier_choices(
-                scores["trained"], scores["start"], len(tiers), start.select_margin
+                scores["trained"], scores["start"], DEFAULT_FLEET.shares, start.select_margin
             )
             for protocol in scores["start"]:
                 differences = tier_differences(

@@ -96,25 +96,34 @@ def every_tier(*gains: float, sampled_gains: tuple[float, ...] | None = None) ->
 START = {"full": np.tile(KEPT[:200], 2), "sampled": np.tile(KEPT[:200], 2)}  # two tiers
 
 
-def test_a_gain_bought_with_a_loss_at_one_tier_is_served_to_the_winning_tier_alone():
+HALVES = np.array([0.5, 0.5])
+
+
+def test_a_gain_bought_with_a_loss_at_one_tier_is_not_served_at_that_tier():
     # Each tier's paired standard error is 0.007: -0.02 at the second tier is z = -2.8.
     at_one_tier = every_tier(0.06, -0.02)
     assert beats(at_one_tier, START, margin=2.0)  # all devices pooled
-    assert tier_choices(at_one_tier, START, 2, margin=2.0) == [True, False]
-    assert tier_choices(every_tier(0.06, 0.04), START, 2, margin=2.0) == [True, True]
+    assert tier_choices(at_one_tier, START, HALVES, margin=2.0) == [True, False]
+    # A loss within noise (z = -1.4) does not keep a tier from the fleet's gain.
+    assert tier_choices(every_tier(0.06, -0.01), START, HALVES, margin=2.0) == [True, True]
 
 
-def test_a_tier_where_nothing_changes_keeps_the_start():
-    flat_at_one = every_tier(0.06, 0.005)  # z = +0.7 at the second tier
-    assert tier_choices(flat_at_one, START, 2, margin=2.0) == [True, False]
-    assert tier_choices(flat_at_one, START, 2, margin=0.0) == [True, True]
+def test_a_tier_where_nothing_changes_goes_with_the_fleet():
+    flat_at_one = every_tier(0.06, -0.005)  # z = -0.7 at the second tier
+    assert tier_choices(flat_at_one, START, HALVES, margin=2.0) == [True, True]
+    # ...but a gain at a tier with a tenth of the fleet is not a fleet's gain.
+    assert tier_choices(flat_at_one, START, np.array([0.1, 0.9]), margin=2.0) == [False, False]
+    # Nor is a gain too small to show anywhere.
+    assert tier_choices(every_tier(0.005, 0.005), START, HALVES, margin=2.0) == [False, False]
 
 
 def test_a_loss_under_the_sampled_protocol_keeps_that_tier_at_the_start():
-    # Full ranking gains at both tiers; the sampled protocol loses at the second (z -4).
-    sampled_loss = every_tier(0.03, 0.03, sampled_gains=(0.05, -0.03))
-    assert tier_choices(sampled_loss, START, 2, margin=2.0) == [True, False]
-    assert tier_choices(sampled_loss, START, 2, margin=2.0, guard=False) == [True, True]
+    # Full ranking gains at one tier, level at the other; the sampled protocol loses there (z -4).
+    sampled_loss = every_tier(0.03, 0.0, sampled_gains=(0.05, -0.03))
+    assert tier_choices(sampled_loss, START, HALVES, margin=2.0) == [True, False]
+    assert tier_choices(sampled_loss, START, HALVES, margin=2.0, guard=False) == [True, True]
+    lower_sampled = every_tier(0.06, -0.005, sampled_gains=(-0.001, -0.001))
+    assert tier_choices(lower_sampled, START, HALVES, margin=2.0) == [False, False]
 
 
 def test_tier_differences_pair_each_tiers_devices():

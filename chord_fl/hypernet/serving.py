@@ -1,7 +1,8 @@
 """Which hypernetworks the cloud serves each tier of its fleet, once they are trained.
 
-A recipe's best trained epoch is served to a tier only where it beats the untrained start at
-that tier on validation (`tier_decision`), measured on users the epochs were not scored on.
+A recipe's best trained epoch is served to the tiers where it does not lose to the untrained
+start, provided it beats the start over them (`tier_decision`), measured on users the epochs
+were not scored on.
 Across recipes (`serve_best`), the start served is the best untrained one, the strongest
 heuristic the cloud has, and the best trained network must beat that start, not a weaker one,
 at each tier it is served.
@@ -55,8 +56,8 @@ def tier_decision(
     history: list[dict],
 ) -> list[bool]:
     """Whether each tier is served the best trained epoch in `states` (which beat the start on
-    the epochs' own scores, each user at its tier): where it beats the start at that tier
-    (`tier_choices`) on the `decision` devices scored at every tier. Its history row records
+    the epochs' own scores, each user at its tier), as `tier_choices` decides on the `decision`
+    devices scored at every tier. Its history row records
     each tier's paired difference from the start and its z, by protocol ("tier_z_<tier>" under
     full ranking, "tier_z_sampled_<tier>" under the sampled protocol), and the tiers it serves."""
     best = max(states)
@@ -72,7 +73,7 @@ def tier_decision(
             history[best][f"tier_gain_{label}{tier.name}"] = mean
             history[best][f"tier_z_{label}{tier.name}"] = mean / error if error else float("nan")
     chosen = tier_choices(
-        scores[best], scores[0], len(fleet.tiers), config.select_margin, config.sampled_guard
+        scores[best], scores[0], fleet.shares, config.select_margin, config.sampled_guard
     )
     for tier, trained in zip(fleet.tiers, chosen, strict=True):
         history[best][f"tier_trained_{tier.name}"] = float(trained)
@@ -90,9 +91,9 @@ def serve_best(
     users), the fit that decided, and the recipes of the start and the trained network served.
 
     With the tier guard: the untrained start with the highest mean validation score (the first
-    on a tie), and at each tier the trained network with the highest served validation score
-    where it beats that start there (`tier_choices`, on the recipes' decision users; rescored
-    when the two come from different recipes). Without it, the recipe whose served networks
+    on a tie), and the trained network with the highest served validation score at the tiers
+    `tier_choices` gives it against that start (on the recipes' decision users; rescored when the
+    two come from different recipes). Without it, the recipe whose served networks
     score highest (the rule before 2026-12-05): a start replaced everywhere or nowhere."""
     recipes = list(fits)
     best = max(recipes, key=lambda recipe: fits[recipe][1].best_score)
@@ -115,7 +116,7 @@ def serve_best(
     chosen = tier_choices(
         every_tier.score_network(prepared, network, metric),
         every_tier.score_network(prepared, start, metric),
-        len(fleet.tiers),
+        fleet.shares,
         config.select_margin,
         config.sampled_guard,
     )

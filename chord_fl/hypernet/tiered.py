@@ -4,8 +4,8 @@ epoch, and for each tier's byte budget which of the two its devices get.
 One network's importances serve every budget through the allocator, and a change that helps
 small budgets can hurt larger ones: on MovieLens-1M SASRec's trained relaxation gained 0.0126
 NDCG@10 on test targets at the 2-bit tier and lost 0.0116 at the 3-bit tier (README, "The tier
-guard at every tier"). Validation decides per tier (`chord_fl.selection.tier_choices`), and each
-device's budget picks its network here.
+guard at every tier"). Validation decides which tiers get the trained network
+(`chord_fl.selection.tier_choices`), and each device's budget picks its network here.
 """
 
 from __future__ import annotations
