@@ -47,6 +47,9 @@ AGAINST = {
         "global+refined",
     ),
     "chord+refined": ("chord", "global+refined", "global", "uniform", "fp32", "window", "oracle"),
+    # Each recipe's served networks against the untrained starts: what training adds per recipe.
+    "chord-relax": ("init-relax", "init-sens"),
+    "chord-sens": ("init-sens",),
 }
 
 # The budget sweep figure: the deployable methods and the two ceilings (the tables have the rest).
