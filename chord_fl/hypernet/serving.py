@@ -2,10 +2,9 @@
 
 A recipe's best trained epoch is served to the tiers where it does not lose to the untrained
 start, provided it beats the start over them (`tier_decision`), measured on users the epochs
-were not scored on.
-Across recipes (`serve_best`), the start served is the best untrained one, the strongest
-heuristic the cloud has, and the best trained network must beat that start, not a weaker one,
-at each tier it is served.
+were not scored on. Across recipes (`serve_best`), the start served is the best untrained one,
+the strongest heuristic the cloud has, and the best trained network must pass the same rule
+against that start, not against a weaker one.
 """
 
 from __future__ import annotations
@@ -57,9 +56,9 @@ def tier_decision(
 ) -> list[bool]:
     """Whether each tier is served the best trained epoch in `states` (which beat the start on
     the epochs' own scores, each user at its tier), as `tier_choices` decides on the `decision`
-    devices scored at every tier. Its history row records
-    each tier's paired difference from the start and its z, by protocol ("tier_z_<tier>" under
-    full ranking, "tier_z_sampled_<tier>" under the sampled protocol), and the tiers it serves."""
+    devices scored at every tier. Its history row records each tier's paired difference from
+    the start and its z, by protocol ("tier_z_<tier>" under full ranking, "tier_z_sampled_<tier>"
+    under the sampled protocol), and the tiers it serves ("tier_trained_<tier>")."""
     best = max(states)
     every_tier = decision.at_every_tier()
     scores = {}

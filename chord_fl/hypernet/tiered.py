@@ -1,5 +1,6 @@
-"""What the cloud serves a fleet of tiers: the hypernetworks' untrained start and their best trained
-epoch, and for each tier's byte budget which of the two its devices get.
+"""What the cloud serves a fleet of tiers: an untrained start and a trained network (possibly of
+another recipe, `chord_fl.hypernet.serving`), and for each tier's byte budget which of the two
+its devices get.
 
 One network's importances serve every budget through the allocator, and a change that helps
 small budgets can hurt larger ones: on MovieLens-1M SASRec's trained relaxation gained 0.0126
