@@ -95,8 +95,8 @@ def serve_best(
     two come from different recipes). Without it, the recipe whose served networks
     score highest (the rule before 2026-12-05): a start replaced everywhere or nowhere."""
     recipes = list(fits)
-    best = max(recipes, key=lambda recipe: fits[recipe][1].best_score)
     if not config.tier_guard:
+        best = max(recipes, key=lambda recipe: fits[recipe][1].best_score)
         return *fits[best], (best, best)
     default = max(recipes, key=lambda recipe: fits[recipe][1].history[0]["validation"])
     trained = [recipe for recipe in recipes if fits[recipe][0].trained_at.any()]
