@@ -49,7 +49,7 @@ from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data.split import VALIDATION
 from chord_fl.experiment import eval_devices, evaluate_method
 from chord_fl.hypernet.profile import encode_profiles
-from chord_fl.hypernet.serving import serve_best
+from chord_fl.hypernet.serving import decide_budgets, serve_best
 from chord_fl.hypernet.supervision import (
     SensitivitySet,
     log_ratio_loss,
@@ -171,6 +171,35 @@ def learned_networks(
     return out
 
 
+def budget_of(bits: float, channels) -> int:
+    """The all-in byte budget of `bits` average bits per weight."""
+    return int(tier_budgets(Fleet.at_bits(bits), channels)[0])
+
+
+def at_budgets(
+    networks: dict[str, TieredHyperNet],
+    sweep: list[float],
+    prepared: PreparedModel,
+    split,
+    fleet: Fleet,
+    seed: int,
+    args: argparse.Namespace,
+) -> dict[str, TieredHyperNet]:
+    """`networks` with a decision of their own at each budget of the sweep (in bits) that is no
+    tier's (`decide_budgets`), printed."""
+    budgets = {budget_of(bits, prepared.channels): bits for bits in sweep}
+    config = train_config(args, seed)
+    out = {}
+    for label, net in networks.items():
+        out[label] = decide_budgets(net, list(budgets), prepared, split, fleet, config)
+        tiers = set(net.tier_bytes.tolist())
+        chosen = zip(out[label].tier_bytes.tolist(), out[label].trained_at.tolist(), strict=True)
+        own = {f"{budgets[b]:g} bits": trained for b, trained in chosen if b not in tiers}
+        if own:
+            print(f"  {label}: the trained network at the sweep's own budgets {own}", flush=True)
+    return out
+
+
 def run(args: argparse.Namespace, results: Path) -> None:
     split, prepared = prepared_backbone(args)
     frozen, channels = prepared.frozen, prepared.channels
@@ -233,10 +262,12 @@ def run(args: argparse.Namespace, results: Path) -> None:
             if trained_at not in learned:
                 torch.manual_seed(seed)
                 fleet = Fleet.at_bits(bits) if args.train_at_budget else DEFAULT_FLEET
-                learned[trained_at] = learned_networks(
-                    prepared, split, supervision, seed, fleet, args
-                )
-            budgets = np.full(len(users), tier_budgets(Fleet.at_bits(bits), channels)[0])
+                networks = learned_networks(prepared, split, supervision, seed, fleet, args)
+                if not args.tiers_only:
+                    sweep = args.bits if trained_at is None else [bits]
+                    networks = at_budgets(networks, sweep, prepared, split, fleet, seed, args)
+                learned[trained_at] = networks
+            budgets = np.full(len(users), budget_of(bits, channels))
             importances = fixed | importances_at(learned[trained_at], profiles, budgets)
             if "window" in fixed and learned[trained_at]:
                 print_fit(importances, fixed["window"], prepared)
@@ -344,6 +375,12 @@ def main() -> None:
         "--train-at-budget",
         action="store_true",
         help="train the hypernetworks for each budget on its own, not on the default fleet's tiers",
+    )
+    parser.add_argument(
+        "--tiers-only",
+        action="store_true",
+        help="serve a budget between the fleet's tiers as the tiers decided (the rule before "
+        "README's 'Budgets between tiers'), not by a decision of its own",
     )
     add_selection_options(parser)
     parser.add_argument("--data-dir")

@@ -13,7 +13,7 @@ from chord_fl.hypernet.epochs import supervised_epoch, training_examples
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.relax import EXCLUDED_PENALTY, Relaxation, soft_codes
-from chord_fl.hypernet.serving import serve_best
+from chord_fl.hypernet.serving import decide_budgets, serve_best
 from chord_fl.hypernet.supervision import log_ratio_loss, sensitivity_set
 from chord_fl.hypernet.tiered import TieredHyperNet
 from chord_fl.hypernet.training import (
@@ -448,18 +448,46 @@ def test_train_best_keeps_the_recipe_with_the_best_validation_score():
     assert served == (best, best) and fit.best_score == max(scores)
 
 
+def good_and_poor(prepared):
+    """The model's own view of its channels, and a network of large random weights."""
+    backbone = prepared.frozen
+    torch.manual_seed(0)
+    good = ChordHyperNet(backbone, prepared.channels, backbone.hidden_size)
+    poor = ChordHyperNet(backbone, prepared.channels, backbone.hidden_size)
+    with torch.no_grad():
+        for parameter in poor.parameters():
+            parameter.copy_(10 * torch.randn_like(parameter))
+    return good, poor
+
+
+def test_a_budget_between_tiers_that_disagree_is_decided_on_its_own_evidence():
+    split, backbone = synthetic_backbone()
+    prepared = PreparedModel(backbone)
+    config = HyperTrainConfig(eval_users=150)
+    budgets = tier_budgets(DEFAULT_FLEET, prepared.channels).tolist()
+    chosen = [True, False, True, True]  # the 2-bit tier takes the trained network, 3 bits not
+    between = (budgets[0] + budgets[1]) // 2
+    good, poor = good_and_poor(prepared)
+    for start, trained in ((poor, good), (good, poor)):
+        net = TieredHyperNet(start, trained, budgets, chosen)
+        assert net.route(np.array([between]))[0] == TieredHyperNet.START
+        decided = decide_budgets(net, [between, budgets[1]], prepared, split, DEFAULT_FLEET, config)
+        assert decided.tier_bytes.tolist() == [*budgets, between]  # the tiers' own stay as chosen
+        assert decided.trained_at.tolist() == [*chosen, trained is good]
+        expected = TieredHyperNet.TRAINED if trained is good else TieredHyperNet.START
+        assert decided.route(np.array([between]))[0] == expected
+    # Nothing to decide where no tier took the trained network.
+    unchanged = TieredHyperNet(good, good, budgets, [False] * len(budgets))
+    assert decide_budgets(unchanged, [between], prepared, split, DEFAULT_FLEET, config) is unchanged
+
+
 def test_a_trained_network_is_served_where_it_beats_the_best_start_not_its_own():
     split, backbone = synthetic_backbone()
     prepared = PreparedModel(backbone)
     config = HyperTrainConfig(eval_users=150)
     budgets = tier_budgets(DEFAULT_FLEET, prepared.channels)
     tiers = len(budgets)
-    torch.manual_seed(0)
-    good = ChordHyperNet(backbone, prepared.channels, backbone.hidden_size)  # the model's own view
-    poor = ChordHyperNet(backbone, prepared.channels, backbone.hidden_size)
-    with torch.no_grad():
-        for parameter in poor.parameters():
-            parameter.copy_(10 * torch.randn_like(parameter))
+    good, poor = good_and_poor(prepared)
     strong, weak = Recipe(HyperNetConfig(), "next-item"), Recipe(HyperNetConfig(), "distill")
 
     def fit_of(start_score: float, served_score: float) -> FitResult:

@@ -10,7 +10,8 @@ against that start, not against a weaker one.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,7 +21,7 @@ from chord_fl.data.split import RoundSplit
 from chord_fl.hypernet.networks import ChordHyperNet
 from chord_fl.hypernet.tiered import TieredHyperNet
 from chord_fl.quant.quantizer import PreparedModel
-from chord_fl.selection import Scores, tier_choices, tier_differences
+from chord_fl.selection import Scores, beats, tier_choices, tier_differences
 from chord_fl.tiers import Fleet
 from chord_fl.train import FitResult
 from chord_fl.validation import ValidationDevices, decision_devices, validation_devices
@@ -104,12 +105,7 @@ def serve_best(
     if candidate is None or candidate == default:
         return *fits[default], (default, default)
     start, network = fits[default][0].start, fits[candidate][0].trained
-    window = config.profile_window or None
-    rng = np.random.default_rng(config.seed)  # training's first draw: its validation users
-    validation = validation_devices(
-        prepared, split, fleet, config.eval_users, rng, config.seed, window
-    )
-    decision = decision_devices(prepared, split, fleet, validation, config.seed, window)
+    validation, decision = training_devices(prepared, split, fleet, config)
     every_tier = decision.at_every_tier()
     metric = config.select_metric
     chosen = tier_choices(
@@ -128,3 +124,49 @@ def serve_best(
     seconds = sum(result.seconds for _, result in fits.values())
     decided = FitResult(fit.best_epoch if any(chosen) else 0, score, seconds, fit.history)
     return served, decided, (default, candidate if any(chosen) else default)
+
+
+def training_devices(
+    prepared: PreparedModel, split: RoundSplit, fleet: Fleet, config: HyperTrainConfig
+) -> tuple[ValidationDevices, ValidationDevices]:
+    """The validation devices training drew with `config` (its first draw) and the decision
+    devices beside them."""
+    window = config.profile_window or None
+    rng = np.random.default_rng(config.seed)
+    validation = validation_devices(
+        prepared, split, fleet, config.eval_users, rng, config.seed, window
+    )
+    return validation, decision_devices(prepared, split, fleet, validation, config.seed, window)
+
+
+def decide_budgets(
+    served: TieredHyperNet,
+    budgets: Sequence[int],
+    prepared: PreparedModel,
+    split: RoundSplit,
+    fleet: Fleet,
+    config: HyperTrainConfig,
+) -> TieredHyperNet:
+    """`served` with a decision of its own for each byte budget in `budgets` that no tier of
+    `fleet` has: the trained network where it `beats` the start there, every decision device at
+    that budget. Between two tiers that disagree `route` serves the start, so a gain that only
+    the smaller tier shows would never reach a budget between them (SASRec on MovieLens-1M: its
+    trained relaxation is served at the 2-bit tier, not at the 3-bit one)."""
+    new = sorted(set(int(b) for b in budgets) - set(served.tier_bytes.tolist()))
+    if not new or served.trained is served.start:
+        return served
+    _, decision = training_devices(prepared, split, fleet, config)
+    metric = config.select_metric
+    chosen = []
+    for budget in new:
+        at_budget = replace(
+            decision, tiers=np.zeros_like(decision.tiers), tier_budgets=np.array([budget])
+        )
+        scores = [at_budget.score_network(prepared, net, metric) for net in served.networks]
+        chosen.append(beats(scores[1], scores[0], config.select_margin, config.sampled_guard))
+    return TieredHyperNet(
+        served.start,
+        served.trained,
+        [*served.tier_bytes.tolist(), *new],
+        [*served.trained_at.tolist(), *chosen],
+    )
