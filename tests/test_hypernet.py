@@ -481,6 +481,32 @@ def test_a_budget_between_tiers_that_disagree_is_decided_on_its_own_evidence():
     assert decide_budgets(unchanged, [between], prepared, split, DEFAULT_FLEET, config) is unchanged
 
 
+def test_recipes_trained_in_processes_of_their_own_equal_those_trained_in_turn():
+    torch.manual_seed(0)
+    split, backbone = synthetic_backbone()
+    prepared = PreparedModel(backbone)
+    config = HyperTrainConfig(epochs=2, eval_users=150, sensitivity_samples=4, select_margin=0)
+    recipes = CHORD_VARIANTS["chord"].recipes
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker process runs: the same float sums
+    try:
+        runs = [
+            train_best(prepared, split, DEFAULT_FLEET, recipes, config, False, processes=n)
+            for n in (1, 2)
+        ]
+    finally:
+        torch.set_num_threads(threads)
+    (net, fit, served), (net2, fit2, served2) = runs
+    assert served == served2 and fit.best_score == fit2.best_score
+    np.testing.assert_equal(fit.history, fit2.history)  # NaN (epoch 0's loss) equals NaN here
+    for (name, value), (_, other) in zip(
+        net.state_dict().items(), net2.state_dict().items(), strict=True
+    ):
+        assert torch.equal(value, other), name
+    with pytest.raises(ConfigError, match="processes must be >= 1"):
+        train_best(prepared, split, DEFAULT_FLEET, recipes, config, False, processes=0)
+
+
 def test_a_trained_network_is_served_where_it_beats_the_best_start_not_its_own():
     split, backbone = synthetic_backbone()
     prepared = PreparedModel(backbone)
