@@ -14,8 +14,12 @@ and fp32 aside), and every device is scored on its own test target:
   importance exponent chosen on validation;
 - chord-sens: hypernetworks trained by sensitivity supervision (log link, cloud-wide prior);
   init-sens: the same networks untrained (the prior, with the backbone's own item scores);
-- chord: the one of the two trained networks that scored best on validation targets (what the
-  `chord` strategy keeps);
+- chord: what the `chord` strategy serves from both recipes (`serve_best`: the best untrained
+  start, and the best trained network at the tiers where it does not lose to it).
+
+A learned variant serves a budget of the sweep that lies between two tiers of the fleet that
+chose differently by a decision of its own on the decision users (`decide_budgets`);
+`--tiers-only` gives it the start there, as before.
 - global: the mean expected sensitivity of training users' history windows, each normalised, raised
   to the exponent chosen on validation (the project's `global` strategy); global-target: the
   earlier estimate, the mean squared gradient of the same users' realised last history items;

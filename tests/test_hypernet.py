@@ -359,6 +359,8 @@ def test_a_budget_is_served_the_network_its_tiers_chose(prepared):
     budgets = np.array([100, 200, 300, 400, 50, 150, 250, 350, 500])
     expected = [1, 0, 1, 1, 1, 0, 0, 1, 1]  # between two tiers: trained only where both chose it
     np.testing.assert_array_equal(net.route(budgets), expected)
+    disputed = [0, 0, 0, 0, 0, 1, 1, 0, 0]  # between tiers that chose differently
+    np.testing.assert_array_equal(net.disputed(budgets), disputed)
     profiles = np.random.default_rng(0).standard_normal((9, 16)).astype(np.float32)
     importance = hypernet_importance(net, profiles, budgets)
     for row, chosen in enumerate(expected):
@@ -467,15 +469,18 @@ def test_a_budget_between_tiers_that_disagree_is_decided_on_its_own_evidence():
     budgets = tier_budgets(DEFAULT_FLEET, prepared.channels).tolist()
     chosen = [True, False, True, True]  # the 2-bit tier takes the trained network, 3 bits not
     between = (budgets[0] + budgets[1]) // 2
+    agreed = (budgets[2] + budgets[3]) // 2  # between two tiers that took the trained network
     good, poor = good_and_poor(prepared)
     for start, trained in ((poor, good), (good, poor)):
         net = TieredHyperNet(start, trained, budgets, chosen)
         assert net.route(np.array([between]))[0] == TieredHyperNet.START
-        decided = decide_budgets(net, [between, budgets[1]], prepared, split, DEFAULT_FLEET, config)
+        asked = [between, budgets[1], agreed, between]
+        decided = decide_budgets(net, asked, prepared, split, DEFAULT_FLEET, config)
         assert decided.tier_bytes.tolist() == [*budgets, between]  # the tiers' own stay as chosen
         assert decided.trained_at.tolist() == [*chosen, trained is good]
         expected = TieredHyperNet.TRAINED if trained is good else TieredHyperNet.START
         assert decided.route(np.array([between]))[0] == expected
+        assert decided.route(np.array([agreed]))[0] == TieredHyperNet.TRAINED
     # Nothing to decide where no tier took the trained network.
     unchanged = TieredHyperNet(good, good, budgets, [False] * len(budgets))
     assert decide_budgets(unchanged, [between], prepared, split, DEFAULT_FLEET, config) is unchanged

@@ -147,26 +147,27 @@ def decide_budgets(
     fleet: Fleet,
     config: HyperTrainConfig,
 ) -> TieredHyperNet:
-    """`served` with a decision of its own for each byte budget in `budgets` that no tier of
-    `fleet` has: the trained network where it `beats` the start there, every decision device at
-    that budget. Between two tiers that disagree `route` serves the start, so a gain that only
-    the smaller tier shows would never reach a budget between them (SASRec on MovieLens-1M: its
-    trained relaxation is served at the 2-bit tier, not at the 3-bit one)."""
-    new = sorted(set(int(b) for b in budgets) - set(served.tier_bytes.tolist()))
-    if not new or served.trained is served.start:
+    """`served` with a decision of its own for each byte budget in `budgets` that lies between two
+    tiers that chose differently (`TieredHyperNet.disputed`): the trained network where it
+    `beats` the start there, every decision device at that budget. `route` gives such a budget
+    the start, so a gain that only the smaller tier shows would never reach it (SASRec on
+    MovieLens-1M: its trained relaxation serves the 2-bit tier, not the 3-bit one); a budget
+    whose neighbours agree keeps their choice."""
+    candidates = np.unique(np.asarray(budgets, dtype=np.int64))
+    disputed = [int(b) for b in candidates[served.disputed(candidates)]]
+    if not disputed:
         return served
     _, decision = training_devices(prepared, split, fleet, config)
     metric = config.select_metric
     chosen = []
-    for budget in new:
-        at_budget = replace(
-            decision, tiers=np.zeros_like(decision.tiers), tier_budgets=np.array([budget])
-        )
+    for budget in disputed:
+        alone = np.zeros_like(decision.tiers)
+        at_budget = replace(decision, tiers=alone, tier_budgets=np.array([budget]))
         scores = [at_budget.score_network(prepared, net, metric) for net in served.networks]
         chosen.append(beats(scores[1], scores[0], config.select_margin, config.sampled_guard))
     return TieredHyperNet(
         served.start,
         served.trained,
-        [*served.tier_bytes.tolist(), *new],
+        [*served.tier_bytes.tolist(), *disputed],
         [*served.trained_at.tolist(), *chosen],
     )

@@ -56,13 +56,26 @@ class TieredHyperNet(nn.Module):
         """(D,) START or TRAINED for devices with (D,) byte budgets. A tier's budget gets the
         network validation chose for that tier; a budget between two tiers gets the trained one
         only where both chose it, and one beyond the tiers that of the nearest tier."""
+        below, above = self._neighbours(budgets)
+        return np.where(below & above, self.TRAINED, self.START)
+
+    def disputed(self, budgets: np.ndarray) -> np.ndarray:
+        """(D,) whether each budget lies between two tiers that chose differently: `route` gives
+        it the start for want of evidence of its own (`chord_fl.hypernet.serving.decide_budgets`
+        gathers it)."""
+        below, above = self._neighbours(budgets)
+        return below != above
+
+    def _neighbours(self, budgets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The choices of the nearest tier at or below each budget and at or above it (the
+        nearest tier's for both beyond the tiers)."""
         tier_bytes = self.tier_bytes.numpy()
         order = np.argsort(tier_bytes, kind="stable")
         sorted_bytes, chosen = tier_bytes[order], self.trained_at.numpy()[order]
         budgets = np.asarray(budgets, dtype=np.int64)
         above = np.clip(np.searchsorted(sorted_bytes, budgets, side="left"), 0, len(order) - 1)
         below = np.clip(np.searchsorted(sorted_bytes, budgets, side="right") - 1, 0, len(order) - 1)
-        return np.where(chosen[above] & chosen[below], self.TRAINED, self.START)
+        return chosen[below], chosen[above]
 
     def trained_tiers(self, names: Sequence[str]) -> tuple[str, ...]:
         """The names (in the fleet's tier order) of the tiers served the trained network."""
