@@ -17,15 +17,16 @@ and fp32 aside), and every device is scored on its own test target:
 - chord: what the `chord` strategy serves from both recipes (`serve_best`: the best untrained
   start, and the best trained network at the tiers where it does not lose to it).
 
-A learned variant serves a budget of the sweep that lies between two tiers of the fleet that
-chose differently by a decision of its own on the decision users (`decide_budgets`);
-`--tiers-only` gives it the start there, as before.
 - global: the mean expected sensitivity of training users' history windows, each normalised, raised
   to the exponent chosen on validation (the project's `global` strategy); global-target: the
   earlier estimate, the mean squared gradient of the same users' realised last history items;
 - uniform (widest of 1..8 bits, per-channel or per-tensor scales), random, fp32;
 - global+refined, chord+refined: those codes with the item table's rows re-allocated on each
   device for its own window (`chord_fl.refine`), within the bytes the codes gave the table.
+
+A learned variant serves a budget of the sweep that lies between two tiers of the fleet that
+chose differently by a decision of its own on the decision users (`decide_budgets`);
+`--tiers-only` gives it the start there, as before.
 
 Diagnoses: `--targets validation` scores the same devices on their validation targets (the ones
 hypernetwork training selects on) instead; `--train-at-budget` trains the hypernetworks for each
@@ -189,8 +190,8 @@ def at_budgets(
     seed: int,
     args: argparse.Namespace,
 ) -> dict[str, TieredHyperNet]:
-    """`networks` with a decision of their own at each budget of the sweep (in bits) that is no
-    tier's (`decide_budgets`), printed."""
+    """`networks` with a decision of their own at each budget of the sweep (in bits) between two
+    tiers that chose differently (`decide_budgets`), printed."""
     budgets = {budget_of(bits, prepared.channels): bits for bits in sweep}
     config = train_config(args, seed)
     out = {}
