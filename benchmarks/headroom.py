@@ -15,8 +15,7 @@ and fp32 aside), and every device is scored on its own test target:
 - chord-sens: hypernetworks trained by sensitivity supervision (log link, cloud-wide prior);
   init-sens: the same networks untrained (the prior, with the backbone's own item scores);
 - chord: what the `chord` strategy serves from both recipes (`serve_best`: the best untrained
-  start, and the best trained network at the tiers where it does not lose to it).
-
+  start, and the best trained network at the tiers where it does not lose to it);
 - global: the mean expected sensitivity of training users' history windows, each normalised, raised
   to the exponent chosen on validation (the project's `global` strategy); global-target: the
   earlier estimate, the mean squared gradient of the same users' realised last history items;
