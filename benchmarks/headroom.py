@@ -195,12 +195,18 @@ def at_budgets(
     config = train_config(args, seed)
     out = {}
     for label, net in networks.items():
-        out[label] = decide_budgets(net, list(budgets), prepared, split, fleet, config)
-        tiers = set(net.tier_bytes.tolist())
-        chosen = zip(out[label].tier_bytes.tolist(), out[label].trained_at.tolist(), strict=True)
-        own = {f"{budgets[b]:g} bits": trained for b, trained in chosen if b not in tiers}
-        if own:
-            print(f"  {label}: the trained network at the sweep's own budgets {own}", flush=True)
+        out[label], evidence = decide_budgets(net, list(budgets), prepared, split, fleet, config)
+        for budget, by_protocol in evidence.items():
+            chosen = out[label].route(np.array([budget]))[0] == TieredHyperNet.TRAINED
+            differences = ", ".join(
+                f"{protocol} {mean:+.4f} ± {error:.4f}"
+                for protocol, (mean, error) in by_protocol.items()
+            )
+            print(
+                f"  {label} at {budgets[budget]:g} bits: trained minus start on the decision users "
+                f"{differences}: {'trained' if chosen else 'start'} served",
+                flush=True,
+            )
     return out
 
 

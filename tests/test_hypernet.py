@@ -475,7 +475,10 @@ def test_a_budget_between_tiers_that_disagree_is_decided_on_its_own_evidence():
         net = TieredHyperNet(start, trained, budgets, chosen)
         assert net.route(np.array([between]))[0] == TieredHyperNet.START
         asked = [between, budgets[1], agreed, between]
-        decided = decide_budgets(net, asked, prepared, split, DEFAULT_FLEET, config)
+        decided, evidence = decide_budgets(net, asked, prepared, split, DEFAULT_FLEET, config)
+        assert list(evidence) == [between] and set(evidence[between]) == {"full", "sampled"}
+        mean, error = evidence[between]["full"]
+        assert (mean > 2 * error) == (trained is good) and error > 0
         assert decided.tier_bytes.tolist() == [*budgets, between]  # the tiers' own stay as chosen
         assert decided.trained_at.tolist() == [*chosen, trained is good]
         expected = TieredHyperNet.TRAINED if trained is good else TieredHyperNet.START
@@ -483,7 +486,8 @@ def test_a_budget_between_tiers_that_disagree_is_decided_on_its_own_evidence():
         assert decided.route(np.array([agreed]))[0] == TieredHyperNet.TRAINED
     # Nothing to decide where no tier took the trained network.
     unchanged = TieredHyperNet(good, good, budgets, [False] * len(budgets))
-    assert decide_budgets(unchanged, [between], prepared, split, DEFAULT_FLEET, config) is unchanged
+    kept, evidence = decide_budgets(unchanged, [between], prepared, split, DEFAULT_FLEET, config)
+    assert kept is unchanged and not evidence
 
 
 def test_recipes_trained_in_processes_of_their_own_equal_those_trained_in_turn():

@@ -146,28 +146,32 @@ def decide_budgets(
     split: RoundSplit,
     fleet: Fleet,
     config: HyperTrainConfig,
-) -> TieredHyperNet:
+) -> tuple[TieredHyperNet, dict[int, dict[str, tuple[float, float]]]]:
     """`served` with a decision of its own for each byte budget in `budgets` that lies between two
     tiers that chose differently (`TieredHyperNet.disputed`): the trained network where it
-    `beats` the start there, every decision device at that budget. `route` gives such a budget
-    the start, so a gain that only the smaller tier shows would never reach it (SASRec on
-    MovieLens-1M: its trained relaxation serves the 2-bit tier, not the 3-bit one); a budget
-    whose neighbours agree keeps their choice."""
+    `beats` the start there, every decision device at that budget; and the evidence, by budget
+    decided and protocol, the paired difference (trained minus start) and its standard error.
+
+    `route` gives such a budget the start, so a gain that only the smaller tier shows would never
+    reach it (SASRec on MovieLens-1M: its trained relaxation serves the 2-bit tier, not the
+    3-bit one); a budget whose neighbours agree keeps their choice."""
     candidates = np.unique(np.asarray(budgets, dtype=np.int64))
     disputed = [int(b) for b in candidates[served.disputed(candidates)]]
     if not disputed:
-        return served
+        return served, {}
     _, decision = training_devices(prepared, split, fleet, config)
     metric = config.select_metric
-    chosen = []
+    chosen, evidence = [], {}
     for budget in disputed:
         alone = np.zeros_like(decision.tiers)
         at_budget = replace(decision, tiers=alone, tier_budgets=np.array([budget]))
-        scores = [at_budget.score_network(prepared, net, metric) for net in served.networks]
-        chosen.append(beats(scores[1], scores[0], config.select_margin, config.sampled_guard))
-    return TieredHyperNet(
+        start, trained = (at_budget.score_network(prepared, n, metric) for n in served.networks)
+        chosen.append(beats(trained, start, config.select_margin, config.sampled_guard))
+        evidence[budget] = {p: tier_differences(trained, start, 1, p)[0] for p in trained}
+    decided = TieredHyperNet(
         served.start,
         served.trained,
         [*served.tier_bytes.tolist(), *disputed],
         [*served.trained_at.tolist(), *chosen],
     )
+    return decided, evidence
