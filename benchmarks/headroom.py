@@ -327,6 +327,7 @@ def run(args: argparse.Namespace, results: Path) -> None:
                     hypernet_lr=args.hypernet_lr,
                     exponents=args.exponents,
                     trained_at="budget" if args.train_at_budget else "tiers",
+                    budget_rule="tiers" if args.tiers_only else "decided",
                     targets=args.targets,
                     machine=machine_line(),
                 )

@@ -471,19 +471,35 @@ def test_a_budget_between_tiers_that_disagree_is_decided_on_its_own_evidence():
     between = (budgets[0] + budgets[1]) // 2
     agreed = (budgets[2] + budgets[3]) // 2  # between two tiers that took the trained network
     good, poor = good_and_poor(prepared)
+    # The decision devices, every one at `between` (on this small split: the validation users).
+    rng = np.random.default_rng(config.seed)
+    validation = validation_devices(prepared, split, DEFAULT_FLEET, 150, rng, config.seed)
+    decision = decision_devices(prepared, split, DEFAULT_FLEET, validation, config.seed)
+    at_between = dataclasses.replace(
+        decision, tiers=np.zeros_like(decision.tiers), tier_budgets=np.array([between])
+    )
     for start, trained in ((poor, good), (good, poor)):
         net = TieredHyperNet(start, trained, budgets, chosen)
         assert net.route(np.array([between]))[0] == TieredHyperNet.START
         asked = [between, budgets[1], agreed, between]
         decided, evidence = decide_budgets(net, asked, prepared, split, DEFAULT_FLEET, config)
-        assert list(evidence) == [between] and set(evidence[between]) == {"full", "sampled"}
+        scores = [at_between.score_network(prepared, n, "ndcg@10") for n in (trained, start)]
+        for protocol in ("full", "sampled"):
+            difference = scores[0][protocol] - scores[1][protocol]
+            mean, error = evidence[between][protocol]
+            assert mean == pytest.approx(difference.mean())
+            assert error == pytest.approx(difference.std(ddof=1) / np.sqrt(len(difference)))
+        assert list(evidence) == [between]
         mean, error = evidence[between]["full"]
         assert (mean > 2 * error) == (trained is good) and error > 0
-        assert decided.tier_bytes.tolist() == [*budgets, between]  # the tiers' own stay as chosen
-        assert decided.trained_at.tolist() == [*chosen, trained is good]
+        assert decided.decided == {between: trained is good}
+        np.testing.assert_array_equal(decided.trained_at, chosen)  # the tiers' own stay
         expected = TieredHyperNet.TRAINED if trained is good else TieredHyperNet.START
         assert decided.route(np.array([between]))[0] == expected
-        assert decided.route(np.array([agreed]))[0] == TieredHyperNet.TRAINED
+        assert not decided.disputed(np.array([between]))[0]
+        # A budget near the decided one, and one between two tiers that agree, route by the tiers.
+        nearby = decided.route(np.array([between + 1, agreed]))
+        np.testing.assert_array_equal(nearby, [TieredHyperNet.START, TieredHyperNet.TRAINED])
     # Nothing to decide where no tier took the trained network.
     unchanged = TieredHyperNet(good, good, budgets, [False] * len(budgets))
     kept, evidence = decide_budgets(unchanged, [between], prepared, split, DEFAULT_FLEET, config)

@@ -105,7 +105,7 @@ def serve_best(
     if candidate is None or candidate == default:
         return *fits[default], (default, default)
     start, network = fits[default][0].start, fits[candidate][0].trained
-    validation, decision = training_devices(prepared, split, fleet, config)
+    validation, decision = selection_devices(prepared, split, fleet, config)
     every_tier = decision.at_every_tier()
     metric = config.select_metric
     chosen = tier_choices(
@@ -121,12 +121,11 @@ def serve_best(
     per_network = [validation.score_network(prepared, n, metric)["full"] for n in served.networks]
     score = float(np.choose(route, per_network).mean())
     fit = fits[candidate][1] if any(chosen) else fits[default][1]
-    seconds = sum(result.seconds for _, result in fits.values())
-    decided = FitResult(fit.best_epoch if any(chosen) else 0, score, seconds, fit.history)
+    decided = FitResult(fit.best_epoch if any(chosen) else 0, score, fit.seconds, fit.history)
     return served, decided, (default, candidate if any(chosen) else default)
 
 
-def training_devices(
+def selection_devices(
     prepared: PreparedModel, split: RoundSplit, fleet: Fleet, config: HyperTrainConfig
 ) -> tuple[ValidationDevices, ValidationDevices]:
     """The validation devices training drew with `config` (its first draw) and the decision
@@ -159,7 +158,7 @@ def decide_budgets(
     disputed = [int(b) for b in candidates[served.disputed(candidates)]]
     if not disputed:
         return served, {}
-    _, decision = training_devices(prepared, split, fleet, config)
+    _, decision = selection_devices(prepared, split, fleet, config)
     metric = config.select_metric
     chosen, evidence = [], {}
     for budget in disputed:
@@ -168,10 +167,5 @@ def decide_budgets(
         start, trained = (at_budget.score_network(prepared, n, metric) for n in served.networks)
         chosen.append(beats(trained, start, config.select_margin, config.sampled_guard))
         evidence[budget] = {p: tier_differences(trained, start, 1, p)[0] for p in trained}
-    decided = TieredHyperNet(
-        served.start,
-        served.trained,
-        [*served.tier_bytes.tolist(), *disputed],
-        [*served.trained_at.tolist(), *chosen],
-    )
+    decided = served.with_decisions(dict(zip(disputed, chosen, strict=True)))
     return decided, evidence

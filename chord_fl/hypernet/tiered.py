@@ -41,6 +41,9 @@ class TieredHyperNet(nn.Module):
         self.start, self.trained = start, trained
         self.register_buffer("tier_bytes", torch.as_tensor(np.asarray(tier_bytes, np.int64)))
         self.register_buffer("trained_at", torch.as_tensor(np.asarray(trained_at, bool)))
+        # Budgets no tier has, decided on their own (`with_decisions`); exact budgets only, and
+        # not saved with the networks.
+        self.decided: dict[int, bool] = {}
 
     @property
     def networks(self) -> tuple[ChordHyperNet, ChordHyperNet]:
@@ -57,14 +60,27 @@ class TieredHyperNet(nn.Module):
         network validation chose for that tier; a budget between two tiers gets the trained one
         only where both chose it, and one beyond the tiers that of the nearest tier."""
         below, above = self._neighbours(budgets)
-        return np.where(below & above, self.TRAINED, self.START)
+        chosen = below & above
+        for budget, trained in self.decided.items():
+            chosen = np.where(np.asarray(budgets) == budget, trained, chosen)
+        return np.where(chosen, self.TRAINED, self.START)
+
+    def with_decisions(self, decided: dict[int, bool]) -> TieredHyperNet:
+        """The same networks and tiers, with `decided` (byte budget: trained?) settling those
+        exact budgets (`chord_fl.hypernet.serving.decide_budgets`); a budget near one of them
+        still routes by the tiers."""
+        out = TieredHyperNet(
+            self.start, self.trained, self.tier_bytes.tolist(), self.trained_at.tolist()
+        )
+        out.decided = {**self.decided, **{int(b): bool(t) for b, t in decided.items()}}
+        return out
 
     def disputed(self, budgets: np.ndarray) -> np.ndarray:
         """(D,) whether each budget lies between two tiers that chose differently: `route` gives
         it the start for want of evidence of its own (`chord_fl.hypernet.serving.decide_budgets`
-        gathers it)."""
+        gathers it); False where a decision of its own settled it."""
         below, above = self._neighbours(budgets)
-        return below != above
+        return (below != above) & ~np.isin(np.asarray(budgets), list(self.decided))
 
     def _neighbours(self, budgets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The choices of the nearest tier at or below each budget and at or above it (the

@@ -55,7 +55,8 @@ from chord_fl.validation import (
 )
 
 OBJECTIVES = ("next-item", "distill", "sensitivity")
-PARALLEL_USERS = 500  # recipes train in processes of their own from this many users on
+# From this many users on, and with two torch threads or more, recipes train side by side.
+PARALLEL_USERS = 500
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,8 @@ def train_best(
     processes: int | None = None,
 ) -> tuple[TieredHyperNet, FitResult, tuple[Recipe, Recipe]]:
     """Train every recipe (on the same validation users) and serve the best of them
-    (`serve_best`); returns the networks, the fit that decided and the recipes of the start and
-    the trained network served.
+    (`serve_best`); returns the networks, the fit that decided (its seconds: the whole call's
+    wall time) and the recipes of the start and the trained network served.
 
     `processes`: recipes trained at once, each in a process of its own with an equal share of
     this process's torch threads; None: `recipe_processes`. A recipe's result depends on its
@@ -188,6 +189,8 @@ def train_best(
         raise ConfigError(
             f"processes must be >= 1 (or None: as the split's size suggests), got {processes}"
         )
+    processes = min(processes, len(recipes))
+    started = time.perf_counter()
     jobs = [
         (prepared, split, fleet, recipe, config, progress and processes <= 1, supervision)
         for recipe in recipes
@@ -207,7 +210,10 @@ def train_best(
             for _ in as_completed(running):
                 bar.update()
             fits = [pickle.loads(future.result()) for future in running]  # our own workers'
-    return serve_best(prepared, split, fleet, dict(zip(recipes, fits, strict=True)), config)
+    served, fit, chosen = serve_best(
+        prepared, split, fleet, dict(zip(recipes, fits, strict=True)), config
+    )
+    return served, replace(fit, seconds=time.perf_counter() - started), chosen
 
 
 def recipe_processes(recipes: int, users: int) -> int:
