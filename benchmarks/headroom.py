@@ -46,14 +46,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from headroom_report import method_order, pareto_figure, tables
-from results_file import append_row, importances_at, prepared_backbone, read_rows
+from results_file import (
+    append_row,
+    at_budgets,
+    budget_of,
+    importances_at,
+    prepared_backbone,
+    read_rows,
+)
 
 from chord_fl.cli_options import add_quantizer_options, add_selection_options
-from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
+from chord_fl.cloud import evaluate_codes, issue_codes
 from chord_fl.data.split import VALIDATION
 from chord_fl.experiment import eval_devices, evaluate_method
 from chord_fl.hypernet.profile import encode_profiles
-from chord_fl.hypernet.serving import decide_budgets, serve_best
+from chord_fl.hypernet.serving import serve_best
 from chord_fl.hypernet.supervision import (
     SensitivitySet,
     log_ratio_loss,
@@ -175,41 +182,6 @@ def learned_networks(
     return out
 
 
-def budget_of(bits: float, channels) -> int:
-    """The all-in byte budget of `bits` average bits per weight."""
-    return int(tier_budgets(Fleet.at_bits(bits), channels)[0])
-
-
-def at_budgets(
-    networks: dict[str, TieredHyperNet],
-    sweep: list[float],
-    prepared: PreparedModel,
-    split,
-    fleet: Fleet,
-    seed: int,
-    args: argparse.Namespace,
-) -> dict[str, TieredHyperNet]:
-    """`networks` with a decision of their own at each budget of the sweep (in bits) between two
-    tiers that chose differently (`decide_budgets`), printed."""
-    budgets = {budget_of(bits, prepared.channels): bits for bits in sweep}
-    config = train_config(args, seed)
-    out = {}
-    for label, net in networks.items():
-        out[label], evidence = decide_budgets(net, list(budgets), prepared, split, fleet, config)
-        for budget, by_protocol in evidence.items():
-            chosen = out[label].route(np.array([budget]))[0] == TieredHyperNet.TRAINED
-            differences = ", ".join(
-                f"{protocol} {mean:+.4f} ± {error:.4f}"
-                for protocol, (mean, error) in by_protocol.items()
-            )
-            print(
-                f"  {label} at {budgets[budget]:g} bits: trained minus start on the decision users "
-                f"{differences}: {'trained' if chosen else 'start'} served",
-                flush=True,
-            )
-    return out
-
-
 def run(args: argparse.Namespace, results: Path) -> None:
     split, prepared = prepared_backbone(args)
     frozen, channels = prepared.frozen, prepared.channels
@@ -275,7 +247,8 @@ def run(args: argparse.Namespace, results: Path) -> None:
                 networks = learned_networks(prepared, split, supervision, seed, fleet, args)
                 if not args.tiers_only:
                     sweep = args.bits if trained_at is None else [bits]
-                    networks = at_budgets(networks, sweep, prepared, split, fleet, seed, args)
+                    config = train_config(args, seed)
+                    networks = at_budgets(networks, sweep, prepared, split, fleet, config)
                 learned[trained_at] = networks
             budgets = np.full(len(users), budget_of(bits, channels))
             importances = fixed | importances_at(learned[trained_at], profiles, budgets)

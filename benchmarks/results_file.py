@@ -11,14 +11,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chord_fl.cloud import tier_budgets
 from chord_fl.data import RoundSplit
 from chord_fl.experiment import Setup, load_split, prepare
+from chord_fl.hypernet.serving import decide_budgets
 from chord_fl.hypernet.tiered import TieredHyperNet
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
 from chord_fl.methods import CHORD_VARIANTS, hypernet_importance
 from chord_fl.metrics import mean_and_standard_error
+from chord_fl.quant.channels import ChannelMap
 from chord_fl.quant.quantizer import PreparedModel
-from chord_fl.tiers import DEFAULT_FLEET
+from chord_fl.tiers import DEFAULT_FLEET, Fleet
 
 
 def _open(path: Path, mode: str):
@@ -111,3 +114,36 @@ def importances_at(
 ) -> dict[str, np.ndarray]:
     """(D, C) importance of each of `networks` for devices with these profiles and budgets."""
     return {label: hypernet_importance(net, profiles, budgets) for label, net in networks.items()}
+
+
+def budget_of(bits: float, channels: ChannelMap) -> int:
+    """The all-in byte budget of `bits` average bits per weight."""
+    return int(tier_budgets(Fleet.at_bits(bits), channels)[0])
+
+
+def at_budgets(
+    networks: dict[str, TieredHyperNet],
+    sweep: list[float],
+    prepared: PreparedModel,
+    split,
+    fleet: Fleet,
+    config: HyperTrainConfig,
+) -> dict[str, TieredHyperNet]:
+    """`networks` with a decision of their own at each budget of the sweep (in bits) between two
+    tiers that chose differently (`decide_budgets`), printed."""
+    budgets = {budget_of(bits, prepared.channels): bits for bits in sweep}
+    out = {}
+    for label, net in networks.items():
+        out[label], evidence = decide_budgets(net, list(budgets), prepared, split, fleet, config)
+        for budget, by_protocol in evidence.items():
+            chosen = out[label].route(np.array([budget]))[0] == TieredHyperNet.TRAINED
+            differences = ", ".join(
+                f"{protocol} {mean:+.4f} ± {error:.4f}"
+                for protocol, (mean, error) in by_protocol.items()
+            )
+            print(
+                f"  {label} at {budgets[budget]:g} bits: trained minus start on the decision users "
+                f"{differences}: {'trained' if chosen else 'start'} served",
+                flush=True,
+            )
+    return out
