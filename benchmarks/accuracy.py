@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results_file import append_row, read_rows
+from results_file import append_row, budget_of, read_rows
 
 from chord_fl.cli import parse_pairs
 from chord_fl.cli_options import add_exponent_option
-from chord_fl.cloud import tier_budgets
 from chord_fl.errors import ConfigError
 from chord_fl.experiment import (
     INITS,
@@ -44,7 +43,7 @@ from chord_fl.methods import CHORD_VARIANTS, METHODS, Cloud, calibrated_global
 from chord_fl.metrics import mean_and_standard_error
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.sensitivity import global_sensitivity
-from chord_fl.tiers import DEFAULT_FLEET, Fleet
+from chord_fl.tiers import DEFAULT_FLEET
 
 
 def paired_path(results: Path) -> Path:
@@ -102,7 +101,7 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
                 cloud.hypernets[method] = net
                 train_seconds[method] = fit.seconds
         for bits in args.bits:
-            budgets = np.full(len(users), tier_budgets(Fleet.at_bits(bits), prepared.channels)[0])
+            budgets = np.full(len(users), budget_of(bits, prepared.channels))
             for method in args.methods:
                 start = time.perf_counter()
                 row, per_device = evaluate_method(

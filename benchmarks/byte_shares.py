@@ -18,6 +18,7 @@ import numpy as np
 from results_file import (
     append_row,
     benchmark_parser,
+    budget_of,
     importances_at,
     parse,
     prepared_backbone,
@@ -25,14 +26,14 @@ from results_file import (
 )
 
 from chord_fl.cli_options import add_exponent_option, add_quantizer_options
-from chord_fl.cloud import issue_codes, tier_budgets
+from chord_fl.cloud import issue_codes
 from chord_fl.experiment import eval_devices
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.training import HyperTrainConfig
 from chord_fl.machine import machine_line
 from chord_fl.methods import calibrated_global
 from chord_fl.sensitivity import SHARP_TEMPERATURE, expected_sensitivity, global_sensitivity
-from chord_fl.tiers import DEFAULT_FLEET, Fleet
+from chord_fl.tiers import DEFAULT_FLEET
 
 
 def main() -> None:
@@ -64,7 +65,7 @@ def main() -> None:
 
     names = [group.name for group in channels.groups]
     for bits in args.bits:
-        budgets = np.full(len(users), tier_budgets(Fleet.at_bits(bits), channels)[0])
+        budgets = np.full(len(users), budget_of(bits, channels))
         importances |= importances_at(networks, profiles, budgets)
         print(f"\n{args.dataset} / {args.backbone} / {bits:g} bits, {len(users)} test devices")
         print("| method | " + " | ".join(f"`{name}`" for name in names) + " |")

@@ -22,10 +22,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from results_file import append_row, benchmark_parser, paired, paired_text, parse
+from results_file import append_row, benchmark_parser, budget_of, paired, paired_text, parse
 from tqdm import tqdm
 
-from chord_fl.cloud import evaluate_codes, tier_budgets
+from chord_fl.cloud import evaluate_codes
 from chord_fl.evaluation import PROTOCOLS
 from chord_fl.experiment import Setup, eval_devices, load_backbone, load_split
 from chord_fl.machine import machine_line
@@ -34,7 +34,6 @@ from chord_fl.quant.budget import channel_budget
 from chord_fl.quant.channels import channel_rows
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.sensitivity import expected_weight_sensitivity
-from chord_fl.tiers import Fleet
 
 
 def weight_errors(prepared: PreparedModel) -> np.ndarray:
@@ -67,7 +66,7 @@ def run(args: argparse.Namespace) -> None:
     channel_importance = np.add.reduceat(per_weight, starts, axis=1)  # (D, C)
     elements = channels.elements()[None, :]
     for bits in args.bits:
-        budget = tier_budgets(Fleet.at_bits(bits), channels)[0]
+        budget = budget_of(bits, channels)
         left = channel_budget(channels, np.array([budget]))
         by_channel = allocate(
             channel_importance / elements,

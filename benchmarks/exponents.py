@@ -18,6 +18,7 @@ import numpy as np
 from results_file import (
     append_row,
     benchmark_parser,
+    budget_of,
     importances_at,
     parse,
     prepared_backbone,
@@ -26,7 +27,7 @@ from results_file import (
 )
 
 from chord_fl.cli_options import add_quantizer_options
-from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
+from chord_fl.cloud import evaluate_codes, issue_codes
 from chord_fl.data.split import VALIDATION
 from chord_fl.experiment import eval_devices, evaluate_method
 from chord_fl.hypernet.profile import encode_profiles
@@ -34,7 +35,6 @@ from chord_fl.machine import machine_line
 from chord_fl.methods import Cloud
 from chord_fl.metrics import mean_and_standard_error
 from chord_fl.sensitivity import global_sensitivity
-from chord_fl.tiers import Fleet
 from chord_fl.validation import sharpened
 
 METHODS = ("global", "init-relax", "chord-relax")
@@ -63,7 +63,7 @@ def run(args, results: Path) -> None:
         machine=machine_line(),
     )
     for bits in args.bits:
-        budgets = np.full(len(users), tier_budgets(Fleet.at_bits(bits), prepared.channels)[0])
+        budgets = np.full(len(users), budget_of(bits, prepared.channels))
         found = fixed | importances_at(networks, profiles, budgets)
         cloud = Cloud(prepared)
         row, per_device = evaluate_method(

@@ -19,17 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results_file import append_row, benchmark_parser, parse, prepared_backbone
+from results_file import append_row, benchmark_parser, budget_of, parse, prepared_backbone
 from tqdm import tqdm
 
 from chord_fl.cli_options import add_quantizer_options
-from chord_fl.cloud import issue_codes, tier_budgets
+from chord_fl.cloud import issue_codes
 from chord_fl.experiment import eval_devices
 from chord_fl.machine import machine_line
 from chord_fl.quant.budget import widest_uniform
 from chord_fl.quant.uniform import quantize_uniform
 from chord_fl.sensitivity import expected_sensitivity
-from chord_fl.tiers import Fleet
 
 
 @torch.no_grad()
@@ -44,7 +43,7 @@ def run(args: argparse.Namespace) -> dict:
     frozen, channels = prepared.frozen, prepared.channels
     users, windows, targets, negatives = eval_devices(split, args.users)
 
-    budget = tier_budgets(Fleet.at_bits(args.bits), channels)[0]
+    budget = budget_of(args.bits, channels)
     window = expected_sensitivity(frozen, channels, windows, args.samples, seed=1)
     codes = issue_codes(prepared, window, np.full(len(users), budget))
     bits, per_tensor = widest_uniform(channels, budget)

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results_file import append_row, benchmark_parser, paired, parse, prepared_backbone
+from results_file import append_row, benchmark_parser, budget_of, paired, parse, prepared_backbone
 
 from chord_fl.cli_options import add_quantizer_options
-from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
+from chord_fl.cloud import evaluate_codes, issue_codes
 from chord_fl.data.split import VALIDATION
 from chord_fl.experiment import eval_devices
 from chord_fl.machine import machine_line
@@ -45,7 +45,6 @@ from chord_fl.sensitivity import (
     normalised,
     target_sensitivity,
 )
-from chord_fl.tiers import Fleet
 
 
 def with_part(base: np.ndarray, shape: np.ndarray, part: np.ndarray) -> np.ndarray:
@@ -105,7 +104,7 @@ def run(args: argparse.Namespace) -> None:
         targets = split.targets(VALIDATION)[users]
     measured = importances(args, split, prepared, windows, targets)
     for bits in args.bits:
-        budgets = np.full(len(users), tier_budgets(Fleet.at_bits(bits), prepared.channels)[0])
+        budgets = np.full(len(users), budget_of(bits, prepared.channels))
         codes = {name: issue_codes(prepared, imp, budgets) for name, imp in measured.items()}
         for name in ("window-T1", "global"):
             codes[f"{name}+refined"] = np.array(

@@ -185,6 +185,13 @@ def synthetic_backbone():
     return split, backbone.eval()
 
 
+def assert_same_weights(net, other):
+    for (name, value), (_, expected) in zip(
+        net.state_dict().items(), other.state_dict().items(), strict=True
+    ):
+        assert torch.equal(value, expected), name
+
+
 def train_quietly(prepared, split, **options):
     config = HyperTrainConfig(**options)
     return train_hypernet(prepared, split, DEFAULT_FLEET, config=config, progress=False)
@@ -415,10 +422,7 @@ def test_a_margin_no_epoch_reaches_keeps_the_untrained_start():
         dataclasses.replace(config, epochs=0),
         False,
     )
-    for (name, value), (_, expected) in zip(
-        net.state_dict().items(), start.state_dict().items(), strict=True
-    ):
-        assert torch.equal(value, expected), name
+    assert_same_weights(net, start)
 
 
 def test_train_best_keeps_the_recipe_with_the_best_validation_score():
@@ -524,10 +528,7 @@ def test_recipes_trained_in_processes_of_their_own_equal_those_trained_in_turn()
     (net, fit, served), (net2, fit2, served2) = runs
     assert served == served2 and fit.best_score == fit2.best_score
     np.testing.assert_equal(fit.history, fit2.history)  # NaN (epoch 0's loss) equals NaN here
-    for (name, value), (_, other) in zip(
-        net.state_dict().items(), net2.state_dict().items(), strict=True
-    ):
-        assert torch.equal(value, other), name
+    assert_same_weights(net, net2)
     with pytest.raises(ConfigError, match="processes must be >= 1"):
         train_best(prepared, split, DEFAULT_FLEET, recipes, config, False, processes=0)
 
