@@ -1,5 +1,7 @@
 import copy
 import dataclasses
+import multiprocessing
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.relax import EXCLUDED_PENALTY, Relaxation, soft_codes
 from chord_fl.hypernet.serving import decide_budgets, serve_best
-from chord_fl.hypernet.supervision import log_ratio_loss, sensitivity_set
+from chord_fl.hypernet.supervision import SensitivitySet, log_ratio_loss, sensitivity_set
 from chord_fl.hypernet.tiered import TieredHyperNet
 from chord_fl.hypernet.training import (
     HyperTrainConfig,
@@ -531,6 +533,21 @@ def test_recipes_trained_in_processes_of_their_own_equal_those_trained_in_turn()
     assert_same_weights(net, net2)
     with pytest.raises(ConfigError, match="processes must be >= 1"):
         train_best(prepared, split, DEFAULT_FLEET, recipes, config, False, processes=0)
+
+
+def test_a_recipe_that_fails_in_its_process_stops_the_others_at_once():
+    split, backbone = synthetic_backbone()
+    prepared = PreparedModel(backbone)
+    # The relaxation would train for minutes; the supervised recipe fails on its first step,
+    # setting a prior of the wrong length.
+    config = HyperTrainConfig(epochs=400, patience=10**6, eval_users=150)
+    wrong = SensitivitySet(torch.zeros(1, backbone.hidden_size), torch.ones(1, 3))
+    recipes = CHORD_VARIANTS["chord"].recipes
+    started = time.perf_counter()
+    with pytest.raises(RuntimeError, match="size of tensor"):
+        train_best(prepared, split, DEFAULT_FLEET, recipes, config, False, wrong, processes=2)
+    assert time.perf_counter() - started < 60
+    assert not multiprocessing.active_children()
 
 
 def test_a_trained_network_is_served_where_it_beats_the_best_start_not_its_own():

@@ -1,12 +1,14 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from chord_fl.checkpoint import load_checkpoint, save_checkpoint
 from chord_fl.data import make_split, pad_left, synthetic_dataset
 from chord_fl.errors import ConfigError, DataError
 from chord_fl.evaluation import evaluate_stages, target_ranks
 from chord_fl.models import BACKBONES, LOSSES, Popularity, build_backbone
+from chord_fl.models.losses import chunked_cross_entropy
 from chord_fl.train import TrainConfig, batches, evaluation_negatives, fit, learning_rate_factor
 
 NUM_ITEMS = 50
@@ -42,6 +44,38 @@ def test_a_sum_of_losses_is_the_sum_of_its_terms(model):
     torch.testing.assert_close(loss("ce+bce"), loss("ce") + loss("bce"))
     with pytest.raises(ConfigError, match="unknown loss 'ce\\+mse'"):
         model.training_loss(seqs, "ce+mse")
+
+
+def test_chunked_cross_entropy_matches_the_whole_softmax(model):
+    """The "ce" loss, computed in chunks with its gradients formed in the forward pass, against
+    plain autograd through the whole (positions x items) logits."""
+    model.eval()
+    seqs = torch.randint(0, NUM_ITEMS + 1, (4, 13))
+
+    def value_and_grads(loss_of_states):
+        model.zero_grad()
+        states, targets = model.training_states(seqs)
+        value = loss_of_states(states, targets)
+        (3 * value).backward()  # a scaled upstream gradient reaches every parameter
+        return value, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    weight, bias = model.output_embeddings()
+    for rows in (1, 7, 1024):  # a chunk of one row, chunks that do not divide the rows, one chunk
+        chunked = value_and_grads(
+            lambda states, targets, rows=rows: chunked_cross_entropy(
+                states, weight, targets, bias, 0, rows
+            )
+        )
+        whole = value_and_grads(lambda s, t: F.cross_entropy(model._logits(s), t))
+        torch.testing.assert_close(chunked[0], whole[0])
+        assert chunked[1].keys() == whole[1].keys() and len(whole[1]) > 2
+        for name, grad in whole[1].items():
+            torch.testing.assert_close(chunked[1][name], grad, msg=name)
+    with torch.no_grad():
+        states, targets = model.training_states(seqs)
+        torch.testing.assert_close(
+            chunked_cross_entropy(states, weight, targets, bias, 0, 5), whole[0]
+        )
 
 
 def test_score_agrees_with_full_scores(model):

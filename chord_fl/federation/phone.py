@@ -31,7 +31,9 @@ from chord_fl.quant.uniform import UniformModel, quantize_uniform
 from chord_fl.refine import refine_item_rows
 
 UNIFORM_CACHE = 4  # quantized copies a worker keeps (widths of the received or frozen weights)
-LOCAL_LOSS = "sampled"  # the loss the cloud pretrains with, so FedAvg continues the same objective
+# FedAvg's local epochs score 256 shared items per step, not the whole catalogue: a phone's budget.
+# (The cloud pretrains Caser with this loss and SASRec with the full softmax.)
+LOCAL_LOSS = "sampled"
 
 
 @dataclass(frozen=True)

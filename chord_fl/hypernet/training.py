@@ -207,8 +207,13 @@ def train_best(
             # Plain pickles: multiprocessing would move tensors to memory both workers share,
             # and training writes into the prepared model's working copy.
             running = [pool.submit(_fit_pickled, pickle.dumps(job)) for job in jobs]
-            for _ in as_completed(running):
-                bar.update()
+            try:
+                for done in as_completed(running):
+                    done.result()  # a recipe that failed stops the others now, not when done
+                    bar.update()
+            except BaseException:
+                _stop_workers(pool)
+                raise
             fits = [pickle.loads(future.result()) for future in running]  # our own workers'
     served, fit, chosen = serve_best(
         prepared, split, fleet, dict(zip(recipes, fits, strict=True)), config
@@ -225,6 +230,16 @@ def recipe_processes(recipes: int, users: int) -> int:
     if users < PARALLEL_USERS:
         return 1
     return max(1, min(recipes, torch.get_num_threads()))
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    # Python 3.14 has `terminate_workers`; before it, the pool's processes are private.
+    workers = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in workers:
+        process.terminate()
+    for process in workers:
+        process.join()
 
 
 def _use_threads(threads: int) -> None:

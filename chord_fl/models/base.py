@@ -14,6 +14,7 @@ from torch import nn
 from chord_fl.data.sequences import PADDING
 from chord_fl.data.split import pad_left
 from chord_fl.errors import ConfigError
+from chord_fl.models.losses import chunked_cross_entropy
 
 LOSSES = ("sampled", "ce", "bce", "ce+bce")
 
@@ -140,7 +141,8 @@ class SequentialRecommender(nn.Module, abc.ABC):
         self, states: torch.Tensor, targets: torch.Tensor, loss: str, negatives: int
     ) -> torch.Tensor:
         if loss == "ce":
-            return F.cross_entropy(self._logits(states), targets)
+            weight, bias = self.output_embeddings()
+            return chunked_cross_entropy(states, weight, targets, bias, PADDING)
         if loss == "sampled":
             shared = torch.randint(1, self.num_items + 1, (negatives,), device=targets.device)
             positive = self._logits(states, targets.unsqueeze(-1))

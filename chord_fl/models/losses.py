@@ -1,0 +1,67 @@
+"""Full-softmax cross-entropy over the catalogue, in chunks of rows that fit the CPU's caches.
+
+A batch of SASRec on MovieLens-1M scores about 20,000 positions against 3,707 items: logits and
+their gradient of 300 MB each, which on a CPU spend more time moving through memory than being
+computed. Here each chunk's softmax gradient is formed as soon as its logits are, while they are
+still in cache, so the logits never exist whole and backward only scales the stored gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_ROWS = 1024  # rows per chunk: 1024 x 3,707 float logits are 15 MB
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, states, weight, bias, targets, excluded, chunk_rows):
+        needs = ctx.needs_input_grad
+        grads = [
+            torch.zeros_like(t) if t is not None and need else None
+            for t, need in zip((states, weight, bias), needs[:3], strict=True)
+        ]
+        total = states.new_zeros((), dtype=torch.float64)
+        for start in range(0, len(states), chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            chunk, chosen = states[rows], targets[rows]
+            logits = chunk @ weight.T
+            if bias is not None:
+                logits += bias
+            logits[:, excluded] = float("-inf")
+            log_norm = torch.logsumexp(logits, -1, keepdim=True)
+            picked = logits.gather(1, chosen.unsqueeze(1))
+            total += (log_norm - picked).sum(dtype=torch.float64)
+            if not any(needs[:3]):
+                continue
+            # d loss / d logits = softmax - one-hot, formed in place of the logits.
+            gradient = logits.sub_(log_norm).exp_()
+            gradient.scatter_add_(1, chosen.unsqueeze(1), -torch.ones_like(picked))
+            if grads[0] is not None:
+                grads[0][rows] = gradient @ weight
+            if grads[1] is not None:
+                grads[1].addmm_(gradient.T, chunk)
+            if grads[2] is not None:
+                grads[2] += gradient.sum(0)
+        count = max(1, len(states))
+        ctx.grads = [g / count if g is not None else None for g in grads]
+        return (total / count).to(states.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        scaled = [g * grad_output if g is not None else None for g in ctx.grads]
+        return (*scaled, None, None, None)
+
+
+def chunked_cross_entropy(
+    states: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    excluded: int = 0,
+    chunk_rows: int = CHUNK_ROWS,
+) -> torch.Tensor:
+    """Mean cross-entropy of (M, D) `states` scored against every row of the (N, D) `weight`
+    (plus `bias`), the item `excluded` (padding) never predicted: the same value and gradients
+    as `F.cross_entropy` on the whole (M, N) logits, up to the order of float sums."""
+    return _ChunkedCrossEntropy.apply(states, weight, bias, targets, excluded, chunk_rows)
