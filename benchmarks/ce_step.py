@@ -19,15 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from chord_fl.data import load_dataset, make_split, pad_left
+from chord_fl.data import load_dataset, make_split
 from chord_fl.machine import machine_line
 from chord_fl.models import SequentialRecommender, seeded_backbone
-from chord_fl.train import TrainConfig, batches
+from chord_fl.train import TrainConfig, padded_batches, training_sequences
 
 
 def whole_softmax_loss(model: SequentialRecommender, seqs: torch.Tensor) -> torch.Tensor:
     states, targets = model.training_states(seqs)
-    return F.cross_entropy(model._logits(states), targets)
+    return F.cross_entropy(model.full_scores_encoded(states), targets)
 
 
 def chunked_loss(model: SequentialRecommender, seqs: torch.Tensor) -> torch.Tensor:
@@ -59,14 +59,9 @@ def main() -> None:
     data = load_dataset(args.dataset, args.data_dir)
     split = make_split(data, 1)
     model = seeded_backbone(args.backbone, data.num_items, 0)
-    histories = [h for h in split.histories() if len(h) >= 2]
-    lengths = np.array([min(len(h), model.max_len + 1) for h in histories])
-    config = TrainConfig()
-    epoch = batches(lengths, config.batch_size, config.batch_by_length, np.random.default_rng(0))
-    sample = [
-        torch.from_numpy(pad_left([histories[i] for i in batch], lengths[batch].max()))
-        for batch in epoch[: args.batches]
-    ]
+    histories, lengths = training_sequences(split, model.max_len)
+    epoch = list(padded_batches(histories, lengths, TrainConfig(), np.random.default_rng(0)))
+    sample = epoch[: args.batches]
     arms = {"whole softmax (autograd)": whole_softmax_loss, "chunked": chunked_loss}
     times: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(args.repeats):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,6 +117,21 @@ def batches(
     return [chunks[i] for i in rng.permutation(len(chunks))]
 
 
+def training_sequences(split: RoundSplit, max_len: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """The histories a backbone trains on (two items or more) and each one's trained length."""
+    histories = [h for h in split.histories() if len(h) >= 2]
+    return histories, np.array([min(len(h), max_len + 1) for h in histories])
+
+
+def padded_batches(
+    histories: list[np.ndarray], lengths: np.ndarray, config: TrainConfig, rng: np.random.Generator
+) -> Iterator[torch.Tensor]:
+    """One epoch of (B, L+1) training sequences (`batches`), each padded to its longest history
+    only: short-sequence data sets train faster."""
+    for batch in batches(lengths, config.batch_size, config.batch_by_length, rng):
+        yield torch.from_numpy(pad_left([histories[i] for i in batch], lengths[batch].max()))
+
+
 def learning_rate_factor(config: TrainConfig, step: int, total_steps: int) -> float:
     """Multiplier of `config.lr` at optimiser step `step` of `total_steps`."""
     if config.schedule == "constant":
@@ -143,9 +159,8 @@ def fit(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model.to(torch_device(device))
-    histories = [h for h in split.histories() if len(h) >= 2]
+    histories, lengths = training_sequences(split, model.max_len)
     negatives = evaluation_negatives(split, config.num_negatives, config.seed)
-    lengths = np.array([min(len(h), model.max_len + 1) for h in histories])
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = -(-len(histories) // config.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -159,11 +174,8 @@ def fit(
     for epoch in epochs:
         model.train()
         losses = []
-        for batch in batches(lengths, config.batch_size, config.batch_by_length, rng):
-            # Pad to the batch's longest history only: short-sequence data sets train faster.
-            seqs = torch.from_numpy(pad_left([histories[i] for i in batch], lengths[batch].max()))
-            seqs = seqs.to(model.device)
-            loss = model.training_loss(seqs, config.loss, config.loss_negatives)
+        for seqs in padded_batches(histories, lengths, config, rng):
+            loss = model.training_loss(seqs.to(model.device), config.loss, config.loss_negatives)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -233,13 +233,11 @@ def recipe_processes(recipes: int, users: int) -> int:
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    # Python 3.14 has `terminate_workers`; before it, the pool's processes are private.
-    workers = list((pool._processes or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in workers:
+    # Python 3.14 has `terminate_workers`; before it, the pool's processes are private. The pool's
+    # own thread reaps them as it shuts down: joining them here too would race it.
+    for process in list((pool._processes or {}).values()):
         process.terminate()
-    for process in workers:
-        process.join()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _use_threads(threads: int) -> None:
