@@ -14,7 +14,7 @@ import torch
 from chord_fl.cloud import tier_budgets
 from chord_fl.data import RoundSplit
 from chord_fl.experiment import Setup, load_split, prepare
-from chord_fl.hypernet.serving import decide_budgets
+from chord_fl.hypernet.serving import decide_budgets, selection_devices
 from chord_fl.hypernet.tiered import TieredHyperNet
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
 from chord_fl.methods import CHORD_VARIANTS, hypernet_importance
@@ -132,11 +132,15 @@ def at_budgets(
     """`networks` with a decision of their own at each budget of the sweep (in bits) between two
     tiers that chose differently (`decide_budgets`), printed."""
     budgets = {budget_of(bits, prepared.channels): bits for bits in sweep}
+    asked = list(budgets)
+    if not any(net.disputed(np.array(asked)).any() for net in networks.values()):
+        return networks
+    _, decision = selection_devices(prepared, split, fleet, config)  # once for every network
     out = {}
     for label, net in networks.items():
-        out[label], evidence = decide_budgets(net, list(budgets), prepared, split, fleet, config)
+        out[label], evidence = decide_budgets(net, asked, prepared, decision, config)
         for budget, by_protocol in evidence.items():
-            chosen = out[label].route(np.array([budget]))[0] == TieredHyperNet.TRAINED
+            chosen = out[label].decided[budget]
             differences = ", ".join(
                 f"{protocol} {mean:+.4f} ± {error:.4f}"
                 for protocol, (mean, error) in by_protocol.items()

@@ -15,7 +15,7 @@ from chord_fl.hypernet.epochs import supervised_epoch, training_examples
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.relax import EXCLUDED_PENALTY, Relaxation, soft_codes
-from chord_fl.hypernet.serving import decide_budgets, serve_best
+from chord_fl.hypernet.serving import decide_budgets, selection_devices, serve_best
 from chord_fl.hypernet.supervision import SensitivitySet, log_ratio_loss, sensitivity_set
 from chord_fl.hypernet.tiered import TieredHyperNet
 from chord_fl.hypernet.training import (
@@ -481,6 +481,7 @@ def test_a_budget_between_tiers_that_disagree_is_decided_on_its_own_evidence():
     rng = np.random.default_rng(config.seed)
     validation = validation_devices(prepared, split, DEFAULT_FLEET, 150, rng, config.seed)
     decision = decision_devices(prepared, split, DEFAULT_FLEET, validation, config.seed)
+    _, chosen_devices = selection_devices(prepared, split, DEFAULT_FLEET, config)  # as served
     at_between = dataclasses.replace(
         decision, tiers=np.zeros_like(decision.tiers), tier_budgets=np.array([between])
     )
@@ -488,7 +489,7 @@ def test_a_budget_between_tiers_that_disagree_is_decided_on_its_own_evidence():
         net = TieredHyperNet(start, trained, budgets, chosen)
         assert net.route(np.array([between]))[0] == TieredHyperNet.START
         asked = [between, budgets[1], agreed, between]
-        decided, evidence = decide_budgets(net, asked, prepared, split, DEFAULT_FLEET, config)
+        decided, evidence = decide_budgets(net, asked, prepared, chosen_devices, config)
         scores = [at_between.score_network(prepared, n, "ndcg@10") for n in (trained, start)]
         for protocol in ("full", "sampled"):
             difference = scores[0][protocol] - scores[1][protocol]
@@ -508,7 +509,7 @@ def test_a_budget_between_tiers_that_disagree_is_decided_on_its_own_evidence():
         np.testing.assert_array_equal(nearby, [TieredHyperNet.START, TieredHyperNet.TRAINED])
     # Nothing to decide where no tier took the trained network.
     unchanged = TieredHyperNet(good, good, budgets, [False] * len(budgets))
-    kept, evidence = decide_budgets(unchanged, [between], prepared, split, DEFAULT_FLEET, config)
+    kept, evidence = decide_budgets(unchanged, [between], prepared, chosen_devices, config)
     assert kept is unchanged and not evidence
 
 

@@ -142,14 +142,14 @@ def decide_budgets(
     served: TieredHyperNet,
     budgets: Sequence[int],
     prepared: PreparedModel,
-    split: RoundSplit,
-    fleet: Fleet,
+    decision: ValidationDevices,
     config: HyperTrainConfig,
 ) -> tuple[TieredHyperNet, dict[int, dict[str, tuple[float, float]]]]:
     """`served` with a decision of its own for each byte budget in `budgets` that lies between two
     tiers that chose differently (`TieredHyperNet.disputed`): the trained network where it
-    `beats` the start there, every decision device at that budget; and the evidence, by budget
-    decided and protocol, the paired difference (trained minus start) and its standard error.
+    `beats` the start there, every `decision` device (`selection_devices`) at that budget; and
+    the evidence, by budget decided and protocol, the paired difference (trained minus start) and
+    its standard error.
 
     `route` gives such a budget the start, so a gain that only the smaller tier shows would never
     reach it (SASRec on MovieLens-1M: its trained relaxation serves the 2-bit tier, not the
@@ -158,7 +158,6 @@ def decide_budgets(
     disputed = [int(b) for b in candidates[served.disputed(candidates)]]
     if not disputed:
         return served, {}
-    _, decision = selection_devices(prepared, split, fleet, config)
     metric = config.select_metric
     chosen, evidence = [], {}
     for budget in disputed:
