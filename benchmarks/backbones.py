@@ -1,7 +1,7 @@
 """Backbone sanity table: data set x backbone -> HR@10 and NDCG@10 (both protocols), time, machine,
 with the library's default training (what `chord-fl pretrain` and a first `flwr run` do), or with
-the changes given (`--epochs`, `--lr`, SASRec's `--dropout` and `--attention-dropout`), which each
-row records.
+the changes given (`--epochs`, `--lr`, `--batch-size`, SASRec's `--dropout` and
+`--attention-dropout`), which each row records.
 
 Each finished row is appended to a JSON-lines file at once, so a long run loses nothing and several
 processes (say one per core, `--threads 1`) can fill one table. The table is printed from that file,
@@ -30,6 +30,7 @@ PUBLIC_SASREC_ML1M_SECONDS = 860.0
 TARGETS = {"sampled hr@10": 0.80, "full hr@10": 0.25, "seconds": PUBLIC_SASREC_ML1M_SECONDS / 2}
 
 
+TRAINING_OPTIONS = ("epochs", "lr", "batch_size")
 BACKBONE_OPTIONS = ("dropout", "attention_dropout")  # SASRec's
 
 
@@ -38,7 +39,7 @@ def given(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
 
 
 def run_row(dataset: str, backbone: str, args: argparse.Namespace) -> dict:
-    train = default_training(backbone, **given(args, ("epochs", "lr")))
+    train = default_training(backbone, **given(args, TRAINING_OPTIONS))
     options = given(args, BACKBONE_OPTIONS)
     checkpoint = Path(args.checkpoints) / f"{dataset}-{backbone}.pt"
     report = pretrain(
@@ -55,7 +56,8 @@ def run_row(dataset: str, backbone: str, args: argparse.Namespace) -> dict:
         "epochs_run": report["epochs_run"],
         "train_seconds": report["train_seconds"],
         "train_device": report["train_device"],
-        "changes": {**given(args, ("lr",)), **options},  # from the defaults, beside epochs
+        # From the defaults, beside epochs (a column of its own).
+        "changes": {**given(args, TRAINING_OPTIONS[1:]), **options},
         "machine": machine_line(),
     }
 
@@ -117,6 +119,7 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--epochs", type=int, help="default: the library's")
     parser.add_argument("--lr", type=float, help="default: the library's")
+    parser.add_argument("--batch-size", type=int, help="default: the library's")
     parser.add_argument("--dropout", type=float, help="SASRec's; default: the library's")
     parser.add_argument("--attention-dropout", type=float, help="SASRec's; default: the library's")
     parser.add_argument("--device", choices=DEVICES, default="auto")

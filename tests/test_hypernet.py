@@ -564,12 +564,16 @@ def test_a_trained_network_is_served_where_it_beats_the_best_start_not_its_own()
     def fit_of(start_score: float, served_score: float) -> FitResult:
         return FitResult(3, served_score, 1.0, [{"validation": start_score}])
 
-    def serve(default_start, candidate_start, candidate_trained):
+    def serve(default_start, candidate_start, candidate_trained, default_trained=None):
+        default_served = TieredHyperNet(
+            default_start,
+            default_trained or default_start,
+            budgets,
+            [bool(default_trained)] * tiers,
+        )
         fits = {
-            strong: (
-                TieredHyperNet(default_start, default_start, budgets, [False] * tiers),
-                fit_of(0.3, 0.3),
-            ),
+            # A trained network of the default's recipe looks luckier on its epochs' users.
+            strong: (default_served, fit_of(0.3, 0.9 if default_trained else 0.3)),
             weak: (
                 TieredHyperNet(candidate_start, candidate_trained, budgets, [True] * tiers),
                 fit_of(0.1, 0.4),
@@ -590,6 +594,9 @@ def test_a_trained_network_is_served_where_it_beats_the_best_start_not_its_own()
     importance = hypernet_importance(net, validation.profiles, validation.budgets)
     scores = validation.score(prepared, importance, config.select_metric)["full"]
     assert fit.best_score == pytest.approx(scores.mean())
+    # Of two trained networks, the one better on the decision users, not on its epochs' own.
+    net, _, served = serve(poor, poor, good, default_trained=copy.deepcopy(poor))
+    assert served == (strong, weak) and net.trained is good and net.trained_at.any()
     # Without the tier guard: the recipe whose served networks scored highest, as it was.
     unguarded = dataclasses.replace(config, tier_guard=False)
     fits = {strong: (TieredHyperNet(good, good, budgets, [False] * tiers), fit_of(0.3, 0.3))}

@@ -3,8 +3,9 @@
 A recipe's best trained epoch is served to the tiers where it does not lose to the untrained
 start, provided it beats the start over them (`tier_decision`), measured on users the epochs
 were not scored on. Across recipes (`serve_best`), the start served is the best untrained one,
-the strongest heuristic the cloud has, and the best trained network must pass the same rule
-against that start, not against a weaker one.
+the strongest heuristic the cloud has, and each trained network must pass the same rule
+against that start, not against a weaker one; of those that pass, the one whose served fleet
+scores highest on those users is served.
 """
 
 from __future__ import annotations
@@ -91,38 +92,57 @@ def serve_best(
     users), the fit that decided, and the recipes of the start and the trained network served.
 
     With the tier guard: the untrained start with the highest mean validation score (the first
-    on a tie), and the trained network with the highest served validation score at the tiers
-    `tier_choices` gives it against that start (on the recipes' decision users; rescored when the
-    two come from different recipes). Without it, the recipe whose served networks
-    score highest (the rule before 2026-12-05): a start replaced everywhere or nowhere."""
+    on a tie), and, served at the tiers `tier_choices` gives it against that start, the trained
+    network whose served fleet scores highest on the recipes' decision users (where its epochs
+    were not chosen; a lone trained network of the start's own recipe was decided there
+    already). Without it, the recipe whose served networks score highest on the validation users
+    (the rule before 2026-12-05): a start replaced everywhere or nowhere."""
     recipes = list(fits)
     if not config.tier_guard:
         best = max(recipes, key=lambda recipe: fits[recipe][1].best_score)
         return *fits[best], (best, best)
     default = max(recipes, key=lambda recipe: fits[recipe][1].history[0]["validation"])
     trained = [recipe for recipe in recipes if fits[recipe][0].trained_at.any()]
-    candidate = max(trained, key=lambda recipe: fits[recipe][1].best_score, default=None)
-    if candidate is None or candidate == default:
+    if not trained or trained == [default]:  # decided against this start on the same users
         return *fits[default], (default, default)
-    start, network = fits[default][0].start, fits[candidate][0].trained
+    start = fits[default][0].start
     validation, decision = selection_devices(prepared, split, fleet, config)
     every_tier = decision.at_every_tier()
     metric = config.select_metric
-    chosen = tier_choices(
-        every_tier.score_network(prepared, network, metric),
-        every_tier.score_network(prepared, start, metric),
-        fleet.shares,
-        config.select_margin,
-        config.sampled_guard,
-    )
-    budgets = tier_budgets(fleet, prepared.channels)
-    served = TieredHyperNet(start, network if any(chosen) else start, budgets, chosen)
+    start_scores = every_tier.score_network(prepared, start, metric)
+    # Trained networks are compared on the decision users, not by their epochs' own validation
+    # scores: each is the best of its epochs there, partly by luck.
+    candidate, chosen, best_score = default, [False] * len(fleet.tiers), -np.inf
+    for recipe in trained:
+        scores = every_tier.score_network(prepared, fits[recipe][0].trained, metric)
+        passes = tier_choices(
+            scores, start_scores, fleet.shares, config.select_margin, config.sampled_guard
+        )
+        score = served_mean(scores, start_scores, passes, fleet.shares)
+        if any(passes) and score > best_score:
+            candidate, chosen, best_score = recipe, passes, score
+    network = fits[candidate][0].trained if any(chosen) else start
+    served = TieredHyperNet(start, network, tier_budgets(fleet, prepared.channels), chosen)
     route = served.route(validation.budgets)
     per_network = [validation.score_network(prepared, n, metric)["full"] for n in served.networks]
     score = float(np.choose(route, per_network).mean())
-    fit = fits[candidate][1] if any(chosen) else fits[default][1]
+    fit = fits[candidate][1]
     decided = FitResult(fit.best_epoch if any(chosen) else 0, score, fit.seconds, fit.history)
-    return served, decided, (default, candidate if any(chosen) else default)
+    return served, decided, (default, candidate)
+
+
+def served_mean(
+    trained: Scores, start: Scores, chosen: Sequence[bool], shares: np.ndarray
+) -> float:
+    """The fleet's mean full-ranking score, for scores of the same users at every tier
+    (tier-major), where each tier is served the trained network if `chosen`, else the start."""
+    tiers = len(shares)
+    by_tier = np.where(
+        np.asarray(chosen)[:, None],
+        trained["full"].reshape(tiers, -1),
+        start["full"].reshape(tiers, -1),
+    )
+    return float(np.asarray(shares, dtype=np.float64) @ by_tier.mean(axis=1))
 
 
 def selection_devices(
