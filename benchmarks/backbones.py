@@ -57,7 +57,7 @@ def run_row(dataset: str, backbone: str, args: argparse.Namespace) -> dict:
         "train_seconds": report["train_seconds"],
         "train_device": report["train_device"],
         # From the defaults, beside epochs (a column of its own).
-        "changes": {**given(args, TRAINING_OPTIONS[1:]), **options},
+        "changes": {**given(args, ("lr", "batch_size")), **options},
         "machine": machine_line(),
     }
 

@@ -4,12 +4,16 @@
 #
 #   OUT=runs/gpu CHORD_DATA_DIR=/path/to/data benchmarks/gpu_pretrain.sh
 #
-# It needs a CUDA build of torch (the CPU wheel the project pins sees no GPU): install one in the
-# machine's environment first, e.g. `pip install torch==2.13.0 --index-url
-# https://download.pytorch.org/whl/cu128`.
+# It runs the library from this checkout with whatever Python `$PYTHON` names (default python3),
+# installed or not: that Python needs a CUDA build of torch (the CPU wheel the project pins sees
+# no GPU), numpy, pandas and tqdm, and nothing of Flower's, so a GPU machine's own PyTorch image
+# serves as it is.
 set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+python="${PYTHON:-python3}"
 out="${OUT:-runs/gpu}"
 mkdir -p "$out"
-python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "torch sees no GPU")'
-PYTHONUNBUFFERED=1 chord-fl pretrain --dataset ml-1m --backbone sasrec --device cuda \
-    --no-progress --json --out "$out/ml-1m-sasrec-gpu.pt" | tee "$out/ml-1m-sasrec-gpu.json"
+"$python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "torch sees no GPU")'
+PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 "$python" -m chord_fl.cli \
+    pretrain --dataset ml-1m --backbone sasrec --device cuda --no-progress --json \
+    --out "$out/ml-1m-sasrec-gpu.pt" | tee "$out/ml-1m-sasrec-gpu.json"

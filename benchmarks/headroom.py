@@ -15,7 +15,8 @@ and fp32 aside), and every device is scored on its own test target:
 - chord-sens: hypernetworks trained by sensitivity supervision (log link, cloud-wide prior);
   init-sens: the same networks untrained (the prior, with the backbone's own item scores);
 - chord: what the `chord` strategy serves from both recipes (`serve_best`: the best untrained
-  start, and the best trained network at the tiers where it does not lose to it);
+  start, and a trained network at the tiers where it does not lose to it, provided it beats it
+  over them; of several such, the one that serves the fleet best on the decision users);
 - global: the mean expected sensitivity of training users' history windows, each normalised, raised
   to the exponent chosen on validation (the project's `global` strategy); global-target: the
   earlier estimate, the mean squared gradient of the same users' realised last history items;
@@ -125,6 +126,7 @@ def train_config(args: argparse.Namespace, seed: int) -> HyperTrainConfig:
         select_margin=args.select_margin,
         sampled_guard=not args.no_sampled_guard,
         tier_guard=not args.no_tier_guard,
+        wider_than_losses=args.wider_than_losses,
         exponents=tuple(args.exponents),
     )
 

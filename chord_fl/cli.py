@@ -187,6 +187,7 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         select_margin=args.select_margin,
         tier_guard=not args.no_tier_guard,
+        wider_than_losses=args.wider_than_losses,
         sensitivity_temperature=args.sensitivity_temperature,
         exponents=tuple(args.exponents),
     )

@@ -27,7 +27,7 @@ def add_quantizer_options(parser: argparse.ArgumentParser) -> None:
 
 def add_selection_options(parser: argparse.ArgumentParser) -> None:
     """How hypernetworks are supervised and kept (`HyperTrainConfig.select_margin`,
-    `tier_guard`, `sensitivity_temperature`, `exponents`)."""
+    `tier_guard`, `wider_than_losses`, `sensitivity_temperature`, `exponents`)."""
     parser.add_argument(
         "--select-margin",
         type=float,
@@ -39,6 +39,12 @@ def add_selection_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="serve a trained network to every tier or none, on the fleet's mean alone (the rule "
         "before 2026-12-05), instead of to each tier where it wins there",
+    )
+    parser.add_argument(
+        "--wider-than-losses",
+        action="store_true",
+        help="let a tier wider than one where the trained network loses still take it (the rule "
+        "before 2026-12-05, 15:30 UTC)",
     )
     parser.add_argument(
         "--sensitivity-temperature",

@@ -126,6 +126,20 @@ def test_a_loss_under_the_sampled_protocol_keeps_that_tier_at_the_start():
     assert tier_choices(lower_sampled, START, HALVES, margin=2.0) == [False, False]
 
 
+def test_a_tier_wider_than_one_where_the_candidate_loses_keeps_the_start():
+    # Tiers listed widest first: 4, 2 and 3 bits' bytes; a gain at 2 bits, a loss (z -2.8) at
+    # 3 bits, a gain within noise (z 0.7) at 4 bits.
+    gains = every_tier(0.005, 0.06, -0.02)
+    start = {protocol: np.tile(KEPT[:200], 3) for protocol in ("full", "sampled")}
+    thirds = np.full(3, 1 / 3)
+    assert tier_choices(gains, start, thirds, margin=2.0) == [True, True, False]
+    budgets = np.array([400, 200, 300])
+    assert tier_choices(gains, start, thirds, margin=2.0, budgets=budgets) == [False, True, False]
+    # Where no tier loses, the budgets change nothing.
+    level = every_tier(0.005, 0.06, 0.0)
+    assert tier_choices(level, start, thirds, 2.0, budgets=budgets) == [True, True, True]
+
+
 def test_tier_differences_pair_each_tiers_devices():
     (low, low_error), (high, high_error) = tier_differences(every_tier(0.03, -0.01), START, tiers=2)
     assert np.isclose(low, 0.03) and np.isclose(high, -0.01)

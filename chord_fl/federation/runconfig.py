@@ -61,6 +61,9 @@ class RunConfig:
     # ...and each tier is served it only where it wins at that tier, on users besides the epochs'
     # validation users (false: every tier or none, on the fleet's mean alone; before 2026-12-05)
     tier_guard: bool = True
+    # true: a tier wider than one where the trained network loses may still take it (before
+    # 2026-12-05, 15:30 UTC)
+    wider_than_losses: bool = False
     sensitivity_temperature: float = 1.0  # sharpening of the supervision's targets, p^(1/T)
     # exponents tried on validation for global's and each hypernetwork start's importances
     # (chord_fl.validation), comma-separated; "1": allocate importances as they are
@@ -177,6 +180,7 @@ class RunConfig:
             profile_window=self.profile_window,
             select_margin=self.select_margin,
             tier_guard=self.tier_guard,
+            wider_than_losses=self.wider_than_losses,
             sensitivity_temperature=self.sensitivity_temperature,
             exponents=_numbers(self.importance_exponents, "importance-exponents", float),
         )

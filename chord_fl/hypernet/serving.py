@@ -74,11 +74,22 @@ def tier_decision(
             history[best][f"tier_gain_{label}{tier.name}"] = mean
             history[best][f"tier_z_{label}{tier.name}"] = mean / error if error else float("nan")
     chosen = tier_choices(
-        scores[best], scores[0], fleet.shares, config.select_margin, config.sampled_guard
+        scores[best],
+        scores[0],
+        fleet.shares,
+        config.select_margin,
+        config.sampled_guard,
+        limits(decision, config),
     )
     for tier, trained in zip(fleet.tiers, chosen, strict=True):
         history[best][f"tier_trained_{tier.name}"] = float(trained)
     return chosen
+
+
+def limits(decision: ValidationDevices, config: HyperTrainConfig) -> np.ndarray | None:
+    """The tiers' budgets, by which a tier where a trained network loses keeps it from wider ones
+    (`tier_choices`); None where `config` lets wider tiers decide alone."""
+    return None if config.wider_than_losses else decision.tier_budgets
 
 
 def serve_best(
@@ -93,10 +104,11 @@ def serve_best(
 
     With the tier guard: the untrained start with the highest mean validation score (the first
     on a tie), and, served at the tiers `tier_choices` gives it against that start, the trained
-    network whose served fleet scores highest on the recipes' decision users (where its epochs
-    were not chosen; a lone trained network of the start's own recipe was decided there
-    already). Without it, the recipe whose served networks score highest on the validation users
-    (the rule before 2026-12-05): a start replaced everywhere or nowhere."""
+    network whose served fleet has the highest mean full-ranking score on the recipes' decision
+    users (where no epoch was chosen; the first recipe on a tie). The start's own recipe keeps
+    the tiers its training decided there against the same start. Without the guard, the recipe
+    whose served networks score highest on the validation users (the rule before 2026-12-05):
+    a start replaced everywhere or nowhere."""
     recipes = list(fits)
     if not config.tier_guard:
         best = max(recipes, key=lambda recipe: fits[recipe][1].best_score)
@@ -112,15 +124,24 @@ def serve_best(
     start_scores = every_tier.score_network(prepared, start, metric)
     # Trained networks are compared on the decision users, not by their epochs' own validation
     # scores: each is the best of its epochs there, partly by luck.
-    candidate, chosen, best_score = default, [False] * len(fleet.tiers), -np.inf
+    candidate, chosen, best_served = default, [False] * len(fleet.tiers), -np.inf
     for recipe in trained:
         scores = every_tier.score_network(prepared, fits[recipe][0].trained, metric)
-        passes = tier_choices(
-            scores, start_scores, fleet.shares, config.select_margin, config.sampled_guard
+        passes = (
+            fits[recipe][0].trained_at.tolist()
+            if recipe == default
+            else tier_choices(
+                scores,
+                start_scores,
+                fleet.shares,
+                config.select_margin,
+                config.sampled_guard,
+                limits(decision, config),
+            )
         )
-        score = served_mean(scores, start_scores, passes, fleet.shares)
-        if any(passes) and score > best_score:
-            candidate, chosen, best_score = recipe, passes, score
+        served_score = served_mean(scores, start_scores, passes, fleet.shares)
+        if any(passes) and served_score > best_served:
+            candidate, chosen, best_served = recipe, passes, served_score
     network = fits[candidate][0].trained if any(chosen) else start
     served = TieredHyperNet(start, network, tier_budgets(fleet, prepared.channels), chosen)
     route = served.route(validation.budgets)

@@ -90,6 +90,9 @@ class HyperTrainConfig:
     # tier, decide for every tier at once (the rule before 2026-12-05). The rescoring costs
     # eight validations, so it is kept for epochs that pass.
     tier_guard: bool = True
+    # True: a tier wider than one where the trained epoch loses may still take it (the rule
+    # before 2026-12-05, 15:30 UTC; `chord_fl.selection.tier_choices`).
+    wider_than_losses: bool = False
     seed: int = 0
     profile_window: int = 0  # items the device's profile encodes (0: the backbone's max_len)
     # "next-item": cross-entropy of the history's next item; "distill": KL divergence from the
@@ -174,9 +177,9 @@ def train_best(
     supervision: SensitivitySet | None = None,
     processes: int | None = None,
 ) -> tuple[TieredHyperNet, FitResult, tuple[Recipe, Recipe]]:
-    """Train every recipe (on the same validation users) and serve the best of them
-    (`serve_best`); returns the networks, the fit that decided (its seconds: the whole call's
-    wall time) and the recipes of the start and the trained network served.
+    """Train every recipe (on the same validation users) and serve the best start and trained
+    network among them (`serve_best`); returns the networks, the fit that decided (its seconds:
+    the whole call's wall time) and the recipes of the start and the trained network served.
 
     `processes`: recipes trained at once, each in a process of its own with an equal share of
     this process's torch threads; None: `recipe_processes`. A recipe's result depends on its
