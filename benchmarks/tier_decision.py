@@ -27,6 +27,7 @@ from results_file import append_row, benchmark_parser, parse, prepared_backbone
 from chord_fl.cli_options import add_quantizer_options
 from chord_fl.data.split import VALIDATION
 from chord_fl.hypernet.networks import ChordHyperNet
+from chord_fl.hypernet.serving import limits
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
 from chord_fl.machine import machine_line
 from chord_fl.methods import CHORD_VARIANTS
@@ -87,7 +88,11 @@ def main() -> None:
             devices = devices.at_every_tier()
             scores = scores_of(nets, devices, prepared)
             chooses = tier_choices(
-                scores["trained"], scores["start"], DEFAULT_FLEET.shares, start.select_margin
+                scores["trained"],
+                scores["start"],
+                DEFAULT_FLEET.shares,
+                start.select_margin,
+                budgets=limits(devices, start),
             )
             for protocol in scores["start"]:
                 differences = tier_differences(

@@ -44,7 +44,7 @@ def add_selection_options(parser: argparse.ArgumentParser) -> None:
         "--wider-than-losses",
         action="store_true",
         help="let a tier wider than one where the trained network loses still take it (the rule "
-        "before 2026-12-05, 15:30 UTC)",
+        "before commit e79807f)",
     )
     parser.add_argument(
         "--sensitivity-temperature",

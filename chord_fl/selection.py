@@ -7,8 +7,8 @@ noise: a candidate replaces a reference only when it beats it under full ranking
 paired standard errors, and without a lower mean under the sampled protocol (a gain in one that is
 a loss in the other has not been shown to carry to new targets). Hypernetworks serve a fleet of
 tiers: the final choice scores the same users at every tier, so that each tier's change is
-measured on all of them, and serves the candidate to the tiers where it does not lose
-(`tier_choices`)."""
+measured on all of them, and serves the candidate to the tiers where it does not lose and that
+are narrower than every tier where it does (`tier_choices`)."""
 
 from __future__ import annotations
 
@@ -65,10 +65,10 @@ def tier_choices(
     budgets: np.ndarray | None = None,
 ) -> list[bool]:
     """For scores of the same users at every tier (tier-major): the tiers to serve the candidate.
-    Every tier where its mean is not lower by `margin` paired standard errors or more, under
-    full ranking or (with `guard`) the sampled protocol, and (given the tiers' `budgets`) whose
-    budget is below that of every tier where it is, provided that over those tiers (each user's
-    share-weighted mean) it `beats` the kept scores; else none.
+    Every tier where its mean is not lower by `margin` paired standard errors or more, under full
+    ranking or (with `guard`) the sampled protocol, and (given the tiers' `budgets`) whose budget
+    is below that of every tier where it is lower by that margin, provided that over those tiers
+    (each user's share-weighted mean) it `beats` the kept scores; else none.
 
     A network serves a fleet whose tiers it can help and hurt at once: on MovieLens-1M SASRec's
     trained relaxation gained 0.022 NDCG@10 at the 2-bit tier and lost 0.019 at the 3-bit tier

@@ -326,7 +326,7 @@ def test_the_tier_guard_serves_the_trained_epoch_to_the_tiers_it_wins_at():
     assert fit.history[1]["validation"] > fit.history[0]["validation"]  # else not scored
     gains = np.array([fit.history[1][f"tier_gain_{t.name}"] for t in DEFAULT_FLEET.tiers])
     # With no margin, each tier where the trained epoch's mean is higher is served it, unless it
-    # is wider than a tier where the mean is lower (here: 6 bits gains, above 3 and 4 that lose).
+    # is wider than a tier where the mean is lower.
     budgets = tier_budgets(DEFAULT_FLEET, prepared.channels)
     expected = (gains > 0) & (budgets < budgets[gains < 0].min(initial=budgets.max() + 1))
     assert net.trained_at.tolist() == expected.tolist(), gains

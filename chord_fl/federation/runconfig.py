@@ -58,11 +58,12 @@ class RunConfig:
     hypernet_lr: float = HyperTrainConfig.lr
     # paired standard errors by which a trained hypernetwork must beat its start
     select_margin: float = 2.0
-    # ...and each tier is served it only where it wins at that tier, on users besides the epochs'
-    # validation users (false: every tier or none, on the fleet's mean alone; before 2026-12-05)
+    # ...and each tier is served it only where it does not lose at that tier nor at a narrower
+    # one, on users besides the epochs' validation users (false: every tier or none, on the
+    # fleet's mean alone; before 2026-12-05)
     tier_guard: bool = True
     # true: a tier wider than one where the trained network loses may still take it (before
-    # 2026-12-05, 15:30 UTC)
+    # commit e79807f)
     wider_than_losses: bool = False
     sensitivity_temperature: float = 1.0  # sharpening of the supervision's targets, p^(1/T)
     # exponents tried on validation for global's and each hypernetwork start's importances

@@ -1,11 +1,11 @@
 """Which hypernetworks the cloud serves each tier of its fleet, once they are trained.
 
-A recipe's best trained epoch is served to the tiers where it does not lose to the untrained
-start, provided it beats the start over them (`tier_decision`), measured on users the epochs
-were not scored on. Across recipes (`serve_best`), the start served is the best untrained one,
-the strongest heuristic the cloud has, and each trained network must pass the same rule
-against that start, not against a weaker one; of those that pass, the one whose served fleet
-scores highest on those users is served.
+A recipe's best trained epoch is served to the tiers where it does not lose to the untrained start
+and that are narrower than every tier where it does, provided it beats the start over them
+(`tier_decision`), measured on users the epochs were not scored on. Across recipes (`serve_best`),
+the start served is the best untrained one, the strongest heuristic the cloud has, and each trained
+network must pass the same rule against that start, not against a weaker one; of those that pass,
+the one whose served fleet scores highest on those users is served.
 """
 
 from __future__ import annotations

@@ -82,16 +82,17 @@ class HyperTrainConfig:
     # protocol (`chord_fl.selection`).
     select_margin: float = 2.0
     sampled_guard: bool = True  # False: the full-ranking margin alone (the rule before 2026-12-04)
-    # With the tier guard, an epoch that passes is scored again with the start at every tier of
-    # the fleet, on as many users besides the epochs' validation users
-    # (`chord_fl.validation.decision_devices`), and the trained epoch is served to every tier
-    # where it does not lose to the start by the margin, provided it wins over those tiers
-    # (`chord_fl.selection.tier_choices`). False: the epochs' own scores, each user at its one
-    # tier, decide for every tier at once (the rule before 2026-12-05). The rescoring costs
-    # eight validations, so it is kept for epochs that pass.
+    # With the tier guard, an epoch that passes is scored again with the start at every tier of the
+    # fleet, on as many users besides the epochs' validation users
+    # (`chord_fl.validation.decision_devices`), and the trained epoch is served to every tier where
+    # it does not lose to the start by the margin and no narrower tier loses (see
+    # `wider_than_losses`), provided it wins over those tiers (`chord_fl.selection.tier_choices`).
+    # False: the epochs' own scores, each user at its one tier, decide for every tier at once (the
+    # rule before 2026-12-05). The rescoring costs eight validations, so it is kept for epochs that
+    # pass.
     tier_guard: bool = True
     # True: a tier wider than one where the trained epoch loses may still take it (the rule
-    # before 2026-12-05, 15:30 UTC; `chord_fl.selection.tier_choices`).
+    # before commit e79807f; `chord_fl.selection.tier_choices`).
     wider_than_losses: bool = False
     seed: int = 0
     profile_window: int = 0  # items the device's profile encodes (0: the backbone's max_len)
