@@ -30,7 +30,8 @@ PUBLIC_SASREC_ML1M_SECONDS = 860.0
 TARGETS = {"sampled hr@10": 0.80, "full hr@10": 0.25, "seconds": PUBLIC_SASREC_ML1M_SECONDS / 2}
 
 
-TRAINING_OPTIONS = ("epochs", "lr", "batch_size")
+CHANGED_TRAINING = ("lr", "batch_size")  # recorded as a row's changes; epochs has its column
+TRAINING_OPTIONS = ("epochs", *CHANGED_TRAINING)
 BACKBONE_OPTIONS = ("dropout", "attention_dropout")  # SASRec's
 
 
@@ -56,8 +57,7 @@ def run_row(dataset: str, backbone: str, args: argparse.Namespace) -> dict:
         "epochs_run": report["epochs_run"],
         "train_seconds": report["train_seconds"],
         "train_device": report["train_device"],
-        # From the defaults, beside epochs (a column of its own).
-        "changes": {**given(args, ("lr", "batch_size")), **options},
+        "changes": {**given(args, CHANGED_TRAINING), **options},
         "machine": machine_line(),
     }
 
