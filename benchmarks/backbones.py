@@ -1,6 +1,6 @@
 """Backbone sanity table: data set x backbone -> HR@10 and NDCG@10 (both protocols), time, machine,
 with the library's default training (what `chord-fl pretrain` and a first `flwr run` do), or with
-the changes given (`--epochs`, `--lr`, `--batch-size`, SASRec's `--dropout` and
+the changes given (`--epochs`, `--lr`, `--batch-size`, `--ce-dtype`, SASRec's `--dropout` and
 `--attention-dropout`), which each row records.
 
 Each finished row is appended to a JSON-lines file at once, so a long run loses nothing and several
@@ -21,7 +21,7 @@ from results_file import append_row, read_rows
 
 from chord_fl.machine import DEVICES, machine_line
 from chord_fl.pretrain import pretrain
-from chord_fl.train import default_training
+from chord_fl.train import CE_DTYPES, default_training
 
 BACKBONES = ("sasrec", "caser", "popularity")
 # Issue 12: measured on this machine for the public implementation (width 50, 2 blocks, max length
@@ -30,7 +30,11 @@ PUBLIC_SASREC_ML1M_SECONDS = 860.0
 TARGETS = {"sampled hr@10": 0.80, "full hr@10": 0.25, "seconds": PUBLIC_SASREC_ML1M_SECONDS / 2}
 
 
-CHANGED_TRAINING = ("lr", "batch_size")  # recorded as a row's changes; epochs has its column
+CHANGED_TRAINING = (
+    "lr",
+    "batch_size",
+    "ce_dtype",
+)  # recorded as a row's changes; epochs has its column
 TRAINING_OPTIONS = ("epochs", *CHANGED_TRAINING)
 BACKBONE_OPTIONS = ("dropout", "attention_dropout")  # SASRec's
 
@@ -83,7 +87,13 @@ def table(rows: list[dict]) -> str:
 
 def changes(row: dict) -> str:
     made = row.get("changes") or {}
-    return ", ".join(f"{name} {value:g}" for name, value in made.items()) or "-"
+    return (
+        ", ".join(
+            f"{name} {value:g}" if isinstance(value, float | int) else f"{name} {value}"
+            for name, value in made.items()
+        )
+        or "-"
+    )
 
 
 def speed_lines(rows: list[dict]) -> list[str]:
@@ -120,6 +130,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="default: the library's")
     parser.add_argument("--lr", type=float, help="default: the library's")
     parser.add_argument("--batch-size", type=int, help="default: the library's")
+    parser.add_argument("--ce-dtype", choices=tuple(CE_DTYPES), help="default: the library's")
     parser.add_argument("--dropout", type=float, help="SASRec's; default: the library's")
     parser.add_argument("--attention-dropout", type=float, help="SASRec's; default: the library's")
     parser.add_argument("--device", choices=DEVICES, default="auto")

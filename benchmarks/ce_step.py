@@ -1,5 +1,6 @@
-"""Training-step time of the full-softmax cross-entropy: the library's chunked loss against plain
-autograd through the whole (positions x items) logits, on the same batches of a real data set.
+"""Training-step time of the full-softmax cross-entropy: the library's chunked loss, in float32 and
+in bfloat16 (`ce_dtype`), against plain autograd through the whole (positions x items) logits, on
+the same batches of a real data set.
 
 Both arms take the same batches (a fixed sample of one epoch's length-sorted batches) from the
 same starting weights, alternating arm by arm `--repeats` times; the medians are scaled to a whole
@@ -34,6 +35,10 @@ def chunked_loss(model: SequentialRecommender, seqs: torch.Tensor) -> torch.Tens
     return model.training_loss(seqs, "ce")
 
 
+def chunked_bfloat16_loss(model: SequentialRecommender, seqs: torch.Tensor) -> torch.Tensor:
+    return model.training_loss(seqs, "ce", ce_dtype="bfloat16")
+
+
 def seconds_per_batch(start: SequentialRecommender, loss_of, sample: list[torch.Tensor]) -> float:
     model = copy.deepcopy(start).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=TrainConfig().lr)
@@ -62,7 +67,11 @@ def main() -> None:
     histories, lengths = training_sequences(split, model.max_len)
     epoch = list(padded_batches(histories, lengths, TrainConfig(), np.random.default_rng(0)))
     sample = epoch[: args.batches]
-    arms = {"whole softmax (autograd)": whole_softmax_loss, "chunked": chunked_loss}
+    arms = {
+        "whole softmax (autograd)": whole_softmax_loss,
+        "chunked": chunked_loss,
+        "chunked, bfloat16": chunked_bfloat16_loss,
+    }
     times: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(args.repeats):
         for name, loss_of in arms.items():
@@ -74,8 +83,10 @@ def main() -> None:
     epoch_seconds = {name: statistics.median(t) * len(epoch) for name, t in times.items()}
     for name, seconds in epoch_seconds.items():
         print(f"  {name:26s} {seconds:6.1f} s an epoch")
-    whole, chunked = epoch_seconds.values()
-    print(f"  whole / chunked: {whole / chunked:.2f}x")
+    whole, chunked, bfloat16 = epoch_seconds.values()
+    print(
+        f"  whole / chunked: {whole / chunked:.2f}x; chunked / bfloat16: {chunked / bfloat16:.2f}x"
+    )
 
 
 if __name__ == "__main__":

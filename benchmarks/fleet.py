@@ -11,6 +11,7 @@ the same cloud models: the profile, the cloud's codes (batched) and their encodi
 wire form), and on the device decode, quantize and scoring.
 
     python benchmarks/fleet.py --dataset ml-100k --rounds 3 --strategies chord fp32 fedavg
+    python benchmarks/fleet.py --strategies chord chord:profile-ahead=true
     python benchmarks/fleet.py --scaling 30431 --plot benchmarks/results/fleet-scaling.png
     python benchmarks/fleet.py --dataset yelp --devices 30431 --rounds 1 --shards 6 \
         --strategies chord fp32 --breakdown-devices 0
@@ -102,11 +103,13 @@ def _case(name: str, args: argparse.Namespace, out: Any) -> None:
         seconds, memory = _floor(devices, args.rounds)
         peak = memory_mib()[1]
     else:
+        strategy, _, settings = name.partition(":")
         overrides = {
             **run_config(args),
-            "strategy": name,
+            **parse_pairs([settings.replace(",", " ")], f"case {name!r}"),
+            "strategy": strategy,
             "output-dir": args.output_dir,
-            "run-name": f"fleet-{name}",
+            "run-name": "fleet-" + "".join(c if c.isalnum() else "-" for c in name),
         }
         seconds, devices, peak, memory = _strategy(overrides, args.shards)
     out.put((name, seconds, devices, peak, time.perf_counter() - started, memory))
@@ -256,7 +259,11 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=943, help="floor nodes (= the data's users)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--strategies", nargs="*", default=["chord", "fp32", "fedavg"], help="none: the floor only"
+        "--strategies",
+        nargs="*",
+        default=["chord", "fp32", "fedavg"],
+        help="none: the floor only; STRATEGY:KEY=VALUE,... runs it with those settings too, "
+        "e.g. chord:profile-ahead=true",
     )
     parser.add_argument("--output-dir", default=os.path.join(tempfile.gettempdir(), "chord-fleet"))
     parser.add_argument(

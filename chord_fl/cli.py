@@ -30,7 +30,7 @@ from chord_fl.metrics import METRICS
 from chord_fl.models import BACKBONES, LOSSES
 from chord_fl.pretrain import BASELINES, pretrain
 from chord_fl.tiers import DEFAULT_FLEET, assign_tiers, load_fleet
-from chord_fl.train import SCHEDULES, TrainConfig, default_training, evaluation_negatives
+from chord_fl.train import CE_DTYPES, SCHEDULES, TrainConfig, default_training, evaluation_negatives
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +51,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 TRAINING_CHOICES = {
     "loss": LOSSES,
+    "ce_dtype": tuple(CE_DTYPES),
     "schedule": SCHEDULES,
     "select_metric": METRICS,
     "select_protocol": PROTOCOLS,

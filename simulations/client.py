@@ -38,7 +38,10 @@ def answer(runtime: Phone, content: RecordDict, partition: int, state: RecordDic
     fault = device_fault(runtime.config, round_, partition)
     if fault == ERROR:
         raise RuntimeError(f"injected fault: partition {partition} crashes in round {round_}")
+    next_task = _next_task(runtime, content, round_)
     reply = _work(runtime, content, round_, task, partition, state)
+    if next_task is not None:
+        reply = protocol.with_upload(reply, _upload(runtime, next_task, partition, round_ + 1))
     seconds = (time.perf_counter() - started) / runtime.world.tier(partition).speed
     if fault == SLOW:
         seconds += runtime.config.round_timeout  # answers after the round's deadline
@@ -54,8 +57,7 @@ def _work(
     state: RecordDict,
 ) -> RecordDict:
     if task in (Task.PROFILE, Task.BUDGET):
-        profile = runtime.profile(partition, round_) if task is Task.PROFILE else None
-        return protocol.upload_content(runtime.budget(partition), profile)
+        return _upload(runtime, task, partition, round_)
     if task is Task.CODES:
         return _apply_codes(runtime, content, round_, partition, state)
     if task is Task.UNIFORM:
@@ -75,6 +77,22 @@ def _work(
     return protocol.report_content(
         runtime.evaluate_weights(weights, partition, round_, uniform).as_dict()
     )
+
+
+def _upload(runtime: Phone, task: Task, partition: int, round_: int) -> RecordDict:
+    profile = runtime.profile(partition, round_) if task is Task.PROFILE else None
+    return protocol.upload_content(runtime.budget(partition), profile)
+
+
+def _next_task(runtime: Phone, content: RecordDict, round_: int) -> Task | None:
+    """What the cloud asks this device to upload for the next round with its report, if any."""
+    try:
+        task = protocol.read_next_upload(content)
+    except ValueError as exc:
+        raise DeviceError(f"instruction rejected: {exc}") from exc
+    if task is not None and round_ >= runtime.config.rounds:
+        raise DeviceError(f"asked for round {round_ + 1}'s upload in the run's last round")
+    return task
 
 
 def _apply_codes(

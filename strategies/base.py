@@ -125,22 +125,25 @@ class FleetMixin:
         self,
         round_: int,
         replies: Iterable[Message],
-        kind: str,
-        payload_bytes: Callable[[Message], int],
+        charge: Callable[[Message], tuple[str, int]],
     ) -> list[tuple[int, Message]]:
         """(node id, reply) of the replies that came in time and without an error, each charged
-        to the ledger; the others are charged without payload and get their status, and a node
-        that was asked but never answered is marked "timeout"."""
+        to the ledger as `charge` says (its kind and payload bytes); the others are charged
+        without payload and get their status, and a node that was asked but never answered is
+        marked "timeout"."""
         accepted = []
         answered = set()
         for item in triage(replies, self.run.partitions, round_, self.run.config.round_timeout):
             answered.add(item.node)
             size = protocol.message_bytes(item.reply)
             if item.status == OK:
-                self.ledger.record(round_, item.node, "up", kind, payload_bytes(item.reply), size)
+                kind, payload = charge(item.reply)
+                self.ledger.record(round_, item.node, "up", kind, payload, size)
                 accepted.append((item.node, item.reply))
                 continue
-            self.ledger.record(round_, item.node, "up", LEDGER_KIND.get(item.status, kind), 0, size)
+            # An error reply has no content to look at.
+            kind = LEDGER_KIND.get(item.status) or charge(item.reply)[0]
+            self.ledger.record(round_, item.node, "up", kind, 0, size)
             self.set_status(round_, item.node, item.status, item.reason)
         for node in self.current.asked:
             if node not in answered:
@@ -188,8 +191,9 @@ class FleetMixin:
 
     def collect_reports(self, round_: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Check each device's report, write the round's rows and return the round's means."""
-        for node, reply in self.accept_replies(round_, replies, "metrics", lambda _: 0):
-            report, reason = protocol.read_report(reply.content)
+        for node, reply in self.accept_replies(round_, replies, self.charge_report):
+            content = self.take_next_upload(round_, node, reply.content)
+            report, reason = protocol.read_report(content)
             expected = self.current.model_bytes.get(node)
             if not reason and expected is not None:
                 reason = _size_mismatch(
@@ -200,6 +204,15 @@ class FleetMixin:
             else:
                 self.accept_report(round_, node, report)
         return self.end_round(round_)
+
+    def charge_report(self, reply: Message) -> tuple[str, int]:
+        """A report's ledger kind and payload bytes (what it carries besides its metrics)."""
+        return "metrics", 0
+
+    def take_next_upload(self, round_: int, node: int, content: RecordDict) -> RecordDict:
+        """A report without the next round's upload it may carry, which a strategy that asks
+        for one keeps (`CodeStrategy`); here nothing is asked, so a report stays whole."""
+        return content
 
     def accept_report(self, round_: int, node: int, report: dict[str, float]) -> None:
         row = self._client_row(round_, node)

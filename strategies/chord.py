@@ -6,14 +6,20 @@ nothing is trained. `aggregate_train` runs the hypernetworks and allocation once
 whole batch. Evaluate phase: each device gets its own packed codes (the cheapest of full, delta
 against what it holds, and entropy-coded), or for `uniform` the width its budget allows,
 quantizes its frozen weights and scores its target.
+
+With `profile-ahead`, each device's report carries its upload for the next round (its window
+then is known: this round's window and target), and the next train phase asks only devices whose
+upload the cloud does not hold: one message per device and round after the first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from logging import WARNING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -26,6 +32,8 @@ from strategies.base import FleetMixin
 from strategies.protocol import Task
 from strategies.replies import REJECTED
 
+Upload = tuple[np.ndarray | None, int]  # a device's profile (None: not personalised), budget
+
 
 class CodeStrategy(FleetMixin, Strategy):
     def __init__(self, *, method: str, cloud: Cloud, **kwargs) -> None:
@@ -37,6 +45,11 @@ class CodeStrategy(FleetMixin, Strategy):
         self._codes: dict[int, np.ndarray] = {}  # this round's codes by node id
         self._widths: dict[int, tuple[int, bool]] = {}  # this round's uniform widths by node id
         self._held: dict[int, np.ndarray] = {}  # codes each device confirmed: the delta base
+        self._next: dict[int, Upload] = {}  # uploads sent with reports, for the next round
+        self._ready: dict[int, Upload] = {}  # this round's uploads held before its train phase
+        world = self.run.world
+        self._hidden = world.prepared.frozen.hidden_size if self.personalised else None
+        self._floor = floor_bytes(world.prepared.channels, world.prepared.table)
 
     @property
     def personalised(self) -> bool:
@@ -51,26 +64,30 @@ class CodeStrategy(FleetMixin, Strategy):
         round_ = self.run.round_of(server_round)
         if self.gives == FP32:
             return []
-        task = Task.PROFILE if self.personalised else Task.BUDGET
+        online = self.sample(round_)
+        self._ready = {node: self._next[node] for node in online if node in self._next}
+        self._next = {}
+        instruction = protocol.instruction(round_, self.upload_task)
         contents = {
-            node: RecordDict({protocol.CONFIG: protocol.instruction(round_, task)})
-            for node in self.sample(round_)
+            node: RecordDict({protocol.CONFIG: instruction})
+            for node in online
+            if node not in self._ready
         }
         return self.build_messages(round_, contents, MessageType.TRAIN, "request", lambda _: 0)
+
+    @property
+    def upload_task(self) -> Task:
+        return Task.PROFILE if self.personalised else Task.BUDGET
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         round_ = self.run.round_of(server_round)
         world = self.run.world
-        hidden = world.prepared.frozen.hidden_size if self.personalised else None
-        kind = "profile" if self.personalised else "budget"
-        floor = floor_bytes(world.prepared.channels, world.prepared.table)
-        uploads = {}
-        payload = protocol.upload_payload_bytes(hidden)
-        for node, reply in self.accept_replies(round_, replies, kind, lambda _: payload):
-            limit = int(world.budgets[self.run.partitions[node]])
-            upload, reason = protocol.read_upload(reply.content, hidden, limit, floor)
+        uploads = dict(self._ready)
+        charge = (str(self.upload_task), protocol.upload_payload_bytes(self._hidden))
+        for node, reply in self.accept_replies(round_, replies, lambda _: charge):
+            upload, reason = self._read_upload(node, reply.content)
             if reason:
                 self.set_status(round_, node, REJECTED, reason)
             else:
@@ -114,7 +131,7 @@ class CodeStrategy(FleetMixin, Strategy):
             )
         if self.gives == UNIFORM:
             contents = {
-                node: protocol.uniform_content(round_, *width)
+                node: self._ask_ahead(round_, protocol.uniform_content(round_, *width))
                 for node, width in self._widths.items()
             }
             payload = protocol.UNIFORM_PAYLOAD_BYTES
@@ -126,16 +143,54 @@ class CodeStrategy(FleetMixin, Strategy):
             for node, codes in self._codes.items()
         }
         contents = {
-            node: protocol.codes_content(round_, payload) for node, payload in payloads.items()
+            node: self._ask_ahead(round_, protocol.codes_content(round_, payload))
+            for node, payload in payloads.items()
         }
         return self.build_messages(
             round_, contents, MessageType.EVALUATE, "codes", lambda node: len(payloads[node])
         )
 
+    def _asks_ahead(self, round_: int) -> bool:
+        return self.run.config.profile_ahead and round_ < self.run.config.rounds
+
+    def _ask_ahead(self, round_: int, content: RecordDict) -> RecordDict:
+        if self._asks_ahead(round_):
+            return protocol.ask_next_upload(content, self.upload_task)
+        return content
+
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         return self.collect_reports(self.run.round_of(server_round), replies)
+
+    def charge_report(self, reply: Message) -> tuple[str, int]:
+        if protocol.UPLOAD in reply.content.config_records:
+            return f"metrics+{self.upload_task}", protocol.upload_payload_bytes(self._hidden)
+        return super().charge_report(reply)
+
+    def take_next_upload(self, round_: int, node: int, content: RecordDict) -> RecordDict:
+        if not self._asks_ahead(round_):
+            return content  # an upload nobody asked for makes the report malformed
+        report, carried = protocol.split_upload(content)
+        if carried is not None:
+            upload, reason = self._read_upload(node, carried)
+            if reason:
+                # The report stands; the next round asks this device for its upload again.
+                partition = self.run.partitions[node]
+                log(
+                    WARNING,
+                    "node %d (partition %d) next upload refused: %s",
+                    node,
+                    partition,
+                    reason,
+                )
+            else:
+                self._next[node] = upload
+        return report
+
+    def _read_upload(self, node: int, content: RecordDict) -> tuple[Upload | None, str | None]:
+        limit = int(self.run.world.budgets[self.run.partitions[node]])
+        return protocol.read_upload(content, self._hidden, limit, self._floor)
 
     def accept_report(self, round_: int, node: int, report: dict[str, float]) -> None:
         if node in self._codes:
@@ -143,6 +198,8 @@ class CodeStrategy(FleetMixin, Strategy):
         super().accept_report(round_, node, report)
 
     def set_status(self, round_: int, node: int, status: str, reason: str = "") -> None:
-        # The device's state is unknown now: its next codes go in full.
+        # The device's state is unknown now: its next codes go in full, and an upload it sent
+        # with a refused report is not trusted.
         self._held.pop(node, None)
+        self._next.pop(node, None)
         super().set_status(round_, node, status, reason)

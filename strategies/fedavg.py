@@ -62,7 +62,7 @@ class LedgerFedAvg(FleetMixin, FedAvg):
         round_ = self.run.round_of(server_round)
         valid = []
         # A valid reply carries exactly the global model's bytes; an invalid one is refused.
-        uploaded = self.accept_replies(round_, replies, "weights", lambda _: self._weights_bytes)
+        uploaded = self.accept_replies(round_, replies, lambda _: ("weights", self._weights_bytes))
         for node, reply in uploaded:
             train_ms, reason = protocol.read_weights(reply.content, self._signature)
             if reason:

@@ -25,6 +25,7 @@ UPLOAD = "upload"  # a device's profile and budget
 METRICS = "metrics"  # a device's report
 ROUND = "server-round"  # the run's round (Flower's own counter restarts when resuming)
 TASK = "task"
+NEXT_UPLOAD = "next-upload"  # with a round's work: send the next round's upload with the report
 PROFILE = "profile"
 BUDGET = "budget"
 PAYLOAD = "payload"
@@ -86,9 +87,28 @@ def read_uniform(content: RecordDict) -> tuple[int, bool]:
     return bits, per_tensor
 
 
+def ask_next_upload(content: RecordDict, task: Task) -> RecordDict:
+    """`content` (codes or a width) asking the device to send, with its report, what `task`
+    (PROFILE or BUDGET) would upload for the next round: one message where two would go."""
+    content.config_records[CONFIG][NEXT_UPLOAD] = str(task)
+    return content
+
+
 def read_instruction(content: RecordDict) -> tuple[int, Task]:
     config = content.config_records[CONFIG]
     return int(config[ROUND]), Task(config[TASK])
+
+
+def read_next_upload(content: RecordDict) -> Task | None:
+    """The upload asked for with a round's work (`ask_next_upload`); ValueError for another."""
+    value = content.config_records[CONFIG].get(NEXT_UPLOAD)
+    if value is None:
+        return None
+    if value not in (Task.PROFILE, Task.BUDGET):
+        raise ValueError(
+            f"{NEXT_UPLOAD!r} must be {Task.PROFILE!r} or {Task.BUDGET!r}, got {value!r}"
+        )
+    return Task(value)
 
 
 def read_codes(content: RecordDict) -> bytes:
@@ -107,6 +127,21 @@ def upload_content(budget: int, profile: np.ndarray | None) -> RecordDict:
     if profile is not None:
         record[PROFILE] = np.ascontiguousarray(profile, dtype=PROFILE_DTYPE).tobytes()
     return RecordDict({UPLOAD: record})
+
+
+def with_upload(content: RecordDict, upload: RecordDict) -> RecordDict:
+    """A report carrying the next round's upload (`upload_content`) beside it."""
+    content.config_records[UPLOAD] = upload.config_records[UPLOAD]
+    return content
+
+
+def split_upload(content: RecordDict) -> tuple[RecordDict, RecordDict | None]:
+    """(the reply without its upload record, the upload alone or None): a report that carries
+    the next round's upload, taken apart so each part is checked as if it came alone."""
+    if UPLOAD not in content.config_records:
+        return content, None
+    rest = RecordDict({key: record for key, record in content.items() if key != UPLOAD})
+    return rest, RecordDict({UPLOAD: content.config_records[UPLOAD]})
 
 
 def report_content(report: dict[str, float]) -> RecordDict:

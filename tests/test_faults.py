@@ -266,6 +266,45 @@ def test_hostile_devices_are_dropped_and_change_no_one_elses_codes(base):
     assert kinds["codes"] == 0 and kinds["profile"] == len(HOSTILE) * ROUNDS
 
 
+MISCARRIED = 5  # its round-1 report carries a profile of the wrong length (profile-ahead)
+UNASKED = 6  # sends an upload with its last report, which nobody asked for
+
+
+def _bad_carried_uploads(partition, round_, task, reply):
+    if task is Task.CODES and round_ == 1 and partition == MISCARRIED:
+        return _bad_profile(reply, "shape")
+    if task is Task.CODES and round_ == ROUNDS and partition == UNASKED:
+        return protocol.with_upload(reply, protocol.upload_content(MISCARRIED, None))
+    return reply
+
+
+def test_a_bad_upload_carried_by_a_report_is_asked_for_again(base):
+    """profile-ahead: a report whose carried upload is malformed still counts, and the device
+    is asked for its upload in the next train phase; an upload nobody asked for spoils its
+    report; no one else's codes or metrics change."""
+    clean_clients, _ = _run(base, "ahead-clean", strategy="chord", **{"profile-ahead": True})
+    overrides = {**base, "strategy": "chord", "run-name": "ahead-bad", "profile-ahead": True}
+    app = tampering_app(RunConfig.from_mapping(overrides).to_mapping(), None, _bad_carried_uploads)
+    clients, ledger = _run(base, "ahead-bad", app, strategy="chord", **{"profile-ahead": True})
+
+    def rows(table):
+        drop = ("node_id", "adapt_ms")
+        return {
+            (int(r["round"]), int(r["partition"])): {k: v for k, v in r.items() if k not in drop}
+            for r in table
+        }
+
+    clean, tampered = rows(clean_clients), rows(clients)
+    assert tampered.pop((ROUNDS, UNASKED))["status"] == "rejected"
+    assert tampered == {key: row for key, row in clean.items() if key != (ROUNDS, UNASKED)}
+    asked_again = [
+        int(r["partition"])
+        for r in ledger
+        if int(r["round"]) == 2 and (r["direction"], r["kind"]) == ("up", "profile")
+    ]
+    assert asked_again == [MISCARRIED]
+
+
 def test_a_round_where_every_device_fails_is_reported_not_a_crash(base):
     clients, ledger = _run(base, "all-fail", strategy="chord", **{"fail-rate": 1.0})
     assert {r["status"] for r in clients} == {"error"} and len(clients) == USERS * ROUNDS

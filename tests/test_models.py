@@ -78,6 +78,29 @@ def test_chunked_cross_entropy_matches_the_whole_softmax(model):
         )
 
 
+def test_bfloat16_cross_entropy_stays_near_float32(model):
+    """`ce_dtype="bfloat16"` rounds the products and softmax, not the result: the loss and
+    every gradient come back in float32 within bfloat16's rounding of the exact values."""
+    seqs = torch.randint(0, NUM_ITEMS + 1, (4, 13))
+
+    def value_and_grads(ce_dtype):
+        model.zero_grad()
+        value = model.training_loss(seqs, "ce", ce_dtype=ce_dtype)
+        value.backward()
+        return value, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    exact, rounded = value_and_grads("float32"), value_and_grads("bfloat16")
+    assert rounded[0].dtype == torch.float32 and rounded[0] != exact[0]
+    torch.testing.assert_close(rounded[0], exact[0], rtol=1e-2, atol=0)
+    for name, grad in exact[1].items():
+        assert rounded[1][name].dtype == torch.float32
+        # relative to the gradient's size, plus a floor for those that are zero in exact
+        # arithmetic (a key's bias does not change a softmax over keys)
+        assert (rounded[1][name] - grad).norm() < 3e-2 * grad.norm() + 1e-5, name
+    with pytest.raises(ConfigError, match="ce_dtype must be one of float32, bfloat16"):
+        TrainConfig(ce_dtype="float16")
+
+
 def test_score_agrees_with_full_scores(model):
     seqs = torch.randint(1, NUM_ITEMS + 1, (2, 12))
     candidates = torch.tensor([[3, 9, 1], [50, 2, 7]])

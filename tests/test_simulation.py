@@ -63,12 +63,15 @@ def runs(base):
         ("fedavg-uniform", "fedavg-uniform"),
         ("global-int8", "global"),
         ("chord-refined", "chord"),
+        ("chord-ahead", "chord"),
     ):
         overrides = {**base, "strategy": strategy, "run-name": name}
         if name.endswith("int8"):  # the 8-bit master, and a code table with shared scales
             overrides.update(MASTER_SHARED)
         if name.endswith("refined"):
             overrides["refine-items"] = True
+        if name.endswith("ahead"):
+            overrides["profile-ahead"] = True
         if name == "chord-again":
             overrides["checkpoint-dir"] = str(again)
         simulate(overrides)
@@ -208,6 +211,46 @@ def test_a_fleet_served_in_shards_gets_the_codes_metrics_and_bytes_of_one_simula
     for mine, theirs in zip(summary["rounds"], expected["rounds"], strict=True):
         assert mine["ndcg@10"] == pytest.approx(theirs["ndcg@10"])
         assert mine["downlink_payload_bytes"] == theirs["downlink_payload_bytes"]
+
+
+def test_reports_carrying_the_next_upload_save_a_message_and_change_no_code(runs):
+    """profile-ahead: round 1's reports carry round 2's profiles, so round 2 has no train phase;
+    every code, metric and payload byte is that of the plain run, in fewer, larger messages."""
+    plain, ahead = runs["chord"], runs["chord-ahead"]
+    drop = {"node_id", "adapt_ms"}
+
+    def device_rows(run_dir):
+        return [
+            {k: v for k, v in r.items() if k not in drop} for r in read_csv(run_dir / "clients.csv")
+        ]
+
+    assert device_rows(ahead) == device_rows(plain)
+    ledgers = {
+        name: read_csv(run / "ledger.csv") for name, run in (("plain", plain), ("ahead", ahead))
+    }
+
+    def kinds(name, round_):
+        return Counter(
+            (r["direction"], r["kind"]) for r in ledgers[name] if int(r["round"]) == round_
+        )
+
+    assert kinds("plain", 2) == kinds("plain", 1)
+    expected = kinds("plain", 1)
+    expected[("up", "metrics+profile")] = expected.pop(("up", "metrics"))
+    assert kinds("ahead", 1) == expected and expected[("up", "metrics+profile")] == USERS
+    assert kinds("ahead", 2) == {("down", "codes"): USERS, ("up", "metrics"): USERS}
+
+    def total(name, column, direction):
+        return sum(int(r[column]) for r in ledgers[name] if r["direction"] == direction)
+
+    for direction in ("up", "down"):
+        assert total("ahead", "payload_bytes", direction) == total(
+            "plain", "payload_bytes", direction
+        )
+    saved = total("plain", "message_bytes", "up") - total("ahead", "message_bytes", "up")
+    assert saved > 0 and total("ahead", "message_bytes", "down") < total(
+        "plain", "message_bytes", "down"
+    )
 
 
 def test_frozen_weights_are_downloaded_once_by_code_strategies_only(runs, base):

@@ -73,6 +73,10 @@ class RunConfig:
     # code strategies: each device re-spreads its item table's bytes over the rows for its own
     # window (chord_fl.refine); the cloud's codes and the bytes on the network stay the same
     refine_items: bool = False
+    # code strategies: each report carries the device's upload for the next round, so the cloud
+    # asks a device for one only where it holds none (one message per device and round after
+    # the first, where two go otherwise); codes and metrics stay the same
+    profile_ahead: bool = False
     round_timeout: float = 600.0
     node_wait: float = 20.0
     offline: bool = False  # each device answers a round with its tier's availability

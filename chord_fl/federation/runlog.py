@@ -36,6 +36,8 @@ KINDS = (
     "width",  # a uniform width: its bits and scale mode
     "weights",  # fp32 model weights
     "metrics",  # a device's evaluation report
+    "metrics+profile",  # a report carrying the next round's profile and budget (profile-ahead)
+    "metrics+budget",  # a report carrying the next round's budget (profile-ahead)
     "error",  # an error reply
     "late",  # a reply that came after the round's deadline, discarded
 )

@@ -120,7 +120,11 @@ class SequentialRecommender(nn.Module, abc.ABC):
         return scores
 
     def training_loss(
-        self, seqs: torch.Tensor, loss: str = "sampled", negatives: int = 256
+        self,
+        seqs: torch.Tensor,
+        loss: str = "sampled",
+        negatives: int = 256,
+        ce_dtype: str = "float32",
     ) -> torch.Tensor:
         """Next-item loss over every position of (B, L+1) sequences.
 
@@ -129,20 +133,23 @@ class SequentialRecommender(nn.Module, abc.ABC):
         "bce": one sampled negative per position, binary cross-entropy (the SASRec paper's loss).
         "ce+bce": their sum over one encoding. Cross-entropy ignores where the logits sit, and
         the binary term pins uniformly drawn items below zero, the way the sampled protocol
-        draws its negatives.
+        draws its negatives. `ce_dtype` is the dtype of the "ce" term's products and softmax
+        (see `chunked_cross_entropy`).
         """
         if loss not in LOSSES:
             raise ConfigError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
         states, targets = self.training_states(seqs)
-        terms = [self._loss_term(states, targets, term, negatives) for term in loss.split("+")]
+        terms = [
+            self._loss_term(states, targets, term, negatives, ce_dtype) for term in loss.split("+")
+        ]
         return torch.stack(terms).sum() if len(terms) > 1 else terms[0]
 
     def _loss_term(
-        self, states: torch.Tensor, targets: torch.Tensor, loss: str, negatives: int
+        self, states: torch.Tensor, targets: torch.Tensor, loss: str, negatives: int, ce_dtype: str
     ) -> torch.Tensor:
         if loss == "ce":
             weight, bias = self.output_embeddings()
-            return chunked_cross_entropy(states, weight, targets, bias, PADDING)
+            return chunked_cross_entropy(states, weight, targets, bias, PADDING, dtype=ce_dtype)
         if loss == "sampled":
             shared = torch.randint(1, self.num_items + 1, (negatives,), device=targets.device)
             positive = self._logits(states, targets.unsqueeze(-1))

@@ -4,6 +4,10 @@ A batch of SASRec on MovieLens-1M scores about 20,000 positions against 3,416 it
 their gradient of about 270 MB each, which on a CPU spend more time moving through memory than
 being computed. Here each chunk's softmax gradient is formed as soon as its logits are, while they
 are still in cache, so the logits never exist whole and backward only scales the stored gradients.
+
+The chunk's products and softmax can run in bfloat16 (`dtype`), with sums and the gradients
+handed back in the inputs' float32: on CPUs with bfloat16 instructions (AVX512-BF16, AMX) and on
+GPUs this about halves the loss's time, the bulk of a SASRec epoch.
 """
 
 from __future__ import annotations
@@ -12,38 +16,41 @@ import torch
 from torch.autograd.function import once_differentiable
 
 CHUNK_ROWS = 1024  # rows per chunk: 1,024 x 3,416 float logits are 14 MB
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+TINY = torch.finfo(torch.float32).tiny  # a target's probability that underflowed: a finite loss
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, states, weight, bias, targets, excluded, chunk_rows, track):
+    def forward(ctx, states, weight, bias, targets, excluded, chunk_rows, track, dtype):
         inputs = (states, weight, bias)
         needs = [track and need for need in ctx.needs_input_grad[:3]]
         grads = [
             torch.zeros_like(t) if need else None for t, need in zip(inputs, needs, strict=True)
         ]
+        table = weight.to(dtype)
         total = states.new_zeros((), dtype=torch.float64)
         for start in range(0, len(states), chunk_rows):
             rows = slice(start, start + chunk_rows)
-            chunk, chosen = states[rows], targets[rows]
-            logits = chunk @ weight.T
+            chunk, chosen = states[rows].to(dtype), targets[rows].unsqueeze(1)
+            logits = chunk @ table.T
             if bias is not None:
-                logits += bias
+                logits += bias.to(dtype)
             logits[:, excluded] = float("-inf")
-            log_norm = torch.logsumexp(logits, -1, keepdim=True)
-            picked = logits.gather(1, chosen.unsqueeze(1))
-            total += (log_norm - picked).sum(dtype=torch.float64)
+            # one fused pass: twice as fast as a log-sum-exp followed by exp
+            gradient = torch.softmax(logits, -1)
+            picked = gradient.gather(1, chosen)
+            total -= picked.float().clamp_min(TINY).log().sum(dtype=torch.float64)
             if not any(needs):
                 continue
-            # d loss / d logits = softmax - one-hot, formed in place of the logits.
-            gradient = logits.sub_(log_norm).exp_()
-            gradient.scatter_add_(1, chosen.unsqueeze(1), -torch.ones_like(picked))
+            # d loss / d logits = softmax - one-hot
+            gradient.scatter_add_(1, chosen, -torch.ones_like(picked))
             if grads[0] is not None:
-                grads[0][rows] = gradient @ weight
+                grads[0][rows] = gradient @ table
             if grads[1] is not None:
-                grads[1].addmm_(gradient.T, chunk)
+                grads[1] += gradient.T @ chunk
             if grads[2] is not None:
-                grads[2] += gradient.sum(0)
+                grads[2] += gradient.sum(0, dtype=torch.float32)
         ctx.grads = [g.div_(len(states)) if g is not None else None for g in grads]
         return (total / len(states)).to(states.dtype)  # no rows: NaN, as F.cross_entropy
 
@@ -51,7 +58,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output):
         scaled = [g * grad_output if g is not None else None for g in ctx.grads]
-        return (*scaled, None, None, None, None)
+        return (*scaled, None, None, None, None, None)
 
 
 def chunked_cross_entropy(
@@ -61,10 +68,14 @@ def chunked_cross_entropy(
     bias: torch.Tensor | None = None,
     excluded: int = 0,
     chunk_rows: int = CHUNK_ROWS,
+    dtype: str = "float32",
 ) -> torch.Tensor:
     """Mean cross-entropy of (M, D) `states` scored against every row of the (N, D) `weight`
     (plus `bias`), the item `excluded` (padding) never predicted: the same value and gradients
-    as `F.cross_entropy` on the whole (M, N) logits, up to the order of float sums. Gradients
-    are formed only where autograd records (not under `torch.no_grad`)."""
+    as `F.cross_entropy` on the whole (M, N) logits, up to the order of float sums (and to
+    bfloat16's rounding with `dtype="bfloat16"`). Gradients are formed only where autograd
+    records (not under `torch.no_grad`)."""
     track = torch.is_grad_enabled()
-    return _ChunkedCrossEntropy.apply(states, weight, bias, targets, excluded, chunk_rows, track)
+    return _ChunkedCrossEntropy.apply(
+        states, weight, bias, targets, excluded, chunk_rows, track, DTYPES[dtype]
+    )
