@@ -30,11 +30,8 @@ PUBLIC_SASREC_ML1M_SECONDS = 860.0
 TARGETS = {"sampled hr@10": 0.80, "full hr@10": 0.25, "seconds": PUBLIC_SASREC_ML1M_SECONDS / 2}
 
 
-CHANGED_TRAINING = (
-    "lr",
-    "batch_size",
-    "ce_dtype",
-)  # recorded as a row's changes; epochs has its column
+# recorded as a row's changes; epochs has its column
+CHANGED_TRAINING = ("lr", "batch_size", "ce_dtype")
 TRAINING_OPTIONS = ("epochs", *CHANGED_TRAINING)
 BACKBONE_OPTIONS = ("dropout", "attention_dropout")  # SASRec's
 

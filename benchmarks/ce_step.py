@@ -2,9 +2,9 @@
 in bfloat16 (`ce_dtype`), against plain autograd through the whole (positions x items) logits, on
 the same batches of a real data set.
 
-Both arms take the same batches (a fixed sample of one epoch's length-sorted batches) from the
-same starting weights, alternating arm by arm `--repeats` times; the medians are scaled to a whole
-epoch. Prints seconds per epoch for each arm and their ratio.
+The three arms take the same batches (a fixed sample of one epoch's length-sorted batches) from
+the same starting weights, alternating arm by arm `--repeats` times; the medians are scaled to a
+whole epoch. Prints seconds per epoch for each arm and the ratios of neighbouring arms.
 
     python benchmarks/ce_step.py --dataset ml-1m --backbone sasrec
 """

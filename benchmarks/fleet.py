@@ -31,6 +31,7 @@ import argparse
 import multiprocessing
 import os
 import queue
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -106,7 +107,7 @@ def _case(name: str, args: argparse.Namespace, out: Any) -> None:
         strategy, _, settings = name.partition(":")
         overrides = {
             **run_config(args),
-            **parse_pairs([settings.replace(",", " ")], f"case {name!r}"),
+            **parse_pairs(re.split(r",(?=[\w-]+=)", settings), f"case {name!r}"),
             "strategy": strategy,
             "output-dir": args.output_dir,
             "run-name": "fleet-" + "".join(c if c.isalnum() else "-" for c in name),

@@ -84,14 +84,18 @@ class FleetMixin:
 
     # -- sampling and sending --------------------------------------------------------------
 
-    def sample(self, round_: int) -> list[int]:
-        """Node ids taking part in `round_`, drawn over partitions (node ids change every run)."""
+    def drawn(self, round_: int) -> list[tuple[int, int]]:
+        """(node id, partition) of the devices the cloud asks in `round_`, drawn over partitions
+        (node ids change every run) from the seed and the round alone, so known in advance."""
         by_partition = sorted(self.run.partitions.items(), key=lambda item: item[1])
         count = max(1, round(self.run.config.fraction * len(by_partition)))
         rng = np.random.default_rng([self.run.config.seed, round_, 0x73616D70])
-        chosen = [by_partition[i] for i in np.sort(rng.choice(len(by_partition), count, False))]
+        return [by_partition[i] for i in np.sort(rng.choice(len(by_partition), count, False))]
+
+    def sample(self, round_: int) -> list[int]:
+        """Node ids taking part in `round_`: those drawn that are online."""
         online = []
-        for node, partition in chosen:
+        for node, partition in self.drawn(round_):
             if is_offline(self.run.config, self.run.world.tier(partition), round_, partition):
                 self.set_status(round_, node, "offline")
             else:

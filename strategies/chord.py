@@ -7,9 +7,10 @@ whole batch. Evaluate phase: each device gets its own packed codes (the cheapest
 against what it holds, and entropy-coded), or for `uniform` the width its budget allows,
 quantizes its frozen weights and scores its target.
 
-With `profile-ahead`, each device's report carries its upload for the next round (its window
-then is known: this round's window and target), and the next train phase asks only devices whose
-upload the cloud does not hold: one message per device and round after the first.
+With `profile-ahead`, the code (or width) message of each device drawn for the next round asks
+for its upload for that round (its window then is known: this round's window and target), which
+its report carries; the next train phase asks only devices whose upload the cloud does not hold:
+one message per device and round after the first.
 """
 
 from __future__ import annotations
@@ -29,10 +30,8 @@ from chord_fl.quant.budget import coded_bytes, floor_bytes, uniform_bytes
 from chord_fl.quant.codec import encode_strategy
 from strategies import protocol
 from strategies.base import FleetMixin
-from strategies.protocol import Task
+from strategies.protocol import Task, Upload
 from strategies.replies import REJECTED
-
-Upload = tuple[np.ndarray | None, int]  # a device's profile (None: not personalised), budget
 
 
 class CodeStrategy(FleetMixin, Strategy):
@@ -47,6 +46,7 @@ class CodeStrategy(FleetMixin, Strategy):
         self._held: dict[int, np.ndarray] = {}  # codes each device confirmed: the delta base
         self._next: dict[int, Upload] = {}  # uploads sent with reports, for the next round
         self._ready: dict[int, Upload] = {}  # this round's uploads held before its train phase
+        self._asked_ahead: set[int] = set()  # nodes whose report this round may carry one
         world = self.run.world
         self._hidden = world.prepared.frozen.hidden_size if self.personalised else None
         self._floor = floor_bytes(world.prepared.channels, world.prepared.table)
@@ -121,6 +121,7 @@ class CodeStrategy(FleetMixin, Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         round_ = self.run.round_of(server_round)
+        self._asked_ahead = self._drawn_next(round_)
         if self.gives == FP32:
             instruction = protocol.instruction(round_, Task.FP32)
             contents = {
@@ -131,7 +132,7 @@ class CodeStrategy(FleetMixin, Strategy):
             )
         if self.gives == UNIFORM:
             contents = {
-                node: self._ask_ahead(round_, protocol.uniform_content(round_, *width))
+                node: self._ask_ahead(node, protocol.uniform_content(round_, *width))
                 for node, width in self._widths.items()
             }
             payload = protocol.UNIFORM_PAYLOAD_BYTES
@@ -143,18 +144,23 @@ class CodeStrategy(FleetMixin, Strategy):
             for node, codes in self._codes.items()
         }
         contents = {
-            node: self._ask_ahead(round_, protocol.codes_content(round_, payload))
+            node: self._ask_ahead(node, protocol.codes_content(round_, payload))
             for node, payload in payloads.items()
         }
         return self.build_messages(
             round_, contents, MessageType.EVALUATE, "codes", lambda node: len(payloads[node])
         )
 
-    def _asks_ahead(self, round_: int) -> bool:
-        return self.run.config.profile_ahead and round_ < self.run.config.rounds
+    def _drawn_next(self, round_: int) -> set[int]:
+        """With profile-ahead, the nodes drawn for the next round: only they are asked for its
+        upload (an offline one cannot be known in advance and sends it for nothing)."""
+        last = round_ >= self.run.config.rounds
+        if not self.run.config.profile_ahead or self.gives == FP32 or last:
+            return set()
+        return {node for node, _ in self.drawn(round_ + 1)}
 
-    def _ask_ahead(self, round_: int, content: RecordDict) -> RecordDict:
-        if self._asks_ahead(round_):
+    def _ask_ahead(self, node: int, content: RecordDict) -> RecordDict:
+        if node in self._asked_ahead:
             return protocol.ask_next_upload(content, self.upload_task)
         return content
 
@@ -164,12 +170,13 @@ class CodeStrategy(FleetMixin, Strategy):
         return self.collect_reports(self.run.round_of(server_round), replies)
 
     def charge_report(self, reply: Message) -> tuple[str, int]:
-        if protocol.UPLOAD in reply.content.config_records:
+        asked = reply.metadata.src_node_id in self._asked_ahead
+        if asked and protocol.UPLOAD in reply.content.config_records:
             return f"metrics+{self.upload_task}", protocol.upload_payload_bytes(self._hidden)
         return super().charge_report(reply)
 
     def take_next_upload(self, round_: int, node: int, content: RecordDict) -> RecordDict:
-        if not self._asks_ahead(round_):
+        if node not in self._asked_ahead:
             return content  # an upload nobody asked for makes the report malformed
         report, carried = protocol.split_upload(content)
         if carried is not None:
@@ -179,7 +186,8 @@ class CodeStrategy(FleetMixin, Strategy):
                 partition = self.run.partitions[node]
                 log(
                     WARNING,
-                    "node %d (partition %d) next upload refused: %s",
+                    "round %d: node %d (partition %d) next round's upload refused: %s",
+                    round_,
                     node,
                     partition,
                     reason,

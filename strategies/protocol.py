@@ -216,9 +216,12 @@ def read_partition(content: RecordDict) -> tuple[int | None, str | None]:
     return value, None
 
 
+Upload = tuple[np.ndarray | None, int]  # a device's profile (None: not personalised), budget
+
+
 def read_upload(
     content: RecordDict, hidden: int | None, max_budget: int, min_budget: int
-) -> tuple[tuple[np.ndarray | None, int] | None, str | None]:
+) -> tuple[Upload | None, str | None]:
     """(profile, budget) of a device's upload; `hidden` None: no profile expected."""
     reason = _unexpected(content, configs=(UPLOAD,))
     if reason:

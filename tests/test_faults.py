@@ -268,20 +268,23 @@ def test_hostile_devices_are_dropped_and_change_no_one_elses_codes(base):
 
 MISCARRIED = 5  # its round-1 report carries a profile of the wrong length (profile-ahead)
 UNASKED = 6  # sends an upload with its last report, which nobody asked for
+REFUSED = 7  # its round-1 report is refused (a wrong model size), its carried profile sound
 
 
 def _bad_carried_uploads(partition, round_, task, reply):
     if task is Task.CODES and round_ == 1 and partition == MISCARRIED:
         return _bad_profile(reply, "shape")
+    if task is Task.CODES and round_ == 1 and partition == REFUSED:
+        reply.metric_records[protocol.METRICS]["model_bytes"] += 1
     if task is Task.CODES and round_ == ROUNDS and partition == UNASKED:
-        return protocol.with_upload(reply, protocol.upload_content(MISCARRIED, None))
+        return protocol.with_upload(reply, protocol.upload_content(5_000, None))
     return reply
 
 
 def test_a_bad_upload_carried_by_a_report_is_asked_for_again(base):
     """profile-ahead: a report whose carried upload is malformed still counts, and the device
-    is asked for its upload in the next train phase; an upload nobody asked for spoils its
-    report; no one else's codes or metrics change."""
+    is asked for its upload in the next train phase, as is a device whose report was refused;
+    an upload nobody asked for spoils its report; no one else's codes or metrics change."""
     clean_clients, _ = _run(base, "ahead-clean", strategy="chord", **{"profile-ahead": True})
     overrides = {**base, "strategy": "chord", "run-name": "ahead-bad", "profile-ahead": True}
     app = tampering_app(RunConfig.from_mapping(overrides).to_mapping(), None, _bad_carried_uploads)
@@ -295,14 +298,15 @@ def test_a_bad_upload_carried_by_a_report_is_asked_for_again(base):
         }
 
     clean, tampered = rows(clean_clients), rows(clients)
-    assert tampered.pop((ROUNDS, UNASKED))["status"] == "rejected"
-    assert tampered == {key: row for key, row in clean.items() if key != (ROUNDS, UNASKED)}
+    spoiled = [(1, REFUSED), (ROUNDS, UNASKED)]
+    assert [tampered.pop(key)["status"] for key in spoiled] == ["rejected"] * 2
+    assert tampered == {key: row for key, row in clean.items() if key not in spoiled}
     asked_again = [
         int(r["partition"])
         for r in ledger
         if int(r["round"]) == 2 and (r["direction"], r["kind"]) == ("up", "profile")
     ]
-    assert asked_again == [MISCARRIED]
+    assert asked_again == [MISCARRIED, REFUSED]
 
 
 def test_a_round_where_every_device_fails_is_reported_not_a_crash(base):

@@ -78,6 +78,19 @@ def test_chunked_cross_entropy_matches_the_whole_softmax(model):
         )
 
 
+def test_chunked_cross_entropy_is_exact_where_a_target_is_all_but_impossible():
+    """Logits hundreds apart: a softmax's target probability underflows to zero, and the loss
+    must still be the log-sum-exp minus the target's logit, as in F.cross_entropy."""
+    torch.manual_seed(3)
+    states, weight = torch.randn(40, 8) * 30, torch.randn(20, 8) * 30
+    targets = torch.randint(1, 20, (40,))
+    whole = F.cross_entropy(
+        torch.cat([torch.full((40, 1), float("-inf")), (states @ weight.T)[:, 1:]], 1), targets
+    )
+    assert whole > 100  # some targets sit far below the best item
+    torch.testing.assert_close(chunked_cross_entropy(states, weight, targets), whole)
+
+
 def test_bfloat16_cross_entropy_stays_near_float32(model):
     """`ce_dtype="bfloat16"` rounds the products and softmax, not the result: the loss and
     every gradient come back in float32 within bfloat16's rounding of the exact values."""
@@ -99,6 +112,8 @@ def test_bfloat16_cross_entropy_stays_near_float32(model):
         assert (rounded[1][name] - grad).norm() < 3e-2 * grad.norm() + 1e-5, name
     with pytest.raises(ConfigError, match="ce_dtype must be one of float32, bfloat16"):
         TrainConfig(ce_dtype="float16")
+    with pytest.raises(ConfigError, match="applies to the ce loss, not 'sampled'"):
+        TrainConfig(ce_dtype="bfloat16", loss="sampled")
 
 
 def test_score_agrees_with_full_scores(model):

@@ -240,17 +240,58 @@ def test_reports_carrying_the_next_upload_save_a_message_and_change_no_code(runs
     assert kinds("ahead", 1) == expected and expected[("up", "metrics+profile")] == USERS
     assert kinds("ahead", 2) == {("down", "codes"): USERS, ("up", "metrics"): USERS}
 
-    def total(name, column, direction):
-        return sum(int(r[column]) for r in ledgers[name] if r["direction"] == direction)
+    assert _payloads_by_device(ahead) == _payloads_by_device(plain)
 
-    for direction in ("up", "down"):
-        assert total("ahead", "payload_bytes", direction) == total(
-            "plain", "payload_bytes", direction
-        )
-    saved = total("plain", "message_bytes", "up") - total("ahead", "message_bytes", "up")
-    assert saved > 0 and total("ahead", "message_bytes", "down") < total(
-        "plain", "message_bytes", "down"
-    )
+    def total(name, direction):
+        return sum(int(r["message_bytes"]) for r in ledgers[name] if r["direction"] == direction)
+
+    assert total("ahead", "up") < total("plain", "up")
+    assert total("ahead", "down") < total("plain", "down")
+
+
+def _payloads_by_device(run_dir) -> Counter:
+    """Payload bytes each device sent and received over the run (whatever round carried them)."""
+    totals = Counter()
+    for r in read_csv(run_dir / "ledger.csv"):
+        totals[(r["partition"], r["direction"])] += int(r["payload_bytes"])
+    return totals
+
+
+def test_with_a_fraction_only_devices_drawn_next_round_send_their_upload_ahead(
+    tmp_path, small_fleet
+):
+    """uniform (budgets, widths) over 3 rounds, half the fleet drawn each round: a report
+    carries a budget exactly where its device is drawn next round, a train phase asks exactly
+    the devices it holds none for, and every row and payload equals the plain run's."""
+    overrides = small_fleet(tmp_path, USERS, 3, 3, strategy="uniform", fraction=0.5)
+    train = TrainConfig(epochs=2, num_negatives=10)
+    checkpoint = RunConfig.from_mapping(overrides).setup.checkpoint_path
+    pretrain(overrides["dataset"], "sasrec", None, 3, train, None, checkpoint, None, False)
+    run_dirs = {}
+    for name, ahead in (("plain", False), ("ahead", True)):
+        settings = {**overrides, "run-name": name, "profile-ahead": ahead}
+        simulate(settings)
+        run_dirs[name] = RunConfig.from_mapping(settings).run_dir
+    drop = {"node_id", "adapt_ms"}
+    rows = {
+        name: [{k: v for k, v in r.items() if k not in drop} for r in read_csv(d / "clients.csv")]
+        for name, d in run_dirs.items()
+    }
+    assert rows["ahead"] == rows["plain"]
+    drawn = {(int(r["round"]), int(r["partition"])) for r in rows["plain"]}
+    assert len(drawn) == 3 * USERS // 2
+
+    def uploads(kind):
+        return {
+            (int(r["round"]), int(r["partition"]))
+            for r in read_csv(run_dirs["ahead"] / "ledger.csv")
+            if (r["direction"], r["kind"]) == ("up", kind)
+        }
+
+    carried = {(r, p) for r, p in drawn if (r + 1, p) in drawn}
+    assert uploads("metrics+budget") == carried and carried
+    assert uploads("budget") == {(r, p) for r, p in drawn if (r - 1, p) not in drawn}
+    assert _payloads_by_device(run_dirs["ahead"]) == _payloads_by_device(run_dirs["plain"])
 
 
 def test_frozen_weights_are_downloaded_once_by_code_strategies_only(runs, base):

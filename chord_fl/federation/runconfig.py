@@ -73,9 +73,9 @@ class RunConfig:
     # code strategies: each device re-spreads its item table's bytes over the rows for its own
     # window (chord_fl.refine); the cloud's codes and the bytes on the network stay the same
     refine_items: bool = False
-    # code strategies: each report carries the device's upload for the next round, so the cloud
-    # asks a device for one only where it holds none (one message per device and round after
-    # the first, where two go otherwise); codes and metrics stay the same
+    # code strategies: the report of each device drawn for the next round carries its upload for
+    # that round, so the cloud asks a device for one only where it holds none (one message per
+    # device and round after the first, where two go otherwise); codes and metrics stay the same
     profile_ahead: bool = False
     round_timeout: float = 600.0
     node_wait: float = 20.0
@@ -110,6 +110,11 @@ class RunConfig:
             raise ConfigError(
                 f"master {self.master!r} needs a strategy that quantizes the frozen weights on "
                 f"the device ({', '.join(QUANTIZING)}), not {self.strategy!r}"
+            )
+        if self.profile_ahead and self.strategy not in QUANTIZING:
+            raise ConfigError(
+                f"profile-ahead needs a strategy whose devices upload a profile or budget "
+                f"({', '.join(QUANTIZING)}), not {self.strategy!r}"
             )
         if not 0 < self.fraction <= 1:
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
