@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from results_file import append_row, read_rows
 
+from chord_fl.errors import ConfigError
 from chord_fl.machine import DEVICES, machine_line
 from chord_fl.pretrain import pretrain
 from chord_fl.train import CE_DTYPES, default_training
@@ -138,6 +139,11 @@ def main() -> None:
     args = parser.parse_args()
     if given(args, BACKBONE_OPTIONS) and set(args.backbones) != {"sasrec"}:
         parser.error("--dropout and --attention-dropout are SASRec's: use --backbones sasrec")
+    for backbone in args.backbones:  # a change no backbone's training takes fails before any row
+        try:
+            default_training(backbone, **given(args, TRAINING_OPTIONS))
+        except ConfigError as exc:
+            parser.error(f"{backbone}: {exc}")
     if args.threads:
         torch.set_num_threads(args.threads)
     results = Path(args.results)

@@ -276,6 +276,7 @@ def _bad_carried_uploads(partition, round_, task, reply):
         return _bad_profile(reply, "shape")
     if task is Task.CODES and round_ == 1 and partition == REFUSED:
         reply.metric_records[protocol.METRICS]["model_bytes"] += 1
+        return reply
     if task is Task.CODES and round_ == ROUNDS and partition == UNASKED:
         return protocol.with_upload(reply, protocol.upload_content(5_000, None))
     return reply
@@ -307,6 +308,12 @@ def test_a_bad_upload_carried_by_a_report_is_asked_for_again(base):
         if int(r["round"]) == 2 and (r["direction"], r["kind"]) == ("up", "profile")
     ]
     assert asked_again == [MISCARRIED, REFUSED]
+    unasked = [
+        r
+        for r in ledger
+        if (r["round"], r["partition"], r["direction"]) == (str(ROUNDS), str(UNASKED), "up")
+    ]
+    assert [(r["kind"], r["payload_bytes"]) for r in unasked] == [("metrics", "0")]
 
 
 def test_a_round_where_every_device_fails_is_reported_not_a_crash(base):

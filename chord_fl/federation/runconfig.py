@@ -74,8 +74,9 @@ class RunConfig:
     # window (chord_fl.refine); the cloud's codes and the bytes on the network stay the same
     refine_items: bool = False
     # code strategies: the report of each device drawn for the next round carries its upload for
-    # that round, so the cloud asks a device for one only where it holds none (one message per
-    # device and round after the first, where two go otherwise); codes and metrics stay the same
+    # that round, so the cloud asks a device for one only where it holds none (one message a
+    # round for a device drawn in consecutive rounds, where two go otherwise); codes and metrics
+    # stay the same
     profile_ahead: bool = False
     round_timeout: float = 600.0
     node_wait: float = 20.0
