@@ -2,7 +2,9 @@
 # Train the MovieLens-1M SASRec backbone on a GPU, with the library's default training, and write
 # its report (test metrics, seconds, machine) to $OUT/ml-1m-sasrec-gpu.json.
 #
-#   OUT=runs/gpu CHORD_DATA_DIR=/path/to/data benchmarks/gpu_pretrain.sh
+#   OUT=runs/gpu CHORD_DATA_DIR=/path/to/data benchmarks/gpu_pretrain.sh [PRETRAIN OPTIONS]
+#
+# Options after the script go to `chord-fl pretrain` (e.g. --ce-dtype bfloat16 --batch-size 64).
 #
 # It runs the library from this checkout with whatever Python `$PYTHON` names (default python3),
 # installed or not: that Python needs a CUDA build of torch (the CPU wheel the project pins sees
@@ -16,4 +18,4 @@ mkdir -p "$out"
 "$python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "torch sees no GPU")'
 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 "$python" -m chord_fl.cli \
     pretrain --dataset ml-1m --backbone sasrec --device cuda --no-progress --json \
-    --out "$out/ml-1m-sasrec-gpu.pt" | tee "$out/ml-1m-sasrec-gpu.json"
+    --out "$out/ml-1m-sasrec-gpu.pt" "$@" | tee "$out/ml-1m-sasrec-gpu.json"
