@@ -31,7 +31,6 @@ import argparse
 import multiprocessing
 import os
 import queue
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -107,7 +106,7 @@ def _case(name: str, args: argparse.Namespace, out: Any) -> None:
         strategy, _, settings = name.partition(":")
         overrides = {
             **run_config(args),
-            **parse_pairs(re.split(r",(?=[\w-]+=)", settings), f"case {name!r}"),
+            **parse_pairs([settings], f"case {name!r}"),
             "strategy": strategy,
             "output-dir": args.output_dir,
             "run-name": "fleet-" + "".join(c if c.isalnum() else "-" for c in name),
@@ -263,8 +262,8 @@ def main() -> None:
         "--strategies",
         nargs="*",
         default=["chord", "fp32", "fedavg"],
-        help="none: the floor only; STRATEGY:KEY=VALUE,... runs it with those settings too, "
-        "e.g. chord:profile-ahead=true",
+        help="none: the floor only; 'STRATEGY:KEY=VALUE KEY=VALUE' runs it with those run "
+        "settings (as -c takes them), e.g. chord:profile-ahead=true",
     )
     parser.add_argument("--output-dir", default=os.path.join(tempfile.gettempdir(), "chord-fleet"))
     parser.add_argument(
