@@ -8,6 +8,7 @@ from chord_fl.data import make_split, pad_left, synthetic_dataset
 from chord_fl.errors import ConfigError, DataError
 from chord_fl.evaluation import evaluate_stages, target_ranks
 from chord_fl.models import BACKBONES, LOSSES, Popularity, build_backbone
+from chord_fl.models.dropout import dropout
 from chord_fl.models.losses import chunked_cross_entropy
 from chord_fl.train import TrainConfig, batches, evaluation_negatives, fit, learning_rate_factor
 
@@ -228,3 +229,37 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert {learning_rate_factor(constant, step, 100) for step in range(100)} == {1.0}
     with pytest.raises(ConfigError, match="schedule"):
         TrainConfig(schedule="linear")
+
+
+def test_fast_dropout_drops_at_its_rate_keeps_the_mean_and_repeats():
+    x = torch.ones(400_000)
+    torch.manual_seed(3)
+    y = dropout(x, 0.3, training=True)
+    dropped = (y == 0).float().mean().item()
+    assert dropped == pytest.approx(0.3, abs=0.003)  # about 4 standard errors
+    assert y.mean().item() == pytest.approx(1.0, abs=0.01)
+    assert y.unique().tolist() == [0.0, pytest.approx(1 / (1 - 0.3), rel=1e-4)]
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x, 0.3, training=True), y)
+    assert dropout(x, 0.3, training=False) is x
+
+
+def test_fast_dropout_passes_gradients_only_where_kept():
+    x = torch.randn(1000, requires_grad=True)
+    y = dropout(x, 0.5, training=True)
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, y == 0)
+    assert torch.allclose(x.grad[y != 0], torch.tensor(2.0))
+
+
+def test_explicit_attention_equals_the_fused_one():
+    """fast_dropout's attention path (taken while training with dropout) with nothing dropped
+    gives what scaled_dot_product_attention gives."""
+    torch.manual_seed(0)
+    seqs = pad_left([np.arange(1, 9), np.arange(3, 15)], 12)
+    settings = {**SMALL, "heads": 2, "attention_dropout": 1e-9}  # rounds to no drops at all
+    model = build_backbone("sasrec", NUM_ITEMS, **settings)
+    fused = build_backbone("sasrec", NUM_ITEMS, **settings, fast_dropout=False)
+    fused.load_state_dict(model.state_dict())
+    states = model.train().encode(torch.from_numpy(seqs))
+    assert torch.allclose(states, fused.eval().encode(torch.from_numpy(seqs)), atol=1e-5)

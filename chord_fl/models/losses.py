@@ -53,8 +53,9 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             total += losses.sum(dtype=torch.float64)
             if not any(needs):
                 continue
-            # d loss / d logits = softmax - one-hot
-            gradient.scatter_add_(1, chosen, -torch.ones_like(picked))
+            # d loss / d logits = softmax - one-hot (indexing, not scatter_add_, which copies
+            # a bfloat16 chunk to float32 and back)
+            gradient[torch.arange(len(chosen)), chosen.squeeze(1)] -= 1
             if grads[0] is not None:
                 grads[0][rows] = gradient @ table
             if grads[1] is not None:

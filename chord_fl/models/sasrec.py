@@ -16,6 +16,7 @@ from torch import nn
 from chord_fl.data.sequences import PADDING
 from chord_fl.errors import ConfigError
 from chord_fl.models.base import QuantizableTensor, SequentialRecommender
+from chord_fl.models.dropout import Dropout, dropout
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class SASRecConfig:
     # MovieLens-1M 0.2 everywhere at lr 5e-3 does better (README, "Backbone training speed").
     dropout: float = 0.0
     attention_dropout: float = 0.0  # on attention weights
+    # Dropout masks from 16-bit random numbers, and attention computed explicitly while training
+    # with attention dropout (models/dropout.py): a MovieLens-1M epoch at 0.2 took 1.33x less time
+    # on 2 CPU cores. False: torch's masks and fused attention, as before.
+    fast_dropout: bool = True
     max_len: int = 200
 
     def __post_init__(self) -> None:
@@ -39,11 +44,16 @@ class SASRecConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
+def dropout_layer(config: SASRecConfig) -> nn.Module:
+    return Dropout(config.dropout) if config.fast_dropout else nn.Dropout(config.dropout)
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+    def __init__(self, hidden: int, heads: int, dropout: float, fast_dropout: bool) -> None:
         super().__init__()
         self.heads = heads
         self.dropout = dropout
+        self.fast_dropout = fast_dropout
         self.query = nn.Linear(hidden, hidden)
         self.key = nn.Linear(hidden, hidden)
         self.value = nn.Linear(hidden, hidden)
@@ -55,29 +65,36 @@ class CausalSelfAttention(nn.Module):
         def split(t: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, H, L, D/H)
             return t.view(batch, length, self.heads, hidden // self.heads).transpose(1, 2)
 
-        y = F.scaled_dot_product_attention(
-            split(self.query(x)),
-            split(self.key(x)),
-            split(self.value(x)),
-            attn_mask=allowed,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        query, key, value = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        dropout_p = self.dropout if self.training else 0.0
+        if dropout_p and self.fast_dropout:
+            # scaled_dot_product_attention draws its dropout mask with the slow bernoulli_
+            scores = query @ key.transpose(-2, -1) / (hidden // self.heads) ** 0.5
+            weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+            y = dropout(weights, dropout_p, training=True) @ value
+        else:
+            y = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=allowed, dropout_p=dropout_p
+            )
         return self.out(y.transpose(1, 2).reshape(batch, length, hidden))
 
 
 class Block(nn.Module):
-    def __init__(self, hidden: int, heads: int, dropout: float, attention_dropout: float) -> None:
+    def __init__(self, config: SASRecConfig) -> None:
         super().__init__()
+        hidden = config.hidden
         self.attention_norm = nn.LayerNorm(hidden)
-        self.attention = CausalSelfAttention(hidden, heads, attention_dropout)
+        self.attention = CausalSelfAttention(
+            hidden, config.heads, config.attention_dropout, config.fast_dropout
+        )
         self.feed_forward_norm = nn.LayerNorm(hidden)
         self.feed_forward = nn.Sequential(
             nn.Linear(hidden, hidden),
             nn.ReLU(),
-            nn.Dropout(dropout),
+            dropout_layer(config),
             nn.Linear(hidden, hidden),
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_layer(config)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         x = x + self.dropout(self.attention(self.attention_norm(x), allowed))
@@ -91,11 +108,8 @@ class SASRec(SequentialRecommender):
         self.config = config
         self.item_embedding = nn.Embedding(num_items + 1, config.hidden, padding_idx=PADDING)
         self.position_embedding = nn.Embedding(config.max_len, config.hidden)
-        self.embedding_dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(
-            Block(config.hidden, config.heads, config.dropout, config.attention_dropout)
-            for _ in range(config.blocks)
-        )
+        self.embedding_dropout = dropout_layer(config)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.blocks))
         self.final_norm = nn.LayerNorm(config.hidden)
         for parameter in self.parameters():
             if parameter.dim() > 1:
