@@ -152,10 +152,9 @@ class CodeStrategy(FleetMixin, Strategy):
         )
 
     def _drawn_next(self, round_: int) -> set[int]:
-        """With profile-ahead (which RunConfig allows only where devices upload), the nodes drawn
-        for the next round: only they are asked for its upload (an offline one cannot be known in
-        advance and sends it for nothing)."""
-        if not self.run.config.profile_ahead or round_ >= self.run.config.rounds:
+        """With profile-ahead, the nodes drawn for the next round: only they are asked for its
+        upload (an offline one cannot be known in advance and sends it for nothing)."""
+        if not self.run.config.carries_uploads or round_ >= self.run.config.rounds:
             return set()
         return {node for node, _ in self.drawn(round_ + 1)}
 

@@ -76,6 +76,7 @@ def snapshot(root: Path, names: dict[str, str]) -> dict[str, dict[str, list[dict
         "hypernet-lr": 3e-3,  # the default then
         "select-margin": 0.0,  # the reference kept the best validation score, whatever the margin
         "tier-guard": False,  # or the tiers
+        "profile-ahead": False,  # each round asked for the profile in a message of its own
         "importance-exponents": "1",  # and allocated importances as they are
         "local-epochs": 1,
         "output-dir": str(root / "runs"),

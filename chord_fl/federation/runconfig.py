@@ -76,8 +76,8 @@ class RunConfig:
     # code strategies: the report of each device drawn for the next round carries its upload for
     # that round, so the cloud asks a device for one only where it holds none (one message a
     # round for a device drawn in consecutive rounds, where two go otherwise); codes and metrics
-    # stay the same
-    profile_ahead: bool = False
+    # stay the same. fp32 and FedAvg devices upload nothing, so there it changes nothing.
+    profile_ahead: bool = True
     round_timeout: float = 600.0
     node_wait: float = 20.0
     offline: bool = False  # each device answers a round with its tier's availability
@@ -111,11 +111,6 @@ class RunConfig:
             raise ConfigError(
                 f"master {self.master!r} needs a strategy that quantizes the frozen weights on "
                 f"the device ({', '.join(QUANTIZING)}), not {self.strategy!r}"
-            )
-        if self.profile_ahead and self.strategy not in QUANTIZING:
-            raise ConfigError(
-                f"profile-ahead needs a strategy whose devices upload a profile or budget "
-                f"({', '.join(QUANTIZING)}), not {self.strategy!r}"
             )
         if not 0 < self.fraction <= 1:
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
@@ -195,6 +190,11 @@ class RunConfig:
             sensitivity_temperature=self.sensitivity_temperature,
             exponents=_numbers(self.importance_exponents, "importance-exponents", float),
         )
+
+    @property
+    def carries_uploads(self) -> bool:
+        """Whether reports carry the next round's upload (`profile_ahead` where devices upload)."""
+        return self.profile_ahead and self.strategy in QUANTIZING
 
     @property
     def run_dir(self) -> Path:
