@@ -11,7 +11,7 @@ the same cloud models: the profile, the cloud's codes (batched) and their encodi
 wire form), and on the device decode, quantize and scoring.
 
     python benchmarks/fleet.py --dataset ml-100k --rounds 3 --strategies chord fp32 fedavg
-    python benchmarks/fleet.py --strategies chord chord:profile-ahead=true
+    python benchmarks/fleet.py --strategies chord:profile-ahead=false chord
     python benchmarks/fleet.py --scaling 30431 --plot benchmarks/results/fleet-scaling.png
     python benchmarks/fleet.py --dataset yelp --devices 30431 --rounds 1 --shards 6 \
         --strategies chord fp32 --breakdown-devices 0

@@ -94,8 +94,9 @@ def _by_row(ledger: list[dict]) -> dict[tuple, int]:
 
 
 def test_a_killed_chord_run_resumes_with_its_ledger_and_full_codes(tmp_path, small_fleet):
-    """CHORD: the devices' delta base is lost with the server, the one-time download of frozen
-    weights must not be charged twice, and a half-written round must leave no rows."""
+    """CHORD: the devices' delta base is lost with the server, and so are the uploads the killed
+    run's last reports carried (profile-ahead), the one-time download of frozen weights must not
+    be charged twice, and a half-written round must leave no rows."""
     base = small_fleet(tmp_path, 12, 7, ROUNDS, strategy="chord")
     config = RunConfig.from_mapping(base)
     train = TrainConfig(epochs=2, num_negatives=10)
@@ -116,13 +117,23 @@ def test_a_killed_chord_run_resumes_with_its_ledger_and_full_codes(tmp_path, sma
     resumed, whole = (
         _by_row([r for r in rows if r["kind"] != "query"]) for rows in (ledger, whole_ledger)
     )
-    assert sorted(resumed) == sorted(whole)
+    first = done + 1
+    # The resumed server's first round asks every device for the profile its report had carried.
+    asked_again = {key for key in resumed if key not in whole}
+    assert asked_again == {
+        (str(first), str(p), direction, kind)
+        for p in range(12)
+        for direction, kind in (("down", "request"), ("up", "profile"))
+    }
+    for p in range(12):
+        carried = whole[(str(done), str(p), "up", "metrics+profile")]
+        assert resumed[(str(first), str(p), "up", "profile")] == carried
+    assert sorted(key for key in resumed if key not in asked_again) == sorted(whole)
     frozen = [key for key in resumed if key[3] == "frozen-weights"]
     assert len(frozen) == 12  # once per device, not again after the resumption
 
     world = load_world(config)
     cloud = load_cloud(world, "chord", config)
-    first = done + 1
     # Each device encodes its own window, alone.
     windows = world.split.windows(first)
     profiles = np.stack([encode_profiles(world.prepared.frozen, [w])[0] for w in windows])
@@ -130,7 +141,7 @@ def test_a_killed_chord_run_resumes_with_its_ledger_and_full_codes(tmp_path, sma
     for key, payload in resumed.items():
         if key[3] == "codes" and int(key[0]) == first:
             assert payload == len(encode_strategy(codes[int(key[1])], None)), key
-        else:
+        elif key not in asked_again:
             assert payload == whole[key], key
 
 
