@@ -1,7 +1,7 @@
 """Backbone sanity table: data set x backbone -> HR@10 and NDCG@10 (both protocols), time, machine,
 with the library's default training (what `chord-fl pretrain` and a first `flwr run` do), or with
-the changes given (`--epochs`, `--lr`, `--batch-size`, `--ce-dtype`, SASRec's `--dropout` and
-`--attention-dropout`), which each row records.
+the changes given (`--epochs`, `--lr`, `--batch-size`, `--ce-dtype`, SASRec's `--dropout`,
+`--attention-dropout` and `--torch-dropout`), which each row records.
 
 Each finished row is appended to a JSON-lines file at once, so a long run loses nothing and several
 processes (say one per core, `--threads 1`) can fill one table. The table is printed from that file,
@@ -34,7 +34,7 @@ TARGETS = {"sampled hr@10": 0.80, "full hr@10": 0.25, "seconds": PUBLIC_SASREC_M
 # recorded as a row's changes; epochs has its column
 CHANGED_TRAINING = ("lr", "batch_size", "ce_dtype")
 TRAINING_OPTIONS = ("epochs", *CHANGED_TRAINING)
-BACKBONE_OPTIONS = ("dropout", "attention_dropout")  # SASRec's
+BACKBONE_OPTIONS = ("dropout", "attention_dropout", "fast_dropout")  # SASRec's
 
 
 def given(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
@@ -87,7 +87,7 @@ def changes(row: dict) -> str:
     made = row.get("changes") or {}
     return (
         ", ".join(
-            f"{name} {value:g}" if isinstance(value, float | int) else f"{name} {value}"
+            f"{name} {value}" if isinstance(value, bool | str) else f"{name} {value:g}"
             for name, value in made.items()
         )
         or "-"
@@ -131,6 +131,14 @@ def main() -> None:
     parser.add_argument("--ce-dtype", choices=tuple(CE_DTYPES), help="default: the library's")
     parser.add_argument("--dropout", type=float, help="SASRec's; default: the library's")
     parser.add_argument("--attention-dropout", type=float, help="SASRec's; default: the library's")
+    parser.add_argument(
+        "--torch-dropout",
+        dest="fast_dropout",
+        action="store_false",
+        default=None,
+        help="SASRec: torch's dropout masks and fused attention (fast_dropout=False), as every "
+        "row before 2026-12-05 evening",
+    )
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--results", default="benchmarks/results/backbones-defaults.jsonl")
@@ -138,7 +146,9 @@ def main() -> None:
     parser.add_argument("--table-only", action="store_true", help="print the table and exit")
     args = parser.parse_args()
     if given(args, BACKBONE_OPTIONS) and set(args.backbones) != {"sasrec"}:
-        parser.error("--dropout and --attention-dropout are SASRec's: use --backbones sasrec")
+        parser.error(
+            "--dropout, --attention-dropout, --torch-dropout are SASRec's: use --backbones sasrec"
+        )
     for backbone in args.backbones:  # a change no backbone's training takes fails before any row
         try:
             default_training(backbone, **given(args, TRAINING_OPTIONS))

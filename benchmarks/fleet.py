@@ -1,14 +1,14 @@
 """Per-device cost of a federated round against Flower's own floor, on one fleet.
 
 The floor is a trivial pair of apps: the ServerApp sends every node an empty train and an empty
-evaluate message each round (as every chord-fl strategy does), and the ClientApp answers with an
-empty reply. Each strategy then runs the same fleet and rounds. Printed: milliseconds per
-device-round (rounds only, after the nodes have registered), the ratio to the floor, the peak
-RSS of the process that hosts the ServerApp, its RSS after round 1 and how much it grew per later
-round (whether memory grows with rounds, and whether Flower's own floor grows too). Each case
-runs in a fresh process. Then where CHORD's own time goes, per device, timed outside Flower on
-the same cloud models: the profile, the cloud's codes (batched) and their encoding (the smallest
-wire form), and on the device decode, quantize and scoring.
+evaluate message each round (two round trips, as CHORD without `profile-ahead` makes), and the
+ClientApp answers with an empty reply. Each strategy then runs the same fleet and rounds.
+Printed: milliseconds per device-round (rounds only, after the nodes have registered), the ratio
+to the floor, the peak RSS of the process that hosts the ServerApp, its RSS after round 1 and how
+much it grew per later round (whether memory grows with rounds, and whether Flower's own floor
+grows too). Each case runs in a fresh process. Then where CHORD's own time goes, per device, timed
+outside Flower on the same cloud models: the profile, the cloud's codes (batched) and their
+encoding (the smallest wire form), and on the device decode, quantize and scoring.
 
     python benchmarks/fleet.py --dataset ml-100k --rounds 3 --strategies chord fp32 fedavg
     python benchmarks/fleet.py --strategies chord:profile-ahead=false chord
@@ -103,16 +103,33 @@ def _case(name: str, args: argparse.Namespace, out: Any) -> None:
         seconds, memory = _floor(devices, args.rounds)
         peak = memory_mib()[1]
     else:
-        strategy, _, settings = name.partition(":")
-        overrides = {
-            **run_config(args),
-            **parse_pairs([settings], f"case {name!r}"),
-            "strategy": strategy,
-            "output-dir": args.output_dir,
-            "run-name": "fleet-" + "".join(c if c.isalnum() else "-" for c in name),
-        }
-        seconds, devices, peak, memory = _strategy(overrides, args.shards)
+        seconds, devices, peak, memory = _strategy(case_settings(name, args), args.shards)
     out.put((name, seconds, devices, peak, time.perf_counter() - started, memory))
+
+
+def case_settings(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The run settings of strategy case `name` ('STRATEGY' or 'STRATEGY:KEY=VALUE ...')."""
+    strategy, _, settings = name.partition(":")
+    return {
+        **run_config(args),
+        **parse_pairs([settings], f"case {name!r}"),
+        "strategy": strategy,
+        "output-dir": args.output_dir,
+        "run-name": "fleet-" + "".join(c if c.isalnum() else "-" for c in name),
+    }
+
+
+def ahead(name: str, args: argparse.Namespace) -> bool:
+    """Whether strategy case `name` runs with profile-ahead, as its run config resolves it."""
+    from chord_fl.federation.runconfig import RunConfig
+
+    return RunConfig.from_mapping(case_settings(name, args)).carries_uploads
+
+
+def carries_uploads(row: dict[str, Any]) -> bool:
+    """Whether a row's case ran with reports carrying the next round's upload (profile-ahead).
+    Rows from before the field was recorded ran with it off unless their case named it."""
+    return row.get("profile_ahead", row["case"].endswith("profile-ahead=true"))
 
 
 def run_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -198,10 +215,11 @@ def scaling(results: Path, sizes: list[int], figure: Path | None) -> None:
     the number of nodes, so a round's cost grows faster than the fleet."""
     import numpy as np
 
+    chord = ("chord", "chord:profile-ahead=true", "chord:profile-ahead=false")
     latest = {
-        (row["case"], row["devices"], row.get("shards", 1)): row
+        (_protocol(row), row["devices"], row.get("shards", 1)): row
         for row in read_rows(results)
-        if row["case"] in (FLOOR, "chord")
+        if row["case"] in (FLOOR, *chord)
     }
     measured = [
         {"case": _label(case, shards), "supernodes": size, "s_per_1000": row["ms_per_device_round"]}
@@ -236,8 +254,11 @@ def scaling(results: Path, sizes: list[int], figure: Path | None) -> None:
     for label in dict.fromkeys(row["case"] for row in measured):
         points = [(r["supernodes"], r["s_per_1000"]) for r in measured if r["case"] == label]
         case = label.split(",")[0]
-        marker = "o" if case == label else "s"  # squares: a fleet served in shards
-        axes.plot(*zip(*points, strict=True), marker, color=METHOD_COLOURS[case], label=label)
+        # filled: one simulation; hollow: two round trips a round; squares: served in shards
+        style = {"marker": "s" if "shards" in label else "o", "linestyle": "none"}
+        if "two round trips" in label:
+            style["markerfacecolor"] = "none"
+        axes.plot(*zip(*points, strict=True), color=METHOD_COLOURS[case], label=label, **style)
     axes.set(
         xlabel="devices (SuperNodes of one simulation, unless in shards)",
         ylabel="s per 1,000 device-rounds",
@@ -246,6 +267,12 @@ def scaling(results: Path, sizes: list[int], figure: Path | None) -> None:
     axes.set_title("Flower's cost per message grows with the fleet")
     axes.legend()
     save_figure(axes.figure, figure, rows)
+
+
+def _protocol(row: dict[str, Any]) -> str:
+    if row["case"] == FLOOR:
+        return FLOOR
+    return "chord, profile-ahead" if carries_uploads(row) else "chord, two round trips"
 
 
 def _label(case: str, shards: int) -> str:
@@ -263,7 +290,7 @@ def main() -> None:
         nargs="*",
         default=["chord", "fp32", "fedavg"],
         help="none: the floor only; 'STRATEGY:KEY=VALUE KEY=VALUE' runs it with those run "
-        "settings (as -c takes them), e.g. chord:profile-ahead=true",
+        "settings (as -c takes them), e.g. chord:profile-ahead=false",
     )
     parser.add_argument("--output-dir", default=os.path.join(tempfile.gettempdir(), "chord-fleet"))
     parser.add_argument(
@@ -340,6 +367,7 @@ def main() -> None:
             Path(args.results),
             {
                 "case": name,
+                **({} if name == FLOOR else {"profile_ahead": ahead(name, args)}),
                 "dataset": args.dataset,
                 "devices": devices,
                 "rounds": args.rounds,

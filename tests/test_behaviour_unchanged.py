@@ -76,7 +76,6 @@ def snapshot(root: Path, names: dict[str, str]) -> dict[str, dict[str, list[dict
         "hypernet-lr": 3e-3,  # the default then
         "select-margin": 0.0,  # the reference kept the best validation score, whatever the margin
         "tier-guard": False,  # or the tiers
-        "profile-ahead": False,  # each round asked for the profile in a message of its own
         "importance-exponents": "1",  # and allocated importances as they are
         "local-epochs": 1,
         "output-dir": str(root / "runs"),
@@ -94,7 +93,10 @@ def snapshot(root: Path, names: dict[str, str]) -> dict[str, dict[str, list[dict
     pretrain(str(data), "sasrec", None, ROUNDS, train, backbone, checkpoint, None, False)
     out = {}
     for name, strategy in names.items():
-        simulate({**base, "strategy": strategy, "run-name": name}, num_supernodes=USERS)
+        settings = {**base, "strategy": strategy, "run-name": name}
+        if strategy.startswith("chord"):  # the reference asked for each profile in its own round
+            settings["profile-ahead"] = False
+        simulate(settings, num_supernodes=USERS)
         run = root / "runs" / name
         out[name] = {
             "clients": _rows(run / "clients.csv", ("round", "partition")),

@@ -242,6 +242,7 @@ def test_fast_dropout_drops_at_its_rate_keeps_the_mean_and_repeats():
     torch.manual_seed(3)
     assert torch.equal(dropout(x, 0.3, training=True), y)
     assert dropout(x, 0.3, training=False) is x
+    assert torch.isfinite(dropout(x, 1 - 1e-9, training=True)).all()  # rounds below 1, not to it
 
 
 def test_fast_dropout_passes_gradients_only_where_kept():
@@ -253,8 +254,9 @@ def test_fast_dropout_passes_gradients_only_where_kept():
 
 
 def test_explicit_attention_equals_the_fused_one():
-    """fast_dropout's attention path (taken while training with dropout) with nothing dropped
-    gives what scaled_dot_product_attention gives."""
+    """fast_dropout's attention path (taken while training with attention dropout) gives what
+    scaled_dot_product_attention gives; here with a rate that rounds to no drops, so the two
+    compare exactly (the masks themselves are the tests above)."""
     torch.manual_seed(0)
     seqs = pad_left([np.arange(1, 9), np.arange(3, 15)], 12)
     settings = {**SMALL, "heads": 2, "attention_dropout": 1e-9}  # rounds to no drops at all

@@ -153,6 +153,23 @@ def test_out_of_range_values_are_rejected(values, mentioned):
     assert mentioned in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("strategy", "ahead", "carries"),
+    [
+        ("chord", None, True),  # the default
+        ("uniform", None, True),
+        ("chord", False, False),
+        ("fp32", True, False),  # its devices upload nothing to carry
+        ("fedavg", True, False),
+    ],
+)
+def test_reports_carry_uploads_only_where_devices_upload_and_profile_ahead_is_on(
+    strategy, ahead, carries
+):
+    values = {"strategy": strategy} | ({} if ahead is None else {"profile-ahead": ahead})
+    assert RunConfig.from_mapping(values).carries_uploads is carries
+
+
 def test_known_backbones_and_inits_are_accepted():
     assert RunConfig.from_mapping({"backbone": "caser"}).backbone == "caser"
     assert RunConfig.from_mapping({"init": "random"}).init == "random"

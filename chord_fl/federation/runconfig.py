@@ -76,7 +76,7 @@ class RunConfig:
     # code strategies: the report of each device drawn for the next round carries its upload for
     # that round, so the cloud asks a device for one only where it holds none (one message a
     # round for a device drawn in consecutive rounds, where two go otherwise); codes and metrics
-    # stay the same. fp32 and FedAvg devices upload nothing, so there it changes nothing.
+    # stay the same. fp32 and FedAvg devices send no profile or budget: it changes nothing there.
     profile_ahead: bool = True
     round_timeout: float = 600.0
     node_wait: float = 20.0

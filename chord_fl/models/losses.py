@@ -55,7 +55,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 continue
             # d loss / d logits = softmax - one-hot (indexing, not scatter_add_, which copies
             # a bfloat16 chunk to float32 and back)
-            gradient[torch.arange(len(chosen)), chosen.squeeze(1)] -= 1
+            gradient[torch.arange(len(chosen), device=chosen.device), chosen.squeeze(1)] -= 1
             if grads[0] is not None:
                 grads[0][rows] = gradient @ table
             if grads[1] is not None:

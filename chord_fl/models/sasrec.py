@@ -15,8 +15,8 @@ from torch import nn
 
 from chord_fl.data.sequences import PADDING
 from chord_fl.errors import ConfigError
+from chord_fl.models import dropout as cheap
 from chord_fl.models.base import QuantizableTensor, SequentialRecommender
-from chord_fl.models.dropout import Dropout, dropout
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,13 @@ class SASRecConfig:
     heads: int = 1
     # No dropout by default: under the default training it held learning back on MovieLens-100K
     # (test NDCG@10, full ranking: 0.0806 without, 0.0738 with 0.2 outside attention, 0.0692 with
-    # 0.2 everywhere), and drawing its random masks costs a third of a CPU training step. On
-    # MovieLens-1M 0.2 everywhere at lr 5e-3 does better (README, "Backbone training speed").
+    # 0.2 everywhere). On MovieLens-1M 0.2 everywhere does better (README, "Backbone training
+    # speed").
     dropout: float = 0.0
     attention_dropout: float = 0.0  # on attention weights
-    # Dropout masks from 16-bit random numbers, and attention computed explicitly while training
-    # with attention dropout (models/dropout.py): a MovieLens-1M epoch at 0.2 took 1.33x less time
-    # on 2 CPU cores. False: torch's masks and fused attention, as before.
+    # On the CPU, dropout masks from 16-bit random numbers, and attention computed explicitly
+    # while training with attention dropout (models/dropout.py): a MovieLens-1M epoch at 0.2 ran
+    # 1.33x faster on 2 cores. False: torch's masks and fused attention, as before.
     fast_dropout: bool = True
     max_len: int = 200
 
@@ -45,15 +45,16 @@ class SASRecConfig:
 
 
 def dropout_layer(config: SASRecConfig) -> nn.Module:
-    return Dropout(config.dropout) if config.fast_dropout else nn.Dropout(config.dropout)
+    return cheap.Dropout(config.dropout) if config.fast_dropout else nn.Dropout(config.dropout)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, hidden: int, heads: int, dropout: float, fast_dropout: bool) -> None:
+    def __init__(self, config: SASRecConfig) -> None:
         super().__init__()
-        self.heads = heads
-        self.dropout = dropout
-        self.fast_dropout = fast_dropout
+        hidden = config.hidden
+        self.heads = config.heads
+        self.dropout_p = config.attention_dropout
+        self.fast_dropout = config.fast_dropout
         self.query = nn.Linear(hidden, hidden)
         self.key = nn.Linear(hidden, hidden)
         self.value = nn.Linear(hidden, hidden)
@@ -66,12 +67,12 @@ class CausalSelfAttention(nn.Module):
             return t.view(batch, length, self.heads, hidden // self.heads).transpose(1, 2)
 
         query, key, value = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        dropout_p = self.dropout if self.training else 0.0
-        if dropout_p and self.fast_dropout:
+        dropout_p = self.dropout_p if self.training else 0.0
+        if dropout_p and self.fast_dropout and x.device.type == "cpu":
             # scaled_dot_product_attention draws its dropout mask with the slow bernoulli_
             scores = query @ key.transpose(-2, -1) / (hidden // self.heads) ** 0.5
             weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-            y = dropout(weights, dropout_p, training=True) @ value
+            y = cheap.dropout(weights, dropout_p, training=True) @ value
         else:
             y = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=allowed, dropout_p=dropout_p
@@ -84,9 +85,7 @@ class Block(nn.Module):
         super().__init__()
         hidden = config.hidden
         self.attention_norm = nn.LayerNorm(hidden)
-        self.attention = CausalSelfAttention(
-            hidden, config.heads, config.attention_dropout, config.fast_dropout
-        )
+        self.attention = CausalSelfAttention(config)
         self.feed_forward_norm = nn.LayerNorm(hidden)
         self.feed_forward = nn.Sequential(
             nn.Linear(hidden, hidden),
