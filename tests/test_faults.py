@@ -282,6 +282,15 @@ def _bad_carried_uploads(partition, round_, task, reply):
     return reply
 
 
+def _device_rows(table):
+    """Each (round, partition)'s row without what differs between two runs of the same code."""
+    drop = ("node_id", "adapt_ms")
+    return {
+        (int(r["round"]), int(r["partition"])): {k: v for k, v in r.items() if k not in drop}
+        for r in table
+    }
+
+
 def test_a_bad_upload_carried_by_a_report_is_asked_for_again(base):
     """profile-ahead: a report whose carried upload is malformed still counts, and the device
     is asked for its upload in the next train phase, as is a device whose report was refused;
@@ -290,15 +299,7 @@ def test_a_bad_upload_carried_by_a_report_is_asked_for_again(base):
     overrides = {**base, "strategy": "chord", "run-name": "ahead-bad", "profile-ahead": True}
     app = tampering_app(RunConfig.from_mapping(overrides).to_mapping(), None, _bad_carried_uploads)
     clients, ledger = _run(base, "ahead-bad", app, strategy="chord", **{"profile-ahead": True})
-
-    def rows(table):
-        drop = ("node_id", "adapt_ms")
-        return {
-            (int(r["round"]), int(r["partition"])): {k: v for k, v in r.items() if k not in drop}
-            for r in table
-        }
-
-    clean, tampered = rows(clean_clients), rows(clients)
+    clean, tampered = _device_rows(clean_clients), _device_rows(clients)
     spoiled = [(1, REFUSED), (ROUNDS, UNASKED)]
     assert [tampered.pop(key)["status"] for key in spoiled] == ["rejected"] * 2
     assert tampered == {key: row for key, row in clean.items() if key not in spoiled}
@@ -314,6 +315,35 @@ def test_a_bad_upload_carried_by_a_report_is_asked_for_again(base):
         if (r["round"], r["partition"], r["direction"]) == (str(ROUNDS), str(UNASKED), "up")
     ]
     assert [(r["kind"], r["payload_bytes"]) for r in unasked] == [("metrics", "0")]
+
+
+def test_an_upload_from_a_device_not_drawn_next_round_spoils_its_report(base):
+    """profile-ahead with half the fleet drawn each round: a device drawn in round 1 but not in
+    round 2 is not asked for its upload, so one it sends anyway with its round-1 report is
+    refused, and no one else's row changes."""
+    half = {"strategy": "chord", "fraction": 0.5}
+    clean_clients, _ = _run(base, "half-clean", **half)
+    drawn = {(int(r["round"]), int(r["partition"])) for r in clean_clients}
+    stray = min(p for r, p in drawn if r == 1 and (2, p) not in drawn)
+
+    def send_unasked(partition, round_, task, reply):
+        if task is Task.CODES and round_ == 1 and partition == stray:
+            return protocol.with_upload(reply, protocol.upload_content(5_000, None))
+        return reply
+
+    overrides = {**base, **half, "run-name": "half-stray"}
+    app = tampering_app(RunConfig.from_mapping(overrides).to_mapping(), None, send_unasked)
+    clients, ledger = _run(base, "half-stray", app, **half)
+    clean, tampered = _device_rows(clean_clients), _device_rows(clients)
+    assert tampered.pop((1, stray))["status"] == "rejected"
+    assert tampered == {key: row for key, row in clean.items() if key != (1, stray)}
+    stray_up = [
+        (r["kind"], r["payload_bytes"])
+        for r in ledger
+        if (r["round"], r["partition"], r["direction"]) == ("1", str(stray), "up")
+    ]
+    # asked in round 1's train phase, refused with its report
+    assert [kind for kind, _ in stray_up] == ["profile", "metrics"] and stray_up[1][1] == "0"
 
 
 def test_a_round_where_every_device_fails_is_reported_not_a_crash(base):
