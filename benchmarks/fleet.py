@@ -119,14 +119,15 @@ def case_settings(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def ahead(name: str, args: argparse.Namespace) -> bool:
-    """Whether strategy case `name` runs with profile-ahead, as its run config resolves it."""
+def case_carries_uploads(name: str, args: argparse.Namespace) -> bool:
+    """Whether strategy case `name`'s reports carry the next round's upload (`profile-ahead`
+    where its devices upload: false for fp32 and FedAvg whatever the setting)."""
     from chord_fl.federation.runconfig import RunConfig
 
     return RunConfig.from_mapping(case_settings(name, args)).carries_uploads
 
 
-def carries_uploads(row: dict[str, Any]) -> bool:
+def row_carries_uploads(row: dict[str, Any]) -> bool:
     """Whether a row's case ran with reports carrying the next round's upload (profile-ahead).
     Rows from before the field was recorded ran with it off unless their case named it."""
     return row.get("profile_ahead", row["case"].endswith("profile-ahead=true"))
@@ -254,7 +255,7 @@ def scaling(results: Path, sizes: list[int], figure: Path | None) -> None:
     for label in dict.fromkeys(row["case"] for row in measured):
         points = [(r["supernodes"], r["s_per_1000"]) for r in measured if r["case"] == label]
         case = label.split(",")[0]
-        # filled: one simulation; hollow: two round trips a round; squares: served in shards
+        # filled: the floor or profile-ahead; hollow: two round trips a round; squares: shards
         style = {"marker": "s" if "shards" in label else "o", "linestyle": "none"}
         if "two round trips" in label:
             style["markerfacecolor"] = "none"
@@ -270,9 +271,10 @@ def scaling(results: Path, sizes: list[int], figure: Path | None) -> None:
 
 
 def _protocol(row: dict[str, Any]) -> str:
+    """A floor or chord row's label in the scaling table."""
     if row["case"] == FLOOR:
         return FLOOR
-    return "chord, profile-ahead" if carries_uploads(row) else "chord, two round trips"
+    return "chord, profile-ahead" if row_carries_uploads(row) else "chord, two round trips"
 
 
 def _label(case: str, shards: int) -> str:
@@ -367,7 +369,7 @@ def main() -> None:
             Path(args.results),
             {
                 "case": name,
-                **({} if name == FLOOR else {"profile_ahead": ahead(name, args)}),
+                **({} if name == FLOOR else {"profile_ahead": case_carries_uploads(name, args)}),
                 "dataset": args.dataset,
                 "devices": devices,
                 "rounds": args.rounds,
