@@ -28,11 +28,13 @@ def random_halfwords(shape: torch.Size, device: torch.device) -> torch.Tensor:
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """`x` with each element zeroed at rate `p` (on the CPU to 1/65,536) and the rest scaled by
     1 / (1 - p), while `training`; `x` itself otherwise."""
+    if not training:
+        return x
     if x.device.type != "cpu":
-        return F.dropout(x, p, training)
+        return F.dropout(x, p)
     # a p within 2^-17 of 1 would round to dropping all: nothing to scale up
     dropped = min(round(p * LEVELS), LEVELS - 1)
-    if not training or dropped == 0:
+    if dropped == 0:
         return x
     keep = random_halfwords(x.shape, x.device) >= dropped - LEVELS // 2
     return torch.where(keep, x * (LEVELS / (LEVELS - dropped)), 0.0)
