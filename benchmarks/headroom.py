@@ -14,6 +14,8 @@ and fp32 aside), and every device is scored on its own test target:
   importance exponent chosen on validation;
 - chord-sens: hypernetworks trained by sensitivity supervision (log link, cloud-wide prior);
   init-sens: the same networks untrained (the prior, with the backbone's own item scores);
+- chord-sens-relax (only with `--learned`): the supervised recipe's networks trained through the
+  relaxed allocation from that start; init-sens-relax: untrained, the same as init-sens;
 - chord: what the `chord` strategy serves from both recipes (`serve_best`: the best untrained
   start, and a trained network at the tiers where it does not lose to it, provided it beats it
   over them; of several such, the one that serves the fleet best on the decision users);

@@ -24,6 +24,8 @@ ORDER = (
     "chord-relax",
     "init-sens",
     "chord-sens",
+    "init-sens-relax",
+    "chord-sens-relax",
     "chord",
     "chord+refined",
     "window-fisher",
@@ -50,6 +52,7 @@ AGAINST = {
     # Each recipe's served networks against the untrained starts: what training adds per recipe.
     "chord-relax": ("init-relax", "init-sens"),
     "chord-sens": ("init-sens",),
+    "chord-sens-relax": ("init-sens-relax", "init-sens"),
 }
 
 # The budget sweep figure: the deployable methods and the two ceilings (the tables have the rest).

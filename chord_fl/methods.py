@@ -69,6 +69,8 @@ CHORD_VARIANTS = {
     "chord-no-layer": _both(layer_level=False),
     "chord-relax": Variant((Recipe(HyperNetConfig(), "next-item"),)),
     "chord-sens": Variant((Recipe(HyperNetConfig(link="exp", prior=True), "sensitivity"),)),
+    # The relaxation trained from the supervised recipe's start (the stronger start on SASRec).
+    "chord-sens-relax": Variant((Recipe(HyperNetConfig(link="exp", prior=True), "next-item"),)),
 }
 METHODS: dict[str, Method] = {
     "fp32": Method(FP32),

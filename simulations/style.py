@@ -37,6 +37,8 @@ METHOD_COLOURS = {
     "init": "#f4a582",
     "chord-sens": "#cc79a7",
     "init-sens": "#f1b6da",
+    "chord-sens-relax": "#7b3294",
+    "init-sens-relax": "#f1b6da",  # the same network as init-sens
     "chord-relax": "#8073ac",
     "init-relax": "#b2abd2",
     "chord-no-element": "#b2182b",

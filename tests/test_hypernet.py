@@ -11,7 +11,7 @@ from chord_fl.checkpoint import load_hypernet, save_hypernet
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data import make_split, synthetic_dataset
 from chord_fl.errors import ConfigError
-from chord_fl.hypernet.epochs import supervised_epoch, training_examples
+from chord_fl.hypernet.epochs import RelaxedEpoch, supervised_epoch, training_examples
 from chord_fl.hypernet.networks import ChordHyperNet, HyperNetConfig
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.relax import EXCLUDED_PENALTY, Relaxation, soft_codes
@@ -301,6 +301,34 @@ def test_sensitivity_supervision_lowers_its_loss_and_beats_random_codes():
         for method in ("chord", "random")
     }
     assert scores["chord"] > scores["random"] + 0.05, scores
+
+
+def test_the_relaxation_trains_the_supervised_network_through_its_log_link_and_prior():
+    split, backbone = synthetic_backbone()
+    prepared = PreparedModel(backbone)
+    (recipe,) = CHORD_VARIANTS["chord-sens-relax"].recipes
+    assert recipe.needs_supervision  # its start needs the cloud-wide prior
+    supervision = sensitivity_set(backbone, prepared.channels, split.windows(1), 8, seed=3)
+    torch.manual_seed(0)
+    net = ChordHyperNet(backbone, prepared.channels, backbone.hidden_size, recipe.network)
+    net.set_prior(supervision.prior)
+    before = copy.deepcopy(net.state_dict())
+    epoch = RelaxedEpoch(
+        Relaxation(prepared),
+        split.histories(),
+        DEFAULT_FLEET,
+        tier_budgets(DEFAULT_FLEET, prepared.channels),
+        HyperTrainConfig(objective=recipe.objective),
+        None,
+    )
+    losses = epoch(net, torch.optim.Adam(net.parameters(), lr=1e-2), np.random.default_rng(0))
+    assert np.isfinite(losses).all()
+    moved = {key for key, value in net.state_dict().items() if not torch.equal(value, before[key])}
+    # The next-item loss reaches the per-tensor prior exponents, the layer level and the item
+    # tables' bilinear heads; the fixed prior itself stays as the supervision set made it.
+    assert "prior_exponent" in moved and "layer.bias" in moved
+    assert any(key.endswith("user_to_row.weight") for key in moved)
+    assert "log_prior" not in moved
 
 
 def test_the_history_keeps_each_tiers_validation_mean():
