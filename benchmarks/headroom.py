@@ -18,7 +18,8 @@ and fp32 aside), and every device is scored on its own test target:
   relaxed allocation from that start; init-sens-relax: untrained, the same as init-sens;
 - chord: what the `chord` strategy serves from both recipes (`serve_best`: the best untrained
   start, and a trained network at the tiers where it does not lose to it, provided it beats it
-  over them; of several such, the one that serves the fleet best on the decision users);
+  over them; of several such, the one that serves the fleet best on the decision users); with
+  `--learned`, what `serve_best` serves from the recipes named there;
 - global: the mean expected sensitivity of training users' history windows, each normalised, raised
   to the exponent chosen on validation (the project's `global` strategy); global-target: the
   earlier estimate, the mean squared gradient of the same users' realised last history items;

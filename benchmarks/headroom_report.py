@@ -52,7 +52,7 @@ AGAINST = {
     # Each recipe's served networks against the untrained starts: what training adds per recipe.
     "chord-relax": ("init-relax", "init-sens"),
     "chord-sens": ("init-sens",),
-    "chord-sens-relax": ("init-sens-relax", "init-sens"),
+    "chord-sens-relax": ("init-sens-relax", "init-sens", "global", "uniform", "fp32"),
 }
 
 # The budget sweep figure: the deployable methods and the two ceilings (the tables have the rest).

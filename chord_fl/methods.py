@@ -39,8 +39,8 @@ FP32, UNIFORM, CODES = "fp32", "uniform", "codes"
 
 @dataclass(frozen=True)
 class Variant:
-    """A CHORD variant: the recipes its hypernetworks may come from; each is trained and the best
-    on validation targets is kept (the default needs no choice made on test targets)."""
+    """A CHORD variant: the recipes its hypernetworks may come from; each is trained, and what is
+    served is chosen on validation targets only (`chord_fl.hypernet.serving.serve_best`)."""
 
     recipes: tuple[Recipe, ...]
 
@@ -60,8 +60,10 @@ def _both(**levels: bool) -> Variant:
 
 
 # Validation favours sensitivity supervision on some data sets and backbones and the relaxation on
-# others (README, "Headroom"), so each variant trains both and keeps the one with the higher mean
-# validation score.
+# others (README, "Headroom"), so `chord` and its ablations train both: the start with the higher
+# mean validation score is served, and a trained network at the tiers where it does not lose to
+# that start, provided it beats it over them (`serve_best`). The one-recipe variants serve
+# benchmarks and comparisons.
 CHORD_VARIANTS = {
     "chord": _both(),
     "chord-no-element": _both(element_level=False),

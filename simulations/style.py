@@ -37,7 +37,7 @@ METHOD_COLOURS = {
     "init": "#f4a582",
     "chord-sens": "#cc79a7",
     "init-sens": "#f1b6da",
-    "chord-sens-relax": "#7b3294",
+    "chord-sens-relax": "#17becf",
     "init-sens-relax": "#f1b6da",  # the same network as init-sens
     "chord-relax": "#8073ac",
     "init-relax": "#b2abd2",
@@ -64,6 +64,7 @@ METHOD_MARKERS = {
     "global+refined": "d",
     "chord-sens": "P",
     "chord-relax": "X",
+    "chord-sens-relax": "H",
     "chord-no-element": "v",
     "chord-no-filter": "<",
     "chord-no-layer": ">",

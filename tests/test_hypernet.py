@@ -324,11 +324,27 @@ def test_the_relaxation_trains_the_supervised_network_through_its_log_link_and_p
     losses = epoch(net, torch.optim.Adam(net.parameters(), lr=1e-2), np.random.default_rng(0))
     assert np.isfinite(losses).all()
     moved = {key for key, value in net.state_dict().items() if not torch.equal(value, before[key])}
-    # The next-item loss reaches the per-tensor prior exponents, the layer level and the item
-    # tables' bilinear heads; the fixed prior itself stays as the supervision set made it.
+    # The next-item loss reaches the per-tensor prior exponents, the layer level and the scoring
+    # item table's bilinear head (which starts at the backbone's own logits).
     assert "prior_exponent" in moved and "layer.bias" in moved
-    assert any(key.endswith("user_to_row.weight") for key in moved)
-    assert "log_prior" not in moved
+    assert f"heads.{item_head_index(prepared)}.user_to_row.weight" in moved
+    # Untrained, it is the supervised recipe's start: the same importances for every device.
+    (supervised,) = CHORD_VARIANTS["chord-sens"].recipes
+    profiles = encode_profiles(backbone, split.windows(1))
+    budgets = np.full(len(profiles), tier_budgets(DEFAULT_FLEET, prepared.channels)[0])
+    starts = [
+        train_hypernet(
+            prepared,
+            split,
+            DEFAULT_FLEET,
+            r.network,
+            HyperTrainConfig(epochs=0, objective=r.objective, eval_users=150),
+            False,
+            supervision,
+        )[0]
+        for r in (recipe, supervised)
+    ]
+    np.testing.assert_array_equal(*(hypernet_importance(n, profiles, budgets) for n in starts))
 
 
 def test_the_history_keeps_each_tiers_validation_mean():
