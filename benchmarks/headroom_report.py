@@ -122,6 +122,10 @@ def tables(rows: list[dict]) -> str:
                 if other in methods:
                     cells = [_paired(methods[lead], methods[other], p) for p in PROTOCOLS]
                     out.append(f"| {other} | " + " | ".join(cells) + " |")
+            if "global" in methods and "window" in methods:
+                # Positive (by two standard errors) where the lead closes over half of the gap.
+                cells = [_above_half_gap(methods[lead], methods, p) for p in PROTOCOLS]
+                out.append("| the global-to-window gap's midpoint | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -141,9 +145,19 @@ def _per_device(group: list[dict], protocol: str) -> np.ndarray:
 def _paired(group: list[dict], reference: list[dict] | None, protocol: str) -> str:
     if not reference:
         return "-"
-    mean, error = mean_and_standard_error(
-        _per_device(group, protocol) - _per_device(reference, protocol)
-    )
+    return _difference(_per_device(group, protocol) - _per_device(reference, protocol))
+
+
+def _above_half_gap(group: list[dict], methods: dict[str, list[dict]], protocol: str) -> str:
+    """The group minus the mean of `global` and the window ceiling, paired by device."""
+    midpoint = (
+        _per_device(methods["global"], protocol) + _per_device(methods["window"], protocol)
+    ) / 2
+    return _difference(_per_device(group, protocol) - midpoint)
+
+
+def _difference(per_device: np.ndarray) -> str:
+    mean, error = mean_and_standard_error(per_device)
     if not error:
         return f"{mean:+.4f}"
     return f"{mean:+.4f} ± {error:.4f} ({mean / error:+.1f})"
