@@ -123,7 +123,7 @@ def tables(rows: list[dict]) -> str:
                     cells = [_paired(methods[lead], methods[other], p) for p in PROTOCOLS]
                     out.append(f"| {other} | " + " | ".join(cells) + " |")
             if "global" in methods and "window" in methods:
-                # Positive (by two standard errors) where the lead closes over half of the gap.
+                # Above zero by two standard errors: the lead closes over half of the gap.
                 cells = [_above_half_gap(methods[lead], methods, p) for p in PROTOCOLS]
                 out.append("| the global-to-window gap's midpoint | " + " | ".join(cells) + " |")
     return "\n".join(out)
@@ -149,11 +149,14 @@ def _paired(group: list[dict], reference: list[dict] | None, protocol: str) -> s
 
 
 def _above_half_gap(group: list[dict], methods: dict[str, list[dict]], protocol: str) -> str:
-    """The group minus the mean of `global` and the window ceiling, paired by device."""
-    midpoint = (
-        _per_device(methods["global"], protocol) + _per_device(methods["window"], protocol)
-    ) / 2
-    return _difference(_per_device(group, protocol) - midpoint)
+    """The group minus the mean of `global` and the window ceiling, paired by device, where the
+    window ceiling is above `global` by two standard errors ("no gap" otherwise, as in the
+    share column)."""
+    low, high = (_per_device(methods[m], protocol) for m in ("global", "window"))
+    gap, error = mean_and_standard_error(high - low)
+    if not error or gap < 2 * error:
+        return "no gap"
+    return _difference(_per_device(group, protocol) - (low + high) / 2)
 
 
 def _difference(per_device: np.ndarray) -> str:
