@@ -148,15 +148,23 @@ def _paired(group: list[dict], reference: list[dict] | None, protocol: str) -> s
     return _difference(_per_device(group, protocol) - _per_device(reference, protocol))
 
 
-def _above_half_gap(group: list[dict], methods: dict[str, list[dict]], protocol: str) -> str:
-    """The group minus the mean of `global` and the window ceiling, paired by device, where the
-    window ceiling is above `global` by two standard errors ("no gap" otherwise, as in the
-    share column)."""
+def _real_gap(methods: dict[str, list[dict]], protocol: str) -> tuple[np.ndarray, float] | None:
+    """Each device's `global` and window-ceiling mean, and the mean gap between them, where the
+    gap is more than two paired standard errors from zero (None: "no gap")."""
     low, high = (_per_device(methods[m], protocol) for m in ("global", "window"))
     gap, error = mean_and_standard_error(high - low)
-    if not error or gap < 2 * error:
+    if not error or abs(gap) < 2 * error:
+        return None
+    return (low + high) / 2, gap
+
+
+def _above_half_gap(group: list[dict], methods: dict[str, list[dict]], protocol: str) -> str:
+    """The group minus the gap's midpoint, paired by device, where the window ceiling is above
+    `global` ("no gap" otherwise)."""
+    real = _real_gap(methods, protocol)
+    if real is None or real[1] < 0:
         return "no gap"
-    return _difference(_per_device(group, protocol) - (low + high) / 2)
+    return _difference(_per_device(group, protocol) - real[0])
 
 
 def _difference(per_device: np.ndarray) -> str:
@@ -175,13 +183,11 @@ def _gap_share(
         return "-"
     shares = []
     for protocol in ("full", "sampled"):
-        gap, error = mean_and_standard_error(
-            _per_device(methods["window"], protocol) - _per_device(methods["global"], protocol)
-        )
-        if not error or abs(gap) < 2 * error:
+        real = _real_gap(methods, protocol)
+        if real is None:
             shares.append("no gap")
             continue
-        shares.append(f"{(means[method][protocol] - means['global'][protocol]) / gap:+.0%}")
+        shares.append(f"{(means[method][protocol] - means['global'][protocol]) / real[1]:+.0%}")
     return " / ".join(shares)
 
 
