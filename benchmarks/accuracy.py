@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results_file import append_row, budget_of, read_rows
+from results_file import add_device_option, append_row, budget_of, read_rows
 
 from chord_fl.cli import parse_pairs
 from chord_fl.cli_options import add_exponent_option
@@ -38,7 +38,7 @@ from chord_fl.experiment import (
 )
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.training import HyperTrainConfig, train_best
-from chord_fl.machine import machine_line
+from chord_fl.machine import machine_line, on_device, torch_device
 from chord_fl.methods import CHORD_VARIANTS, METHODS, Cloud, calibrated_global
 from chord_fl.metrics import mean_and_standard_error
 from chord_fl.quant.quantizer import PreparedModel
@@ -76,10 +76,12 @@ def paired_rows(ndcg: dict[tuple[float, str], list[dict[str, np.ndarray]]]) -> l
 def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) -> None:
     setup = Setup(dataset, backbone, args.data_dir, rounds=1, init=args.init)
     split = load_split(setup)
-    prepared = PreparedModel(load_backbone(setup, split), pruned_items=args.pruned_items)
+    backbone_model = load_backbone(setup, split, device=args.device)
+    prepared = PreparedModel(backbone_model, pruned_items=args.pruned_items)
     users, windows, targets, negatives = eval_devices(split, args.eval_users)
     profiles = encode_profiles(prepared.frozen, windows)
-    importance = global_sensitivity(prepared.frozen, prepared.channels, split)
+    cloud_frozen = on_device(prepared.frozen, torch_device(args.device))
+    importance = global_sensitivity(cloud_frozen, prepared.channels, split)
     calibration = HyperTrainConfig(exponents=tuple(args.exponents))
     importance = calibrated_global(prepared, split, DEFAULT_FLEET, importance, calibration)
     cloud = Cloud(prepared, global_importance=importance)
@@ -97,7 +99,9 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
                     exponents=tuple(args.exponents),
                     **options,
                 )
-                net, fit, _ = train_best(prepared, split, DEFAULT_FLEET, recipes, config)
+                net, fit, _ = train_best(
+                    prepared, split, DEFAULT_FLEET, recipes, config, device=args.device
+                )
                 cloud.hypernets[method] = net
                 train_seconds[method] = fit.seconds
         for bits in args.bits:
@@ -260,6 +264,7 @@ def main() -> None:
     )
     parser.add_argument("--data-dir")
     parser.add_argument("--threads", type=int)
+    add_device_option(parser)
     parser.add_argument("--results", default="benchmarks/results/accuracy.jsonl")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()

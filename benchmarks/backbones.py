@@ -35,6 +35,7 @@ TARGETS = {"sampled hr@10": 0.80, "full hr@10": 0.25, "seconds": PUBLIC_SASREC_M
 CHANGED_TRAINING = ("lr", "batch_size", "ce_dtype")
 TRAINING_OPTIONS = ("epochs", *CHANGED_TRAINING)
 BACKBONE_OPTIONS = ("dropout", "attention_dropout", "fast_dropout")  # SASRec's
+LENGTH = ("max_len",)  # every backbone's
 
 
 def given(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
@@ -43,7 +44,7 @@ def given(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
 
 def run_row(dataset: str, backbone: str, args: argparse.Namespace) -> dict:
     train = default_training(backbone, **given(args, TRAINING_OPTIONS))
-    options = given(args, BACKBONE_OPTIONS)
+    options = given(args, BACKBONE_OPTIONS + LENGTH)
     checkpoint = Path(args.checkpoints) / f"{dataset}-{backbone}.pt"
     report = pretrain(
         dataset, backbone, args.data_dir, 1, train, options, checkpoint, device=args.device
@@ -59,6 +60,7 @@ def run_row(dataset: str, backbone: str, args: argparse.Namespace) -> dict:
         "epochs_run": report["epochs_run"],
         "train_seconds": report["train_seconds"],
         "train_device": report["train_device"],
+        "max_len": report["max_len"],
         "changes": {**given(args, CHANGED_TRAINING), **options},
         "machine": machine_line(),
     }
@@ -67,8 +69,9 @@ def run_row(dataset: str, backbone: str, args: argparse.Namespace) -> dict:
 def table(rows: list[dict]) -> str:
     lines = [
         "| data set | backbone | items | HR@10 sampled | NDCG@10 sampled | HR@10 full | "
-        "NDCG@10 full | validation NDCG@10 sampled | epochs (best) | changes | train s | machine |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "NDCG@10 full | validation NDCG@10 sampled | max length | epochs (best) | changes | "
+        "train s | machine |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         sampled, full = row["test"]["sampled"], row["test"]["full"]
@@ -76,7 +79,9 @@ def table(rows: list[dict]) -> str:
             f"| {row['dataset']} | {row['backbone']} | {row['items']} | {sampled['hr@10']:.4f} | "
             f"{sampled['ndcg@10']:.4f} | {full['hr@10']:.4f} | {full['ndcg@10']:.4f} | "
             f"{row['validation']['sampled']['ndcg@10']:.4f} | "
-            f"{row['epochs_run']} ({row['best_epoch']}) | {changes(row)} | "
+            # rows before 2026-12-06 did not record it: every backbone then took 200
+            f"{row.get('max_len', 200) or '-'} | {row['epochs_run']} ({row['best_epoch']}) | "
+            f"{changes(row)} | "
             f"{row['train_seconds']:.0f} | "
             f"{row['machine']} |"
         )
@@ -138,6 +143,9 @@ def main() -> None:
         default=None,
         help="SASRec: torch's dropout masks and fused attention (fast_dropout=False), as every "
         "row before 2026-12-05 evening",
+    )
+    parser.add_argument(
+        "--max-len", type=int, help="default: the library's (99%% of histories fit, at most 200)"
     )
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--threads", type=int)

@@ -52,7 +52,7 @@ def main() -> None:
     profiles = encode_profiles(frozen, windows)
 
     exponents = tuple(args.exponents)
-    networks = relaxation_networks(prepared, split, args.seed, exponents)
+    networks = relaxation_networks(prepared, split, args.seed, exponents, args.device)
     importances = {}
     everyone = (len(users), channels.channels)
     shared = global_sensitivity(frozen, channels, split, samples=args.samples)

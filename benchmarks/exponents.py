@@ -40,18 +40,18 @@ from chord_fl.validation import sharpened
 METHODS = ("global", "init-relax", "chord-relax")
 
 
-def importances(prepared, split, profiles: np.ndarray, seed: int):
+def importances(prepared, split, profiles: np.ndarray, seed: int, device: str):
     """(D, C) importance of `global` at exponent 1, and the relaxation's networks trained there."""
     shared = global_sensitivity(prepared.frozen, prepared.channels, split)
     fixed = {"global": np.broadcast_to(shared, (len(profiles), len(shared)))}
-    return fixed, relaxation_networks(prepared, split, seed, exponents=(1.0,))
+    return fixed, relaxation_networks(prepared, split, seed, (1.0,), device)
 
 
 def run(args, results: Path) -> None:
     split, prepared = prepared_backbone(args)
     users, windows, targets, negatives = eval_devices(split, args.eval_users, stage=VALIDATION)
     profiles = encode_profiles(prepared.frozen, windows)
-    fixed, networks = importances(prepared, split, profiles, args.seed)
+    fixed, networks = importances(prepared, split, profiles, args.seed, args.device)
     common = dict(
         dataset=args.dataset,
         backbone=args.backbone,

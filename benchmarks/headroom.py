@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from headroom_report import method_order, pareto_figure, tables
 from results_file import (
+    add_device_option,
     append_row,
     at_budgets,
     budget_of,
@@ -73,7 +74,7 @@ from chord_fl.hypernet.supervision import (
 )
 from chord_fl.hypernet.tiered import TieredHyperNet
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
-from chord_fl.machine import machine_line
+from chord_fl.machine import machine_line, on_device, torch_device
 from chord_fl.methods import CHORD_VARIANTS, Cloud, calibrated_global
 from chord_fl.quant.budget import coded_bytes
 from chord_fl.quant.quantizer import PreparedModel
@@ -151,7 +152,7 @@ def learned_networks(
             config = replace(train_config(args, seed), epochs=epochs, objective=recipe.objective)
             start = time.perf_counter()
             net, fit = train_hypernet(
-                prepared, split, fleet, recipe.network, config, supervision=supervision
+                prepared, split, fleet, recipe.network, config, True, supervision, args.device
             )
             out[label] = net
             if epochs:
@@ -189,10 +190,11 @@ def learned_networks(
 
 def run(args: argparse.Namespace, results: Path) -> None:
     split, prepared = prepared_backbone(args)
-    frozen, channels = prepared.frozen, prepared.channels
+    channels = prepared.channels
+    frozen = on_device(prepared.frozen, torch_device(args.device))  # the cloud's sensitivities
     stage = VALIDATION if args.targets == "validation" else 1
     users, windows, targets, negatives = eval_devices(split, args.eval_users, stage=stage)
-    profiles = encode_profiles(frozen, windows)
+    profiles = encode_profiles(prepared.frozen, windows)
 
     start = time.perf_counter()
     everyone = (len(users), channels.channels)
@@ -377,6 +379,7 @@ def main() -> None:
         "--checkpoint", help="the frozen backbone (default: trained once and cached by pretrain)"
     )
     parser.add_argument("--threads", type=int)
+    add_device_option(parser)
     parser.add_argument("--results", default="benchmarks/results/headroom.jsonl")
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--plot", help="write the budget sweep figure (PNG) of the run's setting")

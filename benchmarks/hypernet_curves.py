@@ -12,11 +12,13 @@ from pathlib import Path
 
 import matplotlib
 import torch
+from results_file import add_device_option
 
 from chord_fl.cli_options import add_exponent_option
 from chord_fl.experiment import Setup, load_backbone, load_split
 from chord_fl.hypernet.supervision import sensitivity_set, training_windows
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
+from chord_fl.machine import on_device, torch_device
 from chord_fl.methods import CHORD_VARIANTS
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.tiers import DEFAULT_FLEET
@@ -30,7 +32,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 def curves(args: argparse.Namespace) -> list[dict]:
     setup = Setup(args.dataset, args.backbone, args.data_dir, rounds=1, checkpoint=args.checkpoint)
     split = load_split(setup)
-    prepared = PreparedModel(load_backbone(setup, split))
+    prepared = PreparedModel(load_backbone(setup, split, device=args.device))
     out = []
     recipes = {}
     for name in args.variants:
@@ -42,8 +44,9 @@ def curves(args: argparse.Namespace) -> list[dict]:
             # Every seed draws its own supervision windows, as training would.
             pool = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
             windows = training_windows(split.histories(), pool[:2000].numpy(), 2)
+            cloud_frozen = on_device(prepared.frozen, torch_device(args.device))
             supervision = sensitivity_set(
-                prepared.frozen, prepared.channels, windows, args.samples, seed
+                cloud_frozen, prepared.channels, windows, args.samples, seed
             )
         for name in args.variants:
             recipe = recipes[name]
@@ -57,7 +60,14 @@ def curves(args: argparse.Namespace) -> list[dict]:
                 exponents=tuple(args.exponents),
             )
             _, fit = train_hypernet(
-                prepared, split, DEFAULT_FLEET, recipe.network, config, supervision=supervision
+                prepared,
+                split,
+                DEFAULT_FLEET,
+                recipe.network,
+                config,
+                True,
+                supervision,
+                args.device,
             )
             row = {
                 "variant": name,
@@ -110,6 +120,7 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--checkpoint", help="the frozen backbone (default: pretrain's cache)")
     parser.add_argument("--threads", type=int)
+    add_device_option(parser)
     parser.add_argument("--out", default="benchmarks/results/hypernet-curves")
     parser.add_argument("--plot-only", action="store_true", help="redraw from the saved curves")
     args = parser.parse_args()

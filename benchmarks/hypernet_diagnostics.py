@@ -8,6 +8,13 @@
 2. Training settings side by side, each from the same initialisation and the same batches: the
    training loss, the share of item rows the issued codes prune, the share of training targets
    among them, and validation NDCG@10 (full ranking, every user) before and after the steps.
+3. Sensitivity supervision (`chord-sens`), epoch by epoch from its start (the cloud-wide prior
+   and the backbone's own item scores): its loss on the training windows and on held-out
+   validation windows' sensitivity (the window ceiling's targets), the share of channels whose
+   code equals the code the window ceiling gets at the same budget (overall and in the item
+   table), and validation NDCG@10 of its codes, beside the ceiling's own and the prior's alone.
+   It shows whether the map learns the sensitivity and whether learning it moves validation
+   (`--exponent`: every importance raised to it, as training does at the exponent it chose).
 
     python benchmarks/hypernet_diagnostics.py --dataset ml-100k --backbone sasrec --steps 60
 """
@@ -24,14 +31,21 @@ import torch
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data.split import VALIDATION
 from chord_fl.experiment import Setup, load_backbone, load_split
-from chord_fl.hypernet.epochs import training_examples
+from chord_fl.hypernet.epochs import supervised_epoch, training_examples
 from chord_fl.hypernet.networks import ChordHyperNet
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.relax import Relaxation, soft_codes
+from chord_fl.hypernet.supervision import (
+    log_ratio_loss,
+    sensitivity_set,
+    training_windows,
+)
 from chord_fl.hypernet.training import HyperTrainConfig, item_head_index
 from chord_fl.machine import machine_line
+from chord_fl.methods import CHORD_VARIANTS
 from chord_fl.quant.budget import channel_budget
 from chord_fl.quant.quantizer import PreparedModel
+from chord_fl.sensitivity import expected_sensitivity, normalised
 from chord_fl.tiers import DEFAULT_FLEET, assign_tiers
 
 SETTINGS = {
@@ -105,21 +119,100 @@ def batch_step(
     return loss.item(), float(pruned.mean())
 
 
+def supervision_report(
+    prepared: PreparedModel, split, args: argparse.Namespace, device_budgets: np.ndarray
+) -> None:
+    """Section 3 (see the module's docstring), on `args.held_out` validation users."""
+    frozen, channels = prepared.frozen, prepared.channels
+    defaults = HyperTrainConfig()
+    rng = np.random.default_rng(0)
+    pool = np.sort(rng.permutation(len(split))[: defaults.users_per_epoch])
+    windows = training_windows(split.histories(), pool, defaults.sensitivity_positions)
+    supervision = sensitivity_set(
+        frozen, channels, windows, defaults.sensitivity_samples, seed=0, progress=True
+    )
+    users = np.sort(rng.permutation(len(split))[: args.held_out])
+    held_windows = [split.users[i].window(VALIDATION) for i in users]
+    held_targets = split.targets(VALIDATION)[users]
+    budgets = device_budgets[users]
+    profiles = torch.from_numpy(encode_profiles(frozen, held_windows))
+    ceiling = normalised(
+        expected_sensitivity(frozen, channels, held_windows, defaults.sensitivity_samples, 1)
+        ** args.exponent
+    )
+    ceiling_codes = issue_codes(prepared, ceiling, budgets)
+    items = prepared.item_group.codes
+
+    def ndcg(codes: np.ndarray) -> str:
+        metrics = evaluate_codes(prepared, held_windows, held_targets, codes)
+        return f"{metrics['full']['ndcg@10'].mean():.4f}"
+
+    prior = np.broadcast_to(supervision.prior**args.exponent, ceiling.shape)
+    prior_codes = issue_codes(prepared, prior, budgets)
+    print(
+        f"  {len(supervision)} training windows ({len(pool)} users' last "
+        f"{defaults.sensitivity_positions}), {len(users)} held-out validation users at their "
+        f"tiers' budgets; NDCG@10 (full) of the window ceiling's codes {ndcg(ceiling_codes)}, of "
+        f"the prior's alone {ndcg(prior_codes)} (its codes equal the ceiling's on "
+        f"{(prior_codes == ceiling_codes).mean():.1%} of channels, "
+        f"{(prior_codes[:, items] == ceiling_codes[:, items]).mean():.1%} of item rows)"
+    )
+    (recipe,) = CHORD_VARIANTS["chord-sens"].recipes
+    torch.manual_seed(0)
+    net = ChordHyperNet(frozen, channels, frozen.hidden_size, recipe.network)
+    net.set_prior(supervision.prior)
+    net.exponent.fill_(args.exponent)  # the network then fits the targets raised to it
+    optimizer = torch.optim.Adam(net.parameters(), lr=defaults.lr)
+    held = torch.from_numpy(ceiling).float()
+    for epoch in range(args.supervised_epochs + 1):
+        train_loss = "-"
+        if epoch:
+            net.train()
+            losses = supervised_epoch(net, optimizer, supervision, defaults.batch_users, rng)
+            train_loss = f"{np.mean(losses):.4f}"
+        net.eval()
+        with torch.no_grad():
+            importance = net(profiles)
+            held_loss = log_ratio_loss(importance, held).item()
+        codes = issue_codes(prepared, importance.numpy(), budgets)
+        print(
+            f"    epoch {epoch:>2}: loss {train_loss} training, {held_loss:.4f} held out; codes "
+            f"equal the ceiling's on {(codes == ceiling_codes).mean():.1%} of channels, "
+            f"{(codes[:, items] == ceiling_codes[:, items]).mean():.1%} of item rows; "
+            f"NDCG@10 {ndcg(codes)}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--backbone", default="sasrec")
     parser.add_argument("--data-dir")
+    parser.add_argument("--checkpoint", help="the frozen backbone (default: pretrain's cache)")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--report-every", type=int, default=20)
     parser.add_argument("--lr", type=float, default=HyperTrainConfig().lr)
-    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    parser.add_argument(
+        "--settings",
+        nargs="*",
+        choices=SETTINGS,
+        default=list(SETTINGS),
+        help="section 2 (none: skip)",
+    )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--supervised-epochs", type=int, default=8, help="section 3 (0: skip)")
+    parser.add_argument("--held-out", type=int, default=500, help="section 3's validation users")
+    parser.add_argument(
+        "--exponent",
+        type=float,
+        default=1.0,
+        help="section 3: importance exponent of the network, the ceiling and the prior",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {machine_line()}")
 
-    setup = Setup(args.dataset, args.backbone, args.data_dir, rounds=1)
+    setup = Setup(args.dataset, args.backbone, args.data_dir, rounds=1, checkpoint=args.checkpoint)
     split = load_split(setup)
     prepared = PreparedModel(load_backbone(setup, split))
     frozen = prepared.frozen.eval().requires_grad_(False)
@@ -186,6 +279,13 @@ def main() -> None:
             f"    validation NDCG@10 (full, {len(validation_targets)} users): "
             f"{start:.4f} untrained -> {validation_ndcg(net.eval()):.4f}"
         )
+
+    if args.supervised_epochs:
+        print(
+            f"\n3. Sensitivity supervision, {args.supervised_epochs} epochs, importance exponent "
+            f"{args.exponent:g}:"
+        )
+        supervision_report(prepared, split, args, device_budgets)
 
 
 if __name__ == "__main__":

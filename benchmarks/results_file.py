@@ -17,6 +17,7 @@ from chord_fl.experiment import Setup, load_split, prepare
 from chord_fl.hypernet.serving import decide_budgets, selection_devices
 from chord_fl.hypernet.tiered import TieredHyperNet
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
+from chord_fl.machine import DEVICES
 from chord_fl.methods import CHORD_VARIANTS, hypernet_importance
 from chord_fl.metrics import mean_and_standard_error
 from chord_fl.quant.channels import ChannelMap
@@ -51,8 +52,19 @@ def benchmark_parser(doc: str, results: str) -> argparse.ArgumentParser:
     parser.add_argument("--backbone", default="sasrec")
     parser.add_argument("--data-dir", default="")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    add_device_option(parser)
     parser.add_argument("--results", default=results, help="JSON-lines file rows are added to")
     return parser
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where the cloud trains the backbone (if missing) and hypernetworks (auto: a GPU if "
+        "any)",
+    )
 
 
 def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:
@@ -88,11 +100,15 @@ def prepared_backbone(args: argparse.Namespace) -> tuple[RoundSplit, PreparedMod
         scales=args.scales,
     )
     split = load_split(setup)
-    return split, prepare(setup, split)
+    return split, prepare(setup, split, device=args.device)
 
 
 def relaxation_networks(
-    prepared: PreparedModel, split: RoundSplit, seed: int, exponents: tuple[float, ...]
+    prepared: PreparedModel,
+    split: RoundSplit,
+    seed: int,
+    exponents: tuple[float, ...],
+    device: str = "auto",
 ) -> dict[str, TieredHyperNet]:
     """The relaxation recipe's networks: untrained (`init-relax`) and trained with the default
     settings (`chord-relax`), each from the exponent validation chooses among `exponents`."""
@@ -103,7 +119,9 @@ def relaxation_networks(
         config = HyperTrainConfig(
             epochs=epochs, seed=seed, objective=recipe.objective, exponents=exponents
         )
-        net, fit = train_hypernet(prepared, split, DEFAULT_FLEET, recipe.network, config)
+        net, fit = train_hypernet(
+            prepared, split, DEFAULT_FLEET, recipe.network, config, device=device
+        )
         print(f"{label}: exponent {float(net.exponent):g}, kept epoch {fit.best_epoch}", flush=True)
         out[label] = net
     return out

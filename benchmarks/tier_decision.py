@@ -66,7 +66,7 @@ def main() -> None:
         for name, config in (("start", replace(start, epochs=0)), ("trained", best)):
             torch.manual_seed(seed)
             served, fit = train_hypernet(
-                prepared, split, DEFAULT_FLEET, recipe.network, config, progress=False
+                prepared, split, DEFAULT_FLEET, recipe.network, config, False, device=args.device
             )
             nets[name] = served.trained if name == "trained" else served.start
         print(f"seed {seed}: best trained epoch {fit.best_epoch}", flush=True)

@@ -24,13 +24,22 @@ from chord_fl.evaluation import PROTOCOLS
 from chord_fl.experiment import INITS, Setup, evaluate_method, load_split, prepare
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.training import HyperTrainConfig, train_best
-from chord_fl.machine import DEVICES
+from chord_fl.machine import DEVICES, torch_device
 from chord_fl.methods import CHORD_VARIANTS, Cloud
 from chord_fl.metrics import METRICS
 from chord_fl.models import BACKBONES, LOSSES
 from chord_fl.pretrain import BASELINES, pretrain
 from chord_fl.tiers import DEFAULT_FLEET, assign_tiers, load_fleet
 from chord_fl.train import CE_DTYPES, SCHEDULES, TrainConfig, default_training, evaluation_negatives
+
+
+def _add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where the cloud trains (auto: a GPU if any, else the CPU)",
+    )
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -180,7 +189,7 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
     )
     fleet = load_fleet(args.tiers) if args.tiers else DEFAULT_FLEET
     split = load_split(setup)
-    prepared = prepare(setup, split, not args.no_progress)
+    prepared = prepare(setup, split, not args.no_progress, args.device)
     recipes = CHORD_VARIANTS[args.variant].recipes
     config = HyperTrainConfig(
         epochs=args.epochs,
@@ -192,7 +201,9 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
         sensitivity_temperature=args.sensitivity_temperature,
         exponents=tuple(args.exponents),
     )
-    net, result, served = train_best(prepared, split, fleet, recipes, config, not args.no_progress)
+    net, result, served = train_best(
+        prepared, split, fleet, recipes, config, not args.no_progress, device=args.device
+    )
     identity = setup.backbone_identity(split.num_items)
     settings = hypernet_settings(identity, setup.quantizer, recipes, fleet, config)
     stem = f"{Path(setup.checkpoint_path).stem}-{args.variant}"
@@ -216,6 +227,7 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
         "importance_exponent": float(net.exponent),
         "validation_ndcg@10": result.best_score,
         "train_seconds": round(result.seconds, 2),
+        "train_device": str(torch_device(args.device)),
         "history": result.history,
         "test_round_1": test,
         "checkpoint": str(out),
@@ -300,7 +312,11 @@ def build_parser(
     train.add_argument("--backbone", choices=[*BACKBONES, *BASELINES], default="sasrec")
     _add_training_options(train)
     train.add_argument("--hidden", type=int, help="backbone width")
-    train.add_argument("--max-len", type=int, help="longest input sequence")
+    train.add_argument(
+        "--max-len",
+        type=int,
+        help="longest input sequence (default: 99%% of the training histories fit, at most 200)",
+    )
     train.add_argument("--dropout", type=float)
     train.add_argument("--attention-dropout", type=float, help="SASRec: on attention weights")
     train.add_argument(
@@ -312,9 +328,7 @@ def build_parser(
         help="any other backbone setting, e.g. blocks=2 or window=5",
     )
     train.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    train.add_argument(
-        "--device", choices=DEVICES, default="auto", help="training device (auto: a GPU if any)"
-    )
+    _add_device_option(train)
     train.add_argument("--out", help="checkpoint path (default: checkpoints/NAME.pt)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(run=run_pretrain, show=_print_pretrain)
@@ -335,6 +349,7 @@ def build_parser(
     hyper.add_argument("--seed", type=int, default=0)
     hyper.add_argument("--negatives", type=int, default=100, help="sampled-protocol negatives")
     hyper.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    _add_device_option(hyper)
     hyper.add_argument(
         "--checkpoint-dir",
         default="checkpoints",

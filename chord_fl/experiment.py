@@ -17,7 +17,7 @@ from chord_fl.data import RoundSplit, load_dataset, make_split
 from chord_fl.errors import ConfigError
 from chord_fl.methods import FP32, UNIFORM, Cloud, method, method_codes, uniform_widths
 from chord_fl.models import SequentialRecommender, seeded_backbone
-from chord_fl.pretrain import default_checkpoint, pretrain
+from chord_fl.pretrain import default_checkpoint, pretrain, with_data_length
 from chord_fl.quant.budget import check_within_budget, coded_bytes
 from chord_fl.quant.channels import SCALES, CodeTable
 from chord_fl.quant.master import check_master, int8_master, master_tag
@@ -80,13 +80,18 @@ class Setup:
 
 
 def load_backbone(
-    setup: Setup, split: RoundSplit, progress: bool = True, **backbone_options: Any
+    setup: Setup,
+    split: RoundSplit,
+    progress: bool = True,
+    device: str = "auto",
+    **backbone_options: Any,
 ) -> SequentialRecommender:
     """The frozen backbone as devices hold it: regenerated from the seed (init "random"), or the
-    cached cloud checkpoint, trained on the history split first if there is none; decoded from its
-    8-bit master when `setup.master` is "int8"."""
+    cached cloud checkpoint, trained on the history split first (on `device`) if there is none;
+    decoded from its 8-bit master when `setup.master` is "int8"."""
     if setup.init == "random":
-        model = seeded_backbone(setup.backbone, split.num_items, setup.seed, **backbone_options)
+        options = with_data_length(setup.backbone, split.histories(), backbone_options)
+        model = seeded_backbone(setup.backbone, split.num_items, setup.seed, **options)
         return _as_held(model.eval(), setup)
     path = setup.checkpoint_path
     if not path.exists():
@@ -100,6 +105,7 @@ def load_backbone(
             path,
             setup.data_options,
             progress=progress,
+            device=device,
         )
     model, _ = load_checkpoint(path)
     if model.num_items != split.num_items:
@@ -110,10 +116,12 @@ def load_backbone(
     return _as_held(model, setup)
 
 
-def prepare(setup: Setup, split: RoundSplit, progress: bool = True) -> PreparedModel:
-    """The frozen backbone as devices hold it, with every channel's levels at every width of the
-    setup's code table."""
-    model = load_backbone(setup, split, progress)
+def prepare(
+    setup: Setup, split: RoundSplit, progress: bool = True, device: str = "auto"
+) -> PreparedModel:
+    """The frozen backbone as devices hold it (trained on `device` if missing), with every
+    channel's levels at every width of the setup's code table."""
+    model = load_backbone(setup, split, progress, device)
     return PreparedModel(model, CodeTable(tuple(setup.code_bits)), scales=setup.scales)
 
 

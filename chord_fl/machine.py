@@ -3,15 +3,18 @@ and which torch device the cloud's training uses."""
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from chord_fl.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
+CPU = torch.device("cpu")
 
 
 def machine_info() -> dict[str, object]:
@@ -64,3 +67,12 @@ def torch_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' asked for, but torch sees no GPU (or is a CPU build)")
     return torch.device(name)
+
+
+Module = TypeVar("Module", bound=torch.nn.Module)
+
+
+def on_device(module: Module, device: torch.device) -> Module:
+    """`module` itself on the CPU, else a copy on `device`: the cloud trains on a GPU while the
+    frozen model the devices' quantized copies come from stays on the CPU."""
+    return module if device == CPU else copy.deepcopy(module).to(device)

@@ -6,14 +6,39 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from chord_fl.checkpoint import save_checkpoint
 from chord_fl.data import VALIDATION, load_dataset, make_split
 from chord_fl.evaluation import evaluate_stages
 from chord_fl.machine import machine_info, torch_device
-from chord_fl.models import Popularity, SequentialRecommender, seeded_backbone
+from chord_fl.models import (
+    BACKBONES,
+    Popularity,
+    SequentialRecommender,
+    backbone_config,
+    seeded_backbone,
+)
 from chord_fl.train import TrainConfig, evaluation_negatives, fit
 
 BASELINES = ("popularity",)
+# A backbone's input length when none is given: long enough for this share of the training
+# histories, at most the backbone's own default (200). Amazon Beauty's and Yelp's histories are
+# short (99% of them at most 41 and 52 items): no positions to learn that almost no one reaches.
+LENGTH_PERCENTILE = 99.0
+
+
+def with_data_length(
+    backbone: str, histories: list[np.ndarray], options: dict[str, Any]
+) -> dict[str, Any]:
+    """`options` with `max_len` set from the histories when it is not given (see
+    `LENGTH_PERCENTILE`), never below a Caser's window."""
+    if "max_len" in options or backbone not in BACKBONES:
+        return options
+    config = backbone_config(backbone, **options)
+    covering = int(np.ceil(np.percentile([len(h) for h in histories], LENGTH_PERCENTILE)))
+    longest = max(min(covering, config.max_len), getattr(config, "window", 1))
+    return {**options, "max_len": longest}
 
 
 def default_checkpoint(dataset: str, backbone: str, rounds: int, seed: int) -> Path:
@@ -41,7 +66,7 @@ def pretrain(
     if backbone in BASELINES:
         model = Popularity(data.num_items)
     else:
-        options = backbone_options or {}
+        options = with_data_length(backbone, split.histories(), backbone_options or {})
         model = seeded_backbone(backbone, data.num_items, train.seed, **options)
     result = fit(model, split, train, progress, device)
     negatives = evaluation_negatives(split, train.num_negatives, train.seed)
@@ -54,6 +79,7 @@ def pretrain(
         "split": split.sizes(),
         "rounds": rounds,
         "train_config": asdict(train),
+        "max_len": None if backbone in BASELINES else model.max_len,
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "train_seconds": round(result.seconds, 2),

@@ -81,9 +81,11 @@ def _squares(
     probabilities = torch.softmax(scores, dim=0).detach()
     out = []
     for start in range(0, len(targets), GRADIENT_BATCH):
-        chunk = torch.as_tensor(targets[start : start + GRADIENT_BATCH], dtype=torch.long)
+        chunk = torch.as_tensor(
+            targets[start : start + GRADIENT_BATCH], dtype=torch.long, device=scores.device
+        )
         directions = probabilities.repeat(len(chunk), 1)
-        directions[torch.arange(len(chunk)), chunk] -= 1.0
+        directions[torch.arange(len(chunk), device=scores.device), chunk] -= 1.0
         grads = torch.autograd.grad(
             scores, weights, grad_outputs=directions, is_grads_batched=True, retain_graph=True
         )
@@ -105,7 +107,7 @@ def target_sensitivity(
     model.eval()
     out = np.empty((len(windows), channels.channels))
     for row, (window, target) in enumerate(zip(windows, targets, strict=True)):
-        out[row] = _channel_squares(model, channels, window, np.array([target]))[0].numpy()
+        out[row] = _channel_squares(model, channels, window, np.array([target]))[0].cpu().numpy()
     return out
 
 
@@ -125,8 +127,8 @@ def _unseen_distribution(
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     logits = scores.double() / temperature
-    logits[torch.from_numpy(np.asarray(window, dtype=np.int64))] = float("-inf")
-    return torch.softmax(logits, dim=0).numpy()
+    logits[torch.from_numpy(np.asarray(window, dtype=np.int64)).to(logits.device)] = float("-inf")
+    return torch.softmax(logits, dim=0).cpu().numpy()
 
 
 def target_distribution(
@@ -168,7 +170,7 @@ def expected_sensitivity(
             rng = np.random.default_rng([seed, row, 0x66697368])
             items = rng.choice(len(q), size=samples, p=q / q.sum())
             weights = np.full(samples, 1.0 / samples)
-        squares = _channel_squares(model, channels, window, items).double().numpy()
+        squares = _channel_squares(model, channels, window, items).double().cpu().numpy()
         out[row] = weights @ squares
         if samples is not None and table is not None:
             exact = _row_sensitivity(state, scores, q)
@@ -190,7 +192,8 @@ def expected_weight_sensitivity(
     model.eval()
     q = target_distribution(model, window)
     items = np.flatnonzero(q > 0)
-    squares = _channel_squares(model, channels, window, items, per_weight=True).double().numpy()
+    squares = _channel_squares(model, channels, window, items, per_weight=True)
+    squares = squares.double().cpu().numpy()
     return q[items] @ squares
 
 
@@ -208,7 +211,7 @@ def output_row_sensitivity(
 def _row_sensitivity(state: torch.Tensor, scores: torch.Tensor, q: np.ndarray) -> np.ndarray:
     """|h|^2 (p_c^2 (1 - q_c) + (1 - p_c)^2 q_c) per item row c, from the window's state h and
     scores (p their softmax) and the target distribution q."""
-    p = torch.softmax(scores.double(), dim=0).numpy()
+    p = torch.softmax(scores.double(), dim=0).cpu().numpy()
     norm = float((state.double() ** 2).sum())
     return norm * (p**2 * (1 - q) + (1 - p) ** 2 * q)
 

@@ -54,7 +54,8 @@ class ValidationDevices:
     def score_network(self, prepared: PreparedModel, net: ChordHyperNet, metric: str) -> Scores:
         """`score` of the importances `net` gives these devices' profiles."""
         with torch.no_grad():
-            importance = net(torch.from_numpy(self.profiles)).numpy()
+            profiles = torch.from_numpy(self.profiles).to(net.exponent.device)
+            importance = net(profiles).cpu().numpy()
         return self.score(prepared, importance, metric)
 
     def at_every_tier(self) -> ValidationDevices:

@@ -40,7 +40,12 @@ PINNED_TRAINING = {
     "schedule": "constant",
     "batch_by_length": False,
 }
-PINNED_BACKBONE = {"dropout": 0.2, "attention_dropout": 0.2, "fast_dropout": False}
+PINNED_BACKBONE = {
+    "dropout": 0.2,
+    "attention_dropout": 0.2,
+    "fast_dropout": False,
+    "max_len": 200,
+}
 
 
 def _known(config_class: type, settings: dict) -> dict:

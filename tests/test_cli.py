@@ -82,3 +82,33 @@ def test_pretraining_twice_with_one_seed_gives_one_backbone(tmp_path):
         states.append(load_checkpoint(out)[0].state_dict())
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
+
+
+def test_the_default_input_length_covers_99_percent_of_histories(tmp_path):
+    """Without --max-len a backbone's input length comes from the training histories (their 99th
+    percentile, at most the backbone's 200, never below Caser's window), and the checkpoint
+    records it; a given length wins."""
+    import numpy as np
+
+    from chord_fl.data import load_dataset, make_split
+    from chord_fl.pretrain import pretrain, with_data_length
+    from chord_fl.train import TrainConfig
+
+    csv = tmp_path / "clicks.csv"
+    synthetic_interactions(num_users=80, num_items=100, seed=3).to_csv(csv, index=False)
+    lengths = [len(h) for h in make_split(load_dataset(str(csv)), 1).histories()]
+    expected = int(np.ceil(np.percentile(lengths, 99)))
+    assert expected < 200  # the backbones' own default
+    config = TrainConfig(epochs=1, num_negatives=10)
+    out = tmp_path / "backbone.pt"
+    report = pretrain(str(csv), "sasrec", None, 1, config, {"hidden": 16}, out, progress=False)
+    model, meta = load_checkpoint(out)
+    assert model.max_len == expected == report["max_len"] == meta["max_len"]
+    assert model.position_embedding.num_embeddings == expected
+
+    long = [np.arange(300)] * 10
+    assert with_data_length("sasrec", long, {})["max_len"] == 200
+    assert with_data_length("sasrec", long, {"max_len": 500})["max_len"] == 500
+    short = [np.arange(3)] * 10
+    assert with_data_length("caser", short, {})["max_len"] == 5  # its default window
+    assert with_data_length("caser", short, {"window": 7})["max_len"] == 7

@@ -780,3 +780,67 @@ def test_the_global_importance_is_flattened_where_validation_says_so():
         prepared, split, DEFAULT_FLEET, spiky, dataclasses.replace(config, exponents=(1.0,))
     )
     assert np.array_equal(alone, spiky)
+
+
+def test_training_on_a_copy_of_the_frozen_model_as_a_gpu_would_equals_training_in_place(
+    monkeypatch,
+):
+    """On a GPU the cloud trains with a copy of the frozen model (`chord_fl.machine.on_device`):
+    forced to copy on the CPU, the relaxation and the supervised recipe give the same networks,
+    and the frozen model the devices' quantized weights come from is left as it was."""
+    import chord_fl.hypernet.relax as relax
+    import chord_fl.hypernet.training as training
+
+    split, backbone = synthetic_backbone()
+    prepared = PreparedModel(backbone)
+    before = copy.deepcopy(backbone.state_dict())
+    profiles = encode_profiles(backbone, split.windows(1))
+    budgets = np.full(len(profiles), tier_budgets(DEFAULT_FLEET, prepared.channels)[1])
+
+    def importances() -> list[np.ndarray]:
+        out = []
+        for variant in ("chord-relax", "chord-sens"):
+            (recipe,) = CHORD_VARIANTS[variant].recipes
+            config = HyperTrainConfig(
+                epochs=1, objective=recipe.objective, eval_users=100, users_per_epoch=100
+            )
+            net, _ = train_hypernet(prepared, split, DEFAULT_FLEET, recipe.network, config, False)
+            assert net.tier_bytes.device.type == "cpu"
+            net.trained_at.fill_(True)  # the trained epoch, kept or not
+            out.append(hypernet_importance(net, profiles, budgets))
+        return out
+
+    in_place = importances()
+    copies = []
+
+    def copy_always(module, device):
+        copies.append(module)
+        return copy.deepcopy(module).to(device)
+
+    monkeypatch.setattr(relax, "on_device", copy_always)
+    monkeypatch.setattr(training, "on_device", copy_always)
+    on_copies = importances()
+    assert copies and all(module is backbone for module in copies)
+    for expected, got in zip(in_place, on_copies, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    for name, value in backbone.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_a_gpu_asked_for_where_there_is_none_is_a_clear_error(tmp_path, capsys):
+    from chord_fl.cli import main
+    from chord_fl.data import synthetic_interactions
+    from chord_fl.federation.runconfig import RunConfig
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    prepared = PreparedModel(seeded_backbone("sasrec", 30, 0, hidden=16))
+    with pytest.raises(ConfigError, match="no GPU"):
+        train_hypernet(prepared, None, DEFAULT_FLEET, device="cuda")
+    with pytest.raises(ConfigError, match="cloud-device must be one of"):
+        RunConfig(cloud_device="tpu")
+    csv = tmp_path / "clicks.csv"
+    synthetic_interactions(num_users=20, seed=1).to_csv(csv, index=False)
+    command = ["hypernet", "--dataset", str(csv), "--init", "random", "--device", "cuda"]
+    assert main([*command, "--no-progress"]) == 2
+    assert "no GPU" in capsys.readouterr().err

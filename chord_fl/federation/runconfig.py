@@ -20,6 +20,7 @@ from chord_fl.errors import ConfigError
 from chord_fl.experiment import INITS, Setup
 from chord_fl.federation.shards import parse_shard, shard_name, shard_users
 from chord_fl.hypernet.training import HyperTrainConfig
+from chord_fl.machine import DEVICES
 from chord_fl.methods import FP32, METHODS
 from chord_fl.models import BACKBONES
 from chord_fl.pretrain import default_checkpoint
@@ -46,6 +47,9 @@ class RunConfig:
     output_dir: str = "runs"
     run_name: str = ""
     checkpoint_dir: str = "checkpoints"
+    # where the cloud trains what it has not cached (the backbone, hypernetworks, the global
+    # importance): "auto" (a GPU when there is one), "cpu" or "cuda"; devices run on the CPU
+    cloud_device: str = "auto"
     tiers: str = ""
     init: str = "pretrained"
     master: str = "fp32"  # the one-time download: fp32 backbone or 8-bit master ("int8")
@@ -104,6 +108,10 @@ class RunConfig:
             raise ConfigError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"unknown backbone {self.backbone!r}; known: {', '.join(BACKBONES)}")
+        if self.cloud_device not in DEVICES:
+            raise ConfigError(
+                f"cloud-device must be one of {', '.join(DEVICES)}, got {self.cloud_device!r}"
+            )
         if self.init not in INITS:
             raise ConfigError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         check_master(self.master)

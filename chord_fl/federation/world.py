@@ -26,6 +26,7 @@ from chord_fl.errors import ConfigError
 from chord_fl.experiment import Setup, load_split, prepare
 from chord_fl.federation.runconfig import RunConfig, fleet_from_setting
 from chord_fl.hypernet.training import train_best
+from chord_fl.machine import on_device, torch_device
 from chord_fl.methods import CHORD_VARIANTS, Cloud, global_exponent
 from chord_fl.quant.budget import floor_bytes
 from chord_fl.quant.master import master_tag
@@ -61,13 +62,17 @@ class World:
 
 
 def load_world(config: RunConfig, train_missing: bool = True, progress: bool = False) -> World:
-    """The shared state; `train_missing=False` (a device) refuses to train a missing backbone."""
-    return _cached_world(config.setup, config.tiers, config.negatives, train_missing, progress)
+    """The shared state; `train_missing=False` (a device) refuses to train a missing backbone,
+    which the cloud trains on its `cloud-device`."""
+    device = config.cloud_device if train_missing else "cpu"
+    return _cached_world(
+        config.setup, config.tiers, config.negatives, train_missing, progress, device
+    )
 
 
 @functools.lru_cache(maxsize=2)
 def _cached_world(
-    setup: Setup, tiers: str, negatives: int, train_missing: bool, progress: bool
+    setup: Setup, tiers: str, negatives: int, train_missing: bool, progress: bool, device: str
 ) -> World:
     fleet = fleet_from_setting(tiers)
     split = load_split(setup)
@@ -76,7 +81,7 @@ def _cached_world(
             f"the frozen backbone {setup.checkpoint_path} is missing on this device: the cloud "
             "trains it before the first round"
         )
-    prepared = prepare(setup, split, progress)
+    prepared = prepare(setup, split, progress, device)
     tier_of = assign_tiers(fleet, len(split), setup.seed)
     by_tier = tier_budgets(fleet, prepared.channels)
     floor = floor_bytes(prepared.channels, prepared.table)
@@ -116,7 +121,13 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
             net, _ = load_hypernet(path, world.prepared)
         else:
             net, result, served = train_best(
-                world.prepared, world.split, world.fleet, recipes, train, progress
+                world.prepared,
+                world.split,
+                world.fleet,
+                recipes,
+                train,
+                progress,
+                device=config.cloud_device,
             )
             meta = {"best_epoch": result.best_epoch, "variant": method, "settings": settings}
             meta["objectives"] = [recipe.objective for recipe in served]  # start, trained
@@ -132,8 +143,9 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
         if path.exists():
             importance = np.load(path, allow_pickle=False)
         else:
+            frozen = on_device(world.prepared.frozen, torch_device(config.cloud_device))
             importance = global_sensitivity(
-                world.prepared.frozen, world.prepared.channels, world.split, seed=config.seed
+                frozen, world.prepared.channels, world.split, seed=config.seed
             )
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, importance, allow_pickle=False)

@@ -41,12 +41,13 @@ def supervised_epoch(
     rng: np.random.Generator,
 ) -> list[float]:
     losses = []
+    device = hypernet.exponent.device
     order = torch.from_numpy(rng.permutation(len(supervision)))
     for begin in range(0, len(order), batch_size):
         rows = order[begin : begin + batch_size]
-        targets = supervision.targets[rows] ** hypernet.exponent  # fit what is allocated
+        targets = supervision.targets[rows].to(device) ** hypernet.exponent  # fit what is allocated
         targets = targets / targets.mean(dim=1, keepdim=True).clamp_min(1e-30)
-        loss = log_ratio_loss(hypernet(supervision.profiles[rows]), targets)
+        loss = log_ratio_loss(hypernet(supervision.profiles[rows].to(device)), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -69,7 +70,7 @@ class RelaxedEpoch:
         self, hypernet: ChordHyperNet, optimizer: torch.optim.Optimizer, rng: np.random.Generator
     ) -> list[float]:
         config, prepared = self.config, self.relaxation.prepared
-        frozen = prepared.frozen
+        frozen = self.relaxation.frozen
         shares = np.array([tier.share for tier in self.fleet.tiers], dtype=np.float64)
         shares /= shares.sum()
         order = rng.permutation(len(self.histories))[: config.users_per_epoch]
@@ -78,12 +79,13 @@ class RelaxedEpoch:
             users = order[begin : begin + config.batch_users]
             windows, targets = training_examples(self.histories, users, config.positions, rng)
             profiles = torch.from_numpy(encode_profiles(frozen, windows, self.window))
+            profiles = profiles.to(frozen.device)
             tiers = rng.choice(len(shares), size=len(users), p=shares)
             loss = self.relaxation.loss(
                 hypernet(profiles),
                 channel_budget(prepared.channels, self.budgets[tiers]),
                 frozen.pad_windows(windows),
-                torch.from_numpy(targets),
+                torch.from_numpy(targets).to(frozen.device),
                 config,
             )
             optimizer.zero_grad(set_to_none=True)

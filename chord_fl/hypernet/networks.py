@@ -205,7 +205,9 @@ class ChordHyperNet(nn.Module):
         importance = torch.cat(per_tensor, dim=1)
         if self.config.prior:
             exponent = torch.repeat_interleave(
-                self.prior_exponent, torch.tensor(self._sizes), output_size=importance.shape[1]
+                self.prior_exponent,
+                torch.tensor(self._sizes, device=importance.device),
+                output_size=importance.shape[1],
             )
             importance = importance * torch.exp(exponent * self.log_prior)
         if self.exponent != 1:

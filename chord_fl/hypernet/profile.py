@@ -28,7 +28,7 @@ def encode_profiles(
         model.eval()
     recent = [window[-length:] for window in windows]
     out = [
-        model.encode(model.pad_windows(recent[i : i + batch_size])).numpy()
+        model.encode(model.pad_windows(recent[i : i + batch_size])).cpu().numpy()
         for i in range(0, len(recent), batch_size)
     ]
     if was_training:

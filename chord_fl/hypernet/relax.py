@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from chord_fl.cloud import issue_codes
+from chord_fl.machine import CPU, on_device
 from chord_fl.quant.channels import rows_to_tensor
 from chord_fl.quant.quantizer import PreparedModel
 
@@ -95,12 +96,15 @@ def soft_codes(
 class Relaxation:
     """Everything about the frozen model that a training step reuses: costs, errors, levels."""
 
-    def __init__(self, prepared: PreparedModel) -> None:
+    def __init__(self, prepared: PreparedModel, device: torch.device = CPU) -> None:
         self.prepared = prepared
+        self.frozen = on_device(prepared.frozen, device)  # what the training steps run
+        self.device = device
         errors = prepared.errors
-        self.error = torch.tensor(errors / errors[:, 0].mean(), dtype=torch.float32)
-        self.cost = torch.tensor(prepared.channels.cost(prepared.table), dtype=torch.float32)
-        self.candidates = [prepared.candidate_rows(g) for g in prepared.channels.groups]
+        self.error = torch.tensor(errors / errors[:, 0].mean(), dtype=torch.float32, device=device)
+        cost = prepared.channels.cost(prepared.table)
+        self.cost = torch.tensor(cost, dtype=torch.float32, device=device)
+        self.candidates = [prepared.candidate_rows(g).to(device) for g in prepared.channels.groups]
 
     def loss(
         self,
@@ -110,7 +114,7 @@ class Relaxation:
         targets: torch.Tensor,
         config: HyperTrainConfig,
     ) -> torch.Tensor:
-        budget = torch.tensor(channel_bytes, dtype=torch.float32)
+        budget = torch.tensor(channel_bytes, dtype=torch.float32, device=self.device)
         probabilities = soft_codes(
             importance, self.error, self.cost, budget, config.temperature, config.implicit_budget
         )
@@ -118,16 +122,16 @@ class Relaxation:
         if config.straight_through:
             hard = issue_codes(
                 self.prepared,
-                importance.detach().numpy(),
+                importance.detach().cpu().numpy(),
                 channel_bytes + self.prepared.channels.fixed_bytes,
             )
-        frozen = self.prepared.frozen
+        frozen = self.frozen
         weights = {}
         for group, candidates in zip(self.prepared.channels.groups, self.candidates, strict=True):
             rows = torch.einsum("bcq,qck->bck", probabilities[:, group.codes], candidates)
             if hard is not None:
-                picked = torch.from_numpy(hard[:, group.codes].astype(np.int64))
-                chosen = candidates[picked, torch.arange(group.channels)]
+                picked = torch.from_numpy(hard[:, group.codes].astype(np.int64)).to(self.device)
+                chosen = candidates[picked, torch.arange(group.channels, device=self.device)]
                 rows = chosen + rows - rows.detach()
             weights[group.name] = rows_to_tensor(rows, group)
         scores = _scores_per_row(frozen, weights, seqs)
@@ -136,7 +140,8 @@ class Relaxation:
             # Items the device would not hold score far below the rest (a soft -inf).
             pruned = probabilities[:, item_group.codes, 0]
             if hard is not None:
-                hard_pruned = torch.from_numpy(hard[:, item_group.codes] == 0).float()
+                hard_pruned = torch.from_numpy(hard[:, item_group.codes] == 0).to(self.device)
+                hard_pruned = hard_pruned.float()
                 pruned = hard_pruned + pruned - pruned.detach()
             scores = scores - EXCLUDED_PENALTY * pruned
         if config.objective == "distill":

@@ -35,6 +35,7 @@ from chord_fl.hypernet.supervision import (
     training_windows,
 )
 from chord_fl.hypernet.tiered import TieredHyperNet
+from chord_fl.machine import on_device, torch_device
 from chord_fl.metrics import METRICS
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.selection import (
@@ -177,6 +178,7 @@ def train_best(
     progress: bool = True,
     supervision: SensitivitySet | None = None,
     processes: int | None = None,
+    device: str = "auto",
 ) -> tuple[TieredHyperNet, FitResult, tuple[Recipe, Recipe]]:
     """Train every recipe (on the same validation users) and serve the best start and trained
     network among them (`serve_best`); returns the networks, the fit that decided (its seconds:
@@ -184,7 +186,8 @@ def train_best(
 
     `processes`: recipes trained at once, each in a process of its own with an equal share of
     this process's torch threads; None: `recipe_processes`. A recipe's result depends on its
-    seed alone, up to the order of float sums that a different thread count can change."""
+    seed alone, up to the order of float sums that a different thread count (or `device`, as in
+    `train_hypernet`) can change."""
     if not recipes:
         raise ConfigError("no recipe to train")
     if processes is None:
@@ -196,7 +199,7 @@ def train_best(
     processes = min(processes, len(recipes))
     started = time.perf_counter()
     jobs = [
-        (prepared, split, fleet, recipe, config, progress and processes <= 1, supervision)
+        (prepared, split, fleet, recipe, config, progress and processes <= 1, supervision, device)
         for recipe in recipes
     ]
     if processes <= 1:
@@ -260,10 +263,11 @@ def _fit_recipe(
     config: HyperTrainConfig,
     progress: bool,
     supervision: SensitivitySet | None,
+    device: str,
 ) -> tuple[TieredHyperNet, FitResult]:
     recipe_config = replace(config, objective=recipe.objective)
     return train_hypernet(
-        prepared, split, fleet, recipe.network, recipe_config, progress, supervision
+        prepared, split, fleet, recipe.network, recipe_config, progress, supervision, device
     )
 
 
@@ -275,14 +279,20 @@ def train_hypernet(
     config: HyperTrainConfig = HyperTrainConfig(),
     progress: bool = True,
     supervision: SensitivitySet | None = None,
+    device: str = "auto",
 ) -> tuple[TieredHyperNet, FitResult]:
     """Hypernetworks selected on validation targets: the start and the best trained epoch, each
     tier served the one it chose (`TieredHyperNet`). `supervision`: the sensitivity set to use
-    (computed from training users' histories when needed and not given)."""
+    (computed from training users' histories when needed and not given).
+
+    The hypernetworks, the sensitivity set and the relaxation's steps run on `device` ("auto":
+    a GPU when there is one); validation scores each device's quantized model on the CPU, as
+    the phones would. The networks come back on the CPU."""
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     frozen = prepared.frozen.eval().requires_grad_(False)
+    cloud = torch_device(device)
     budgets = tier_budgets(fleet, prepared.channels)
     histories = split.histories()
 
@@ -297,7 +307,7 @@ def train_hypernet(
     if supervision is None and Recipe(net_config, config.objective).needs_supervision:
         pool = np.sort(rng.permutation(len(histories))[: config.users_per_epoch])
         supervision = sensitivity_set(
-            frozen,
+            on_device(frozen, cloud),
             prepared.channels,
             training_windows(histories, pool, config.sensitivity_positions),
             config.sensitivity_samples,
@@ -308,6 +318,7 @@ def train_hypernet(
         )
     if net_config.prior:
         hypernet.set_prior(supervision.prior)
+    hypernet.to(cloud)
     if config.freeze_item_head:
         hypernet.heads[item_head_index(prepared)].requires_grad_(False)
     trained = [parameter for parameter in hypernet.parameters() if parameter.requires_grad]
@@ -330,7 +341,8 @@ def train_hypernet(
             return supervised_epoch(hypernet, optimizer, supervision, config.batch_users, rng)
 
     else:
-        relaxed = RelaxedEpoch(Relaxation(prepared), histories, fleet, budgets, config, window)
+        relaxation = Relaxation(prepared, cloud)
+        relaxed = RelaxedEpoch(relaxation, histories, fleet, budgets, config, window)
 
         def epoch_losses() -> list[float]:
             return relaxed(hypernet, optimizer, rng)
@@ -361,7 +373,7 @@ def train_hypernet(
     if kept and config.tier_guard:
         decision = decision_devices(prepared, split, fleet, validation, config.seed, window)
         trained_at = tier_decision(hypernet, states, validate, decision, fleet, config, history)
-    served = served_networks(hypernet, states, budgets, trained_at)
+    served = served_networks(hypernet, states, budgets, trained_at).cpu()
     # The served networks' score on the epochs' validation users, each at its own tier.
     chosen = np.asarray(trained_at)[validation.tiers]
     best = max(states) if any(trained_at) else 0
