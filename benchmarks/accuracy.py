@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results_file import add_device_option, append_row, budget_of, read_rows
+from results_file import append_row, budget_of, read_rows
 
 from chord_fl.cli import parse_pairs
-from chord_fl.cli_options import add_exponent_option
+from chord_fl.cli_options import add_device_option, add_exponent_option
 from chord_fl.errors import ConfigError
 from chord_fl.experiment import (
     INITS,

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from results_file import append_row, read_rows
 
+from chord_fl.cli_options import add_device_option
 from chord_fl.errors import ConfigError
-from chord_fl.machine import DEVICES, machine_line
+from chord_fl.machine import machine_line
 from chord_fl.pretrain import pretrain
 from chord_fl.train import CE_DTYPES, default_training
 
@@ -147,7 +148,7 @@ def main() -> None:
     parser.add_argument(
         "--max-len", type=int, help="default: the library's (99%% of histories fit, at most 200)"
     )
-    parser.add_argument("--device", choices=DEVICES, default="auto")
+    add_device_option(parser)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--results", default="benchmarks/results/backbones-defaults.jsonl")
     parser.add_argument("--checkpoints", default="checkpoints/benchmark")

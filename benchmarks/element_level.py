@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> None:
         args.dataset, args.backbone, args.data_dir or None, rounds=1, checkpoint=args.checkpoint
     )
     split = load_split(setup)
-    prepared = PreparedModel(load_backbone(setup, split))
+    prepared = PreparedModel(load_backbone(setup, split, device=args.device))
     channels = prepared.channels
     users, windows, targets, negatives = eval_devices(split, args.users)
     starts = np.cumsum([0, *channels.elements()[:-1]])

@@ -51,7 +51,6 @@ import numpy as np
 import torch
 from headroom_report import method_order, pareto_figure, tables
 from results_file import (
-    add_device_option,
     append_row,
     at_budgets,
     budget_of,
@@ -60,7 +59,7 @@ from results_file import (
     read_rows,
 )
 
-from chord_fl.cli_options import add_quantizer_options, add_selection_options
+from chord_fl.cli_options import add_device_option, add_quantizer_options, add_selection_options
 from chord_fl.cloud import evaluate_codes, issue_codes
 from chord_fl.data.split import VALIDATION
 from chord_fl.experiment import eval_devices, evaluate_method

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import matplotlib
 import torch
-from results_file import add_device_option
 
-from chord_fl.cli_options import add_exponent_option
+from chord_fl.cli_options import add_device_option, add_exponent_option
 from chord_fl.experiment import Setup, load_backbone, load_split
 from chord_fl.hypernet.supervision import sensitivity_set, training_windows
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
@@ -38,13 +37,13 @@ def curves(args: argparse.Namespace) -> list[dict]:
     for name in args.variants:
         (recipes[name],) = CHORD_VARIANTS[name].recipes  # one-recipe variants
     supervised = any(recipe.needs_supervision for recipe in recipes.values())
+    cloud_frozen = on_device(prepared.frozen, torch_device(args.device))
     for seed in args.seeds:
         supervision = None
         if supervised:
             # Every seed draws its own supervision windows, as training would.
             pool = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
             windows = training_windows(split.histories(), pool[:2000].numpy(), 2)
-            cloud_frozen = on_device(prepared.frozen, torch_device(args.device))
             supervision = sensitivity_set(
                 cloud_frozen, prepared.channels, windows, args.samples, seed
             )

@@ -43,6 +43,7 @@ from chord_fl.hypernet.supervision import (
 from chord_fl.hypernet.training import HyperTrainConfig, item_head_index
 from chord_fl.machine import machine_line
 from chord_fl.methods import CHORD_VARIANTS
+from chord_fl.metrics import mean_and_standard_error
 from chord_fl.quant.budget import channel_budget
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.sensitivity import expected_sensitivity, normalised
@@ -126,12 +127,15 @@ def supervision_report(
     frozen, channels = prepared.frozen, prepared.channels
     defaults = HyperTrainConfig()
     rng = np.random.default_rng(0)
-    pool = np.sort(rng.permutation(len(split))[: defaults.users_per_epoch])
+    # Held-out users first; the supervision windows come from the others only (a validation
+    # window is a user's whole history, which is also its last training prefix).
+    order = rng.permutation(len(split))
+    users = np.sort(order[: args.held_out])
+    pool = np.sort(order[args.held_out :][: defaults.users_per_epoch])
     windows = training_windows(split.histories(), pool, defaults.sensitivity_positions)
     supervision = sensitivity_set(
         frozen, channels, windows, defaults.sensitivity_samples, seed=0, progress=True
     )
-    users = np.sort(rng.permutation(len(split))[: args.held_out])
     held_windows = [split.users[i].window(VALIDATION) for i in users]
     held_targets = split.targets(VALIDATION)[users]
     budgets = device_budgets[users]
@@ -143,17 +147,23 @@ def supervision_report(
     ceiling_codes = issue_codes(prepared, ceiling, budgets)
     items = prepared.item_group.codes
 
-    def ndcg(codes: np.ndarray) -> str:
-        metrics = evaluate_codes(prepared, held_windows, held_targets, codes)
-        return f"{metrics['full']['ndcg@10'].mean():.4f}"
+    def ndcg(codes: np.ndarray) -> np.ndarray:
+        """Per-user NDCG@10, full ranking."""
+        return evaluate_codes(prepared, held_windows, held_targets, codes)["full"]["ndcg@10"]
+
+    def lead(minuend: np.ndarray, subtrahend: np.ndarray) -> str:
+        mean, error = mean_and_standard_error(minuend - subtrahend)
+        return f"{mean:+.4f} ± {error:.4f}"
+
+    at_ceiling = ndcg(ceiling_codes)
 
     prior = np.broadcast_to(supervision.prior**args.exponent, ceiling.shape)
     prior_codes = issue_codes(prepared, prior, budgets)
     print(
         f"  {len(supervision)} training windows ({len(pool)} users' last "
         f"{defaults.sensitivity_positions}), {len(users)} held-out validation users at their "
-        f"tiers' budgets; NDCG@10 (full) of the window ceiling's codes {ndcg(ceiling_codes)}, of "
-        f"the prior's alone {ndcg(prior_codes)} (its codes equal the ceiling's on "
+        f"tiers' budgets; NDCG@10 (full) of the window ceiling's codes {at_ceiling.mean():.4f}, "
+        f"of the prior's alone {ndcg(prior_codes).mean():.4f} (its codes equal the ceiling's on "
         f"{(prior_codes == ceiling_codes).mean():.1%} of channels, "
         f"{(prior_codes[:, items] == ceiling_codes[:, items]).mean():.1%} of item rows)"
     )
@@ -175,11 +185,16 @@ def supervision_report(
             importance = net(profiles)
             held_loss = log_ratio_loss(importance, held).item()
         codes = issue_codes(prepared, importance.numpy(), budgets)
+        scores = ndcg(codes)
+        if not epoch:
+            start, against = scores, f"the ceiling's lead {lead(at_ceiling, scores)}"
+        else:
+            against = f"against the start {lead(scores, start)}"
         print(
             f"    epoch {epoch:>2}: loss {train_loss} training, {held_loss:.4f} held out; codes "
             f"equal the ceiling's on {(codes == ceiling_codes).mean():.1%} of channels, "
             f"{(codes[:, items] == ceiling_codes[:, items]).mean():.1%} of item rows; "
-            f"NDCG@10 {ndcg(codes)}"
+            f"NDCG@10 {scores.mean():.4f} ({against}, paired)"
         )
 
 

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> None:
                 tiers=single_tier(args.bits),
                 master=master,
                 checkpoint_dir=args.checkpoint_dir,
+                cloud_device=args.device,
             )
             world = load_world(config, progress=True)  # cached: one per master
             if master not in downloads:

@@ -49,6 +49,10 @@ def main() -> None:
     ndcg = []
     for path in (args.first, args.second):
         model, _ = load_checkpoint(path)
+        if model.num_items != split.num_items:
+            parser.error(
+                f"{path} scores {model.num_items} items, {args.dataset} has {split.num_items}"
+            )
         ranks = protocol_ranks(model, windows, targets, negatives)
         ndcg.append({p: per_user_metrics(r)["ndcg@10"] for p, r in ranks.items()})
         means = ", ".join(f"{p} {v.mean():.4f}" for p, v in ndcg[-1].items())
@@ -57,7 +61,7 @@ def main() -> None:
     for protocol in ndcg[0]:
         difference = ndcg[0][protocol] - ndcg[1][protocol]
         line = f"  first - second, {protocol}: {difference_text(difference)}"
-        if args.longer_than:
+        if long.any() and not long.all():
             line += (
                 f"; windows longer than {args.longer_than} ({long.sum()} users) "
                 f"{difference_text(difference[long])}, the others "

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> None:
     for init in args.inits:
         setup = Setup(args.dataset, args.backbone, args.data_dir or None, rounds=1, init=init)
         split = load_split(setup)
-        model = load_backbone(setup, split)
+        model = load_backbone(setup, split, device=args.device)
         histories = split.histories()
         users = np.arange(len(split))
         pairs = [w for w in training_windows(histories, users, args.positions + 1) if len(w) > 1]

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chord_fl.cli_options import add_device_option
 from chord_fl.cloud import tier_budgets
 from chord_fl.data import RoundSplit
 from chord_fl.experiment import Setup, load_split, prepare
 from chord_fl.hypernet.serving import decide_budgets, selection_devices
 from chord_fl.hypernet.tiered import TieredHyperNet
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
-from chord_fl.machine import DEVICES
 from chord_fl.methods import CHORD_VARIANTS, hypernet_importance
 from chord_fl.metrics import mean_and_standard_error
 from chord_fl.quant.channels import ChannelMap
@@ -55,16 +55,6 @@ def benchmark_parser(doc: str, results: str) -> argparse.ArgumentParser:
     add_device_option(parser)
     parser.add_argument("--results", default=results, help="JSON-lines file rows are added to")
     return parser
-
-
-def add_device_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--device",
-        choices=DEVICES,
-        default="auto",
-        help="where the cloud trains the backbone (if missing) and hypernetworks (auto: a GPU if "
-        "any)",
-    )
 
 
 def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:

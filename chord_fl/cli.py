@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from chord_fl.checkpoint import hypernet_cache_path, hypernet_settings, save_hypernet
-from chord_fl.cli_options import add_quantizer_options, add_selection_options
+from chord_fl.cli_options import add_device_option, add_quantizer_options, add_selection_options
 from chord_fl.cloud import tier_budgets
 from chord_fl.data import load_dataset, make_split
 from chord_fl.data.sources import DATA_DIR_ENV, DATASETS, FORMATS
@@ -24,22 +24,13 @@ from chord_fl.evaluation import PROTOCOLS
 from chord_fl.experiment import INITS, Setup, evaluate_method, load_split, prepare
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.training import HyperTrainConfig, train_best
-from chord_fl.machine import DEVICES, torch_device
+from chord_fl.machine import torch_device
 from chord_fl.methods import CHORD_VARIANTS, Cloud
 from chord_fl.metrics import METRICS
 from chord_fl.models import BACKBONES, LOSSES
 from chord_fl.pretrain import BASELINES, pretrain
 from chord_fl.tiers import DEFAULT_FLEET, assign_tiers, load_fleet
 from chord_fl.train import CE_DTYPES, SCHEDULES, TrainConfig, default_training, evaluation_negatives
-
-
-def _add_device_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--device",
-        choices=DEVICES,
-        default="auto",
-        help="where the cloud trains (auto: a GPU if any, else the CPU)",
-    )
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -173,6 +164,7 @@ def run_pretrain(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
+    device = str(torch_device(args.device))  # a GPU asked for where there is none: before any work
     if args.threads:
         torch.set_num_threads(args.threads)
     setup = Setup(
@@ -204,7 +196,7 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
     net, result, served = train_best(
         prepared, split, fleet, recipes, config, not args.no_progress, device=args.device
     )
-    identity = setup.backbone_identity(split.num_items)
+    identity = setup.backbone_identity(prepared.frozen)
     settings = hypernet_settings(identity, setup.quantizer, recipes, fleet, config)
     stem = f"{Path(setup.checkpoint_path).stem}-{args.variant}"
     out = Path(args.out or hypernet_cache_path(args.checkpoint_dir, stem, settings))
@@ -227,7 +219,7 @@ def run_hypernet(args: argparse.Namespace) -> dict[str, Any]:
         "importance_exponent": float(net.exponent),
         "validation_ndcg@10": result.best_score,
         "train_seconds": round(result.seconds, 2),
-        "train_device": str(torch_device(args.device)),
+        "train_device": device,
         "history": result.history,
         "test_round_1": test,
         "checkpoint": str(out),
@@ -328,7 +320,7 @@ def build_parser(
         help="any other backbone setting, e.g. blocks=2 or window=5",
     )
     train.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    _add_device_option(train)
+    add_device_option(train)
     train.add_argument("--out", help="checkpoint path (default: checkpoints/NAME.pt)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(run=run_pretrain, show=_print_pretrain)
@@ -349,7 +341,7 @@ def build_parser(
     hyper.add_argument("--seed", type=int, default=0)
     hyper.add_argument("--negatives", type=int, default=100, help="sampled-protocol negatives")
     hyper.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    _add_device_option(hyper)
+    add_device_option(hyper)
     hyper.add_argument(
         "--checkpoint-dir",
         default="checkpoints",

@@ -5,7 +5,18 @@ from __future__ import annotations
 import argparse
 
 from chord_fl.hypernet.training import HyperTrainConfig
+from chord_fl.machine import DEVICES
 from chord_fl.quant.channels import SCALES, CodeTable
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """Where the cloud trains (`chord_fl.machine.torch_device`); devices stay on the CPU."""
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where the cloud trains: auto (a GPU when torch sees one, else the CPU), cpu, cuda",
+    )
 
 
 def add_quantizer_options(parser: argparse.ArgumentParser) -> None:

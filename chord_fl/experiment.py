@@ -5,6 +5,7 @@ regenerated from a seed), the prepared quantizer and the global importance."""
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,7 +17,7 @@ from chord_fl.cloud import evaluate_codes, evaluate_models
 from chord_fl.data import RoundSplit, load_dataset, make_split
 from chord_fl.errors import ConfigError
 from chord_fl.methods import FP32, UNIFORM, Cloud, method, method_codes, uniform_widths
-from chord_fl.models import SequentialRecommender, seeded_backbone
+from chord_fl.models import SequentialRecommender, describe, seeded_backbone
 from chord_fl.pretrain import default_checkpoint, pretrain, with_data_length
 from chord_fl.quant.budget import check_within_budget, coded_bytes
 from chord_fl.quant.channels import SCALES, CodeTable
@@ -62,11 +63,12 @@ class Setup:
     def data_options(self) -> dict[str, Any]:
         return {"format": self.format, "user_min": self.user_min, "item_min": self.item_min}
 
-    def backbone_identity(self, num_items: int) -> str:
+    def backbone_identity(self, frozen: SequentialRecommender) -> str:
         """What names the frozen backbone: a trained one is its checkpoint's bytes, a seeded one
-        its recipe; an 8-bit master is another backbone."""
+        its architecture (whose input length may come from the data) and seed; an 8-bit master
+        is another backbone."""
         if self.init == "random":
-            identity = f"random:{self.backbone}:{num_items}:{self.seed}"
+            identity = f"random:{self.seed}:{json.dumps(describe(frozen), sort_keys=True)}"
         else:
             identity = "sha256:" + hashlib.sha256(self.checkpoint_path.read_bytes()).hexdigest()
         tag = master_tag(self.master)

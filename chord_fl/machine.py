@@ -15,6 +15,7 @@ from chord_fl.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 CPU = torch.device("cpu")
+Module = TypeVar("Module", bound=torch.nn.Module)
 
 
 def machine_info() -> dict[str, object]:
@@ -67,9 +68,6 @@ def torch_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' asked for, but torch sees no GPU (or is a CPU build)")
     return torch.device(name)
-
-
-Module = TypeVar("Module", bound=torch.nn.Module)
 
 
 def on_device(module: Module, device: torch.device) -> Module:

@@ -91,6 +91,7 @@ def test_the_default_input_length_covers_99_percent_of_histories(tmp_path):
     import numpy as np
 
     from chord_fl.data import load_dataset, make_split
+    from chord_fl.experiment import Setup, load_backbone
     from chord_fl.pretrain import pretrain, with_data_length
     from chord_fl.train import TrainConfig
 
@@ -105,6 +106,8 @@ def test_the_default_input_length_covers_99_percent_of_histories(tmp_path):
     model, meta = load_checkpoint(out)
     assert model.max_len == expected == report["max_len"] == meta["max_len"]
     assert model.position_embedding.num_embeddings == expected
+    seeded = load_backbone(Setup(str(csv), init="random"), make_split(load_dataset(str(csv)), 1))
+    assert seeded.max_len == expected  # a randomly initialised backbone follows the data too
 
     long = [np.arange(300)] * 10
     assert with_data_length("sasrec", long, {})["max_len"] == 200

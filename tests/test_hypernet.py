@@ -785,9 +785,10 @@ def test_the_global_importance_is_flattened_where_validation_says_so():
 def test_training_on_a_copy_of_the_frozen_model_as_a_gpu_would_equals_training_in_place(
     monkeypatch,
 ):
-    """On a GPU the cloud trains with a copy of the frozen model (`chord_fl.machine.on_device`):
-    forced to copy on the CPU, the relaxation and the supervised recipe give the same networks,
-    and the frozen model the devices' quantized weights come from is left as it was."""
+    """On a GPU the cloud trains with a copy of the frozen model (`chord_fl.machine.on_device`).
+    Forced to copy on the CPU, the relaxation and the supervised recipe give the same networks
+    and leave the frozen model the devices' weights come from as it was; and they do train on
+    the copy (a perturbed copy gives other networks)."""
     import chord_fl.hypernet.relax as relax
     import chord_fl.hypernet.training as training
 
@@ -797,34 +798,42 @@ def test_training_on_a_copy_of_the_frozen_model_as_a_gpu_would_equals_training_i
     profiles = encode_profiles(backbone, split.windows(1))
     budgets = np.full(len(profiles), tier_budgets(DEFAULT_FLEET, prepared.channels)[1])
 
-    def importances() -> list[np.ndarray]:
+    def trained() -> list[tuple[np.ndarray, float]]:
+        """Each recipe's served importances and its training loss (the copy's forward passes)."""
         out = []
         for variant in ("chord-relax", "chord-sens"):
             (recipe,) = CHORD_VARIANTS[variant].recipes
             config = HyperTrainConfig(
                 epochs=1, objective=recipe.objective, eval_users=100, users_per_epoch=100
             )
-            net, _ = train_hypernet(prepared, split, DEFAULT_FLEET, recipe.network, config, False)
-            assert net.tier_bytes.device.type == "cpu"
-            net.trained_at.fill_(True)  # the trained epoch, kept or not
-            out.append(hypernet_importance(net, profiles, budgets))
+            net, fit = train_hypernet(
+                prepared, split, DEFAULT_FLEET, recipe.network, config, False, device="cpu"
+            )
+            out.append((hypernet_importance(net, profiles, budgets), fit.history[1]["loss"]))
         return out
 
-    in_place = importances()
-    copies = []
+    def copies(scale: float):
+        def copy_on(module, device):
+            assert module is backbone
+            duplicate = copy.deepcopy(module).to(device)
+            with torch.no_grad():
+                for weight in duplicate.parameters():
+                    weight.mul_(scale)
+            return duplicate
 
-    def copy_always(module, device):
-        copies.append(module)
-        return copy.deepcopy(module).to(device)
+        monkeypatch.setattr(relax, "on_device", copy_on)
+        monkeypatch.setattr(training, "on_device", copy_on)
 
-    monkeypatch.setattr(relax, "on_device", copy_always)
-    monkeypatch.setattr(training, "on_device", copy_always)
-    on_copies = importances()
-    assert copies and all(module is backbone for module in copies)
-    for expected, got in zip(in_place, on_copies, strict=True):
+    in_place = trained()
+    copies(1.0)
+    for (expected, expected_loss), (got, loss) in zip(in_place, trained(), strict=True):
         np.testing.assert_array_equal(got, expected)
+        assert loss == expected_loss
     for name, value in backbone.state_dict().items():
         assert torch.equal(value, before[name]), name
+    copies(0.5)
+    for (_, expected_loss), (_, loss) in zip(in_place, trained(), strict=True):
+        assert loss != expected_loss
 
 
 def test_a_gpu_asked_for_where_there_is_none_is_a_clear_error(tmp_path, capsys):

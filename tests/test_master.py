@@ -87,5 +87,9 @@ def test_setup_and_run_config_accept_the_master_only_where_devices_quantize(tmp_
 
 def test_a_master_and_its_format_name_another_backbone(tmp_path):
     fp32, int8 = Setup(init="random"), Setup(init="random", master="int8")
-    assert fp32.backbone_identity(NUM_ITEMS) != int8.backbone_identity(NUM_ITEMS)
-    assert int8.backbone_identity(NUM_ITEMS).endswith(f"v{FORMAT}")
+    frozen = seeded_backbone("sasrec", NUM_ITEMS, 0)
+    assert fp32.backbone_identity(frozen) != int8.backbone_identity(frozen)
+    assert int8.backbone_identity(frozen).endswith(f"v{FORMAT}")
+    # A seeded backbone's input length follows the data: another length, another backbone.
+    shorter = seeded_backbone("sasrec", NUM_ITEMS, 0, max_len=41)
+    assert fp32.backbone_identity(shorter) != fp32.backbone_identity(frozen)

@@ -65,6 +65,7 @@ def load_world(config: RunConfig, train_missing: bool = True, progress: bool = F
     """The shared state; `train_missing=False` (a device) refuses to train a missing backbone,
     which the cloud trains on its `cloud-device`."""
     device = config.cloud_device if train_missing else "cpu"
+    torch_device(device)  # a GPU asked for where there is none fails here, before any work
     return _cached_world(
         config.setup, config.tiers, config.negatives, train_missing, progress, device
     )
@@ -110,7 +111,7 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
     train = config.hypernet_training
 
     def settings_of(recipes: tuple) -> dict:
-        identity = setup.backbone_identity(world.split.num_items)  # hashes the checkpoint
+        identity = setup.backbone_identity(world.prepared.frozen)  # hashes the checkpoint
         return hypernet_settings(identity, setup.quantizer, recipes, world.fleet, train)
 
     if method in CHORD_VARIANTS:
