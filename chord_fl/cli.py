@@ -251,10 +251,11 @@ def _print_data(report: dict[str, Any]) -> None:
 
 
 def _print_pretrain(report: dict[str, Any]) -> None:
+    length = f", input length {report['max_len']}" if report["max_len"] else ""
     print(
         f"{report['backbone']} on {report['dataset']}: {report['users']} users, "
-        f"{report['items']} items; best epoch {report['best_epoch']} of {report['epochs_run']}, "
-        f"{report['train_seconds']} s"
+        f"{report['items']} items{length}; best epoch {report['best_epoch']} of "
+        f"{report['epochs_run']}, {report['train_seconds']} s"
     )
     for part in ("validation", "test"):
         for protocol, metrics in report[part].items():
