@@ -28,16 +28,27 @@ def _row(method: str, full: np.ndarray, sampled: np.ndarray) -> dict:
     }
 
 
-def _rows(window_gap: float, chord_share: float) -> list[dict]:
+def _rows(window_gap: float, chord_share: float, sampled_share: float | None = None) -> list[dict]:
+    """`global`, the window ceiling `window_gap` above it and `chord` at `chord_share` of that
+    gap; under the sampled protocol the gap is twice as wide and chord's share `sampled_share`."""
     rng = np.random.default_rng(0)
     low = rng.uniform(0.1, 0.3, DEVICES)
-    noise = rng.normal(0, 0.01, (3, DEVICES))
-    scores = {
-        "global": low,
-        "window": low + window_gap + noise[0],
-        "chord": low + chord_share * window_gap + noise[1],
+    noise = rng.normal(0, 0.01, (4, DEVICES))
+    shares = {
+        "full": chord_share,
+        "sampled": chord_share if sampled_share is None else sampled_share,
     }
-    return [_row(method, values, values + 0.2) for method, values in scores.items()]
+    scores = {
+        protocol: {
+            "global": low + offset,
+            "window": low + offset + gap + noise[2 * index],
+            "chord": low + offset + shares[protocol] * gap + noise[2 * index + 1],
+        }
+        for index, (protocol, offset, gap) in enumerate(
+            (("full", 0.0, window_gap), ("sampled", 0.2, 2 * window_gap))
+        )
+    }
+    return [_row(m, scores["full"][m], scores["sampled"][m]) for m in ("global", "window", "chord")]
 
 
 def _line(report: str, start: str) -> str:
@@ -46,20 +57,22 @@ def _line(report: str, start: str) -> str:
 
 
 def test_the_share_and_the_midpoint_row_follow_the_per_device_scores():
-    report = tables(_rows(window_gap=0.04, chord_share=0.75))
-    # chord closes about three quarters of the gap under both protocols...
+    report = tables(_rows(window_gap=0.04, chord_share=0.75, sampled_share=0.4))
+    # chord closes three quarters of the gap under full ranking, 40% under the sampled protocol...
     shares = _line(report, "| chord |").split("|")[-2].strip()
     full, sampled = (float(share.rstrip("%")) for share in shares.split(" / "))
-    assert full == pytest.approx(75, abs=3) and sampled == pytest.approx(75, abs=3)
-    # ...so it sits above the gap's midpoint by a quarter of the gap, far beyond two errors.
-    midpoint = _line(report, "| the global-to-window gap's midpoint |").split("|")[2]
-    mean, rest = midpoint.strip().split(" ± ")
-    assert float(mean) == pytest.approx(0.25 * 0.04, abs=0.002)
-    assert float(rest.split("(")[1].rstrip(")")) > 5
+    assert full == pytest.approx(75, abs=3) and sampled == pytest.approx(40, abs=3)
+    # ...so it sits above the full gap's midpoint by a quarter of that gap, far beyond two
+    # errors, and below the sampled gap's (twice as wide) by a tenth of it.
+    cells = _line(report, "| the global-to-window gap's midpoint |").split("|")[2:4]
+    (full_mean, full_rest), (sampled_mean, _) = (cell.strip().split(" ± ") for cell in cells)
+    assert float(full_mean) == pytest.approx(0.25 * 0.04, abs=0.002)
+    assert float(full_rest.split("(")[1].rstrip(")")) > 5
+    assert float(sampled_mean) == pytest.approx(-0.1 * 0.08, abs=0.002)
 
 
 def test_a_ceiling_within_noise_of_global_has_no_gap_to_close():
-    report = tables(_rows(window_gap=0.0005, chord_share=0.5))
+    report = tables(_rows(window_gap=0.0, chord_share=0.5))
     assert _line(report, "| chord |").split("|")[-2].strip() == "no gap / no gap"
     midpoint = _line(report, "| the global-to-window gap's midpoint |")
     assert midpoint.count("no gap") == 2
