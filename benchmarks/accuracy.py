@@ -38,7 +38,7 @@ from chord_fl.experiment import (
 )
 from chord_fl.hypernet.profile import encode_profiles
 from chord_fl.hypernet.training import HyperTrainConfig, train_best
-from chord_fl.machine import machine_line, on_device, torch_device
+from chord_fl.machine import machine_line, on_device
 from chord_fl.methods import CHORD_VARIANTS, METHODS, Cloud, calibrated_global
 from chord_fl.metrics import mean_and_standard_error
 from chord_fl.quant.quantizer import PreparedModel
@@ -80,7 +80,7 @@ def run(dataset: str, backbone: str, args: argparse.Namespace, results: Path) ->
     prepared = PreparedModel(backbone_model, pruned_items=args.pruned_items)
     users, windows, targets, negatives = eval_devices(split, args.eval_users)
     profiles = encode_profiles(prepared.frozen, windows)
-    cloud_frozen = on_device(prepared.frozen, torch_device(args.device))
+    cloud_frozen = on_device(prepared.frozen, args.device)
     importance = global_sensitivity(cloud_frozen, prepared.channels, split)
     calibration = HyperTrainConfig(exponents=tuple(args.exponents))
     importance = calibrated_global(prepared, split, DEFAULT_FLEET, importance, calibration)

@@ -73,7 +73,7 @@ from chord_fl.hypernet.supervision import (
 )
 from chord_fl.hypernet.tiered import TieredHyperNet
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
-from chord_fl.machine import machine_line, on_device, torch_device
+from chord_fl.machine import machine_line, on_device
 from chord_fl.methods import CHORD_VARIANTS, Cloud, calibrated_global
 from chord_fl.quant.budget import coded_bytes
 from chord_fl.quant.quantizer import PreparedModel
@@ -190,7 +190,7 @@ def learned_networks(
 def run(args: argparse.Namespace, results: Path) -> None:
     split, prepared = prepared_backbone(args)
     channels = prepared.channels
-    frozen = on_device(prepared.frozen, torch_device(args.device))  # the cloud's sensitivities
+    frozen = on_device(prepared.frozen, args.device)  # the cloud's sensitivities
     stage = VALIDATION if args.targets == "validation" else 1
     users, windows, targets, negatives = eval_devices(split, args.eval_users, stage=stage)
     profiles = encode_profiles(prepared.frozen, windows)

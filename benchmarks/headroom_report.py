@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from results_file import difference_text
 
 from chord_fl.evaluation import PROTOCOLS
 from chord_fl.metrics import mean_and_standard_error
@@ -145,7 +146,7 @@ def _per_device(group: list[dict], protocol: str) -> np.ndarray:
 def _paired(group: list[dict], reference: list[dict] | None, protocol: str) -> str:
     if not reference:
         return "-"
-    return _difference(_per_device(group, protocol) - _per_device(reference, protocol))
+    return difference_text(_per_device(group, protocol) - _per_device(reference, protocol))
 
 
 def _real_gap(methods: dict[str, list[dict]], protocol: str) -> tuple[np.ndarray, float] | None:
@@ -164,14 +165,7 @@ def _above_half_gap(group: list[dict], methods: dict[str, list[dict]], protocol:
     real = _real_gap(methods, protocol)
     if real is None or real[1] < 0:
         return "no gap"
-    return _difference(_per_device(group, protocol) - real[0])
-
-
-def _difference(per_device: np.ndarray) -> str:
-    mean, error = mean_and_standard_error(per_device)
-    if not error:
-        return f"{mean:+.4f}"
-    return f"{mean:+.4f} ± {error:.4f} ({mean / error:+.1f})"
+    return difference_text(_per_device(group, protocol) - real[0])
 
 
 def _gap_share(

@@ -17,7 +17,7 @@ from chord_fl.cli_options import add_device_option, add_exponent_option
 from chord_fl.experiment import Setup, load_backbone, load_split
 from chord_fl.hypernet.supervision import sensitivity_set, training_windows
 from chord_fl.hypernet.training import HyperTrainConfig, train_hypernet
-from chord_fl.machine import on_device, torch_device
+from chord_fl.machine import on_device
 from chord_fl.methods import CHORD_VARIANTS
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.tiers import DEFAULT_FLEET
@@ -37,7 +37,7 @@ def curves(args: argparse.Namespace) -> list[dict]:
     for name in args.variants:
         (recipes[name],) = CHORD_VARIANTS[name].recipes  # one-recipe variants
     supervised = any(recipe.needs_supervision for recipe in recipes.values())
-    cloud_frozen = on_device(prepared.frozen, torch_device(args.device))
+    cloud_frozen = on_device(prepared.frozen, args.device)
     for seed in args.seeds:
         supervision = None
         if supervised:

@@ -27,6 +27,7 @@ from functools import partial
 
 import numpy as np
 import torch
+from results_file import difference_text
 
 from chord_fl.cloud import evaluate_codes, issue_codes, tier_budgets
 from chord_fl.data.split import VALIDATION
@@ -43,7 +44,6 @@ from chord_fl.hypernet.supervision import (
 from chord_fl.hypernet.training import HyperTrainConfig, item_head_index
 from chord_fl.machine import machine_line
 from chord_fl.methods import CHORD_VARIANTS
-from chord_fl.metrics import mean_and_standard_error
 from chord_fl.quant.budget import channel_budget
 from chord_fl.quant.quantizer import PreparedModel
 from chord_fl.sensitivity import expected_sensitivity, normalised
@@ -151,10 +151,6 @@ def supervision_report(
         """Per-user NDCG@10, full ranking."""
         return evaluate_codes(prepared, held_windows, held_targets, codes)["full"]["ndcg@10"]
 
-    def lead(minuend: np.ndarray, subtrahend: np.ndarray) -> str:
-        mean, error = mean_and_standard_error(minuend - subtrahend)
-        return f"{mean:+.4f} ± {error:.4f}"
-
     at_ceiling = ndcg(ceiling_codes)
 
     prior = np.broadcast_to(supervision.prior**args.exponent, ceiling.shape)
@@ -187,9 +183,9 @@ def supervision_report(
         codes = issue_codes(prepared, importance.numpy(), budgets)
         scores = ndcg(codes)
         if not epoch:
-            start, against = scores, f"the ceiling's lead {lead(at_ceiling, scores)}"
+            start, against = scores, f"the ceiling's lead {difference_text(at_ceiling - scores)}"
         else:
-            against = f"against the start {lead(scores, start)}"
+            against = f"against the start {difference_text(scores - start)}"
         print(
             f"    epoch {epoch:>2}: loss {train_loss} training, {held_loss:.4f} held out; codes "
             f"equal the ceiling's on {(codes == ceiling_codes).mean():.1%} of channels, "

@@ -16,18 +16,14 @@ import argparse
 
 import numpy as np
 import torch
+from results_file import difference_text
 
 from chord_fl.checkpoint import load_checkpoint
 from chord_fl.data import load_dataset, make_split
 from chord_fl.evaluation import protocol_ranks
 from chord_fl.machine import machine_line
-from chord_fl.metrics import mean_and_standard_error, per_user_metrics
+from chord_fl.metrics import per_user_metrics
 from chord_fl.train import evaluation_negatives
-
-
-def difference_text(values: np.ndarray) -> str:
-    mean, error = mean_and_standard_error(values)
-    return f"{mean:+.4f} +- {error:.4f} (z {mean / error:.1f})" if error else f"{mean:+.4f}"
 
 
 def main() -> None:

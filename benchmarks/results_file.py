@@ -73,6 +73,14 @@ def paired(
     }
 
 
+def difference_text(per_device: np.ndarray) -> str:
+    """Mean ± standard error (z) of per-device differences, as every paired table prints them."""
+    mean, error = mean_and_standard_error(per_device)
+    if not error:
+        return f"{mean:+.4f}"
+    return f"{mean:+.4f} ± {error:.4f} ({mean / error:+.1f})"
+
+
 def paired_text(differences: dict[str, list[float]]) -> str:
     return ", ".join(f"{p} {m:+.4f} +- {e:.4f}" for p, (m, e) in differences.items())
 

@@ -70,7 +70,9 @@ def torch_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def on_device(module: Module, device: torch.device) -> Module:
-    """`module` itself on the CPU, else a copy on `device`: the cloud trains on a GPU while the
-    frozen model the devices' quantized copies come from stays on the CPU."""
+def on_device(module: Module, device: torch.device | str) -> Module:
+    """`module` itself on the CPU, else a copy on `device` (a name: `torch_device`): the cloud
+    trains on a GPU while the frozen model the devices' quantized copies come from stays on the
+    CPU."""
+    device = torch_device(device) if isinstance(device, str) else device
     return module if device == CPU else copy.deepcopy(module).to(device)

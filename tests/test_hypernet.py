@@ -789,7 +789,6 @@ def test_training_on_a_copy_of_the_frozen_model_as_a_gpu_would_equals_training_i
     Forced to copy on the CPU, the relaxation and the supervised recipe give the same networks
     and leave the frozen model the devices' weights come from as it was; and they do train on
     the copy (a perturbed copy gives other networks)."""
-    import chord_fl.hypernet.relax as relax
     import chord_fl.hypernet.training as training
 
     split, backbone = synthetic_backbone()
@@ -821,7 +820,6 @@ def test_training_on_a_copy_of_the_frozen_model_as_a_gpu_would_equals_training_i
                     weight.mul_(scale)
             return duplicate
 
-        monkeypatch.setattr(relax, "on_device", copy_on)
         monkeypatch.setattr(training, "on_device", copy_on)
 
     in_place = trained()

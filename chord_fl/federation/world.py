@@ -65,7 +65,6 @@ def load_world(config: RunConfig, train_missing: bool = True, progress: bool = F
     """The shared state; `train_missing=False` (a device) refuses to train a missing backbone,
     which the cloud trains on its `cloud-device`."""
     device = config.cloud_device if train_missing else "cpu"
-    torch_device(device)  # a GPU asked for where there is none fails here, before any work
     return _cached_world(
         config.setup, config.tiers, config.negatives, train_missing, progress, device
     )
@@ -75,6 +74,7 @@ def load_world(config: RunConfig, train_missing: bool = True, progress: bool = F
 def _cached_world(
     setup: Setup, tiers: str, negatives: int, train_missing: bool, progress: bool, device: str
 ) -> World:
+    torch_device(device)  # a GPU asked for where there is none fails here, before any work
     fleet = fleet_from_setting(tiers)
     split = load_split(setup)
     if setup.init == "pretrained" and not train_missing and not setup.checkpoint_path.exists():
@@ -144,7 +144,7 @@ def load_cloud(world: World, method: str, config: RunConfig, progress: bool = Fa
         if path.exists():
             importance = np.load(path, allow_pickle=False)
         else:
-            frozen = on_device(world.prepared.frozen, torch_device(config.cloud_device))
+            frozen = on_device(world.prepared.frozen, config.cloud_device)
             importance = global_sensitivity(
                 frozen, world.prepared.channels, world.split, seed=config.seed
             )

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from chord_fl.cloud import issue_codes
-from chord_fl.machine import CPU, on_device
+from chord_fl.models import SequentialRecommender
 from chord_fl.quant.channels import rows_to_tensor
 from chord_fl.quant.quantizer import PreparedModel
 
@@ -96,10 +96,14 @@ def soft_codes(
 class Relaxation:
     """Everything about the frozen model that a training step reuses: costs, errors, levels."""
 
-    def __init__(self, prepared: PreparedModel, device: torch.device = CPU) -> None:
+    def __init__(
+        self, prepared: PreparedModel, frozen: SequentialRecommender | None = None
+    ) -> None:
+        """`frozen`: the frozen model the training steps run, a copy of the prepared one on the
+        cloud's training device (default: the prepared one, on the CPU)."""
         self.prepared = prepared
-        self.frozen = on_device(prepared.frozen, device)  # what the training steps run
-        self.device = device
+        self.frozen = prepared.frozen if frozen is None else frozen
+        self.device = device = self.frozen.device
         errors = prepared.errors
         self.error = torch.tensor(errors / errors[:, 0].mean(), dtype=torch.float32, device=device)
         cost = prepared.channels.cost(prepared.table)
@@ -140,8 +144,8 @@ class Relaxation:
             # Items the device would not hold score far below the rest (a soft -inf).
             pruned = probabilities[:, item_group.codes, 0]
             if hard is not None:
-                hard_pruned = torch.from_numpy(hard[:, item_group.codes] == 0).to(self.device)
-                hard_pruned = hard_pruned.float()
+                hard_pruned = torch.from_numpy(hard[:, item_group.codes] == 0)
+                hard_pruned = hard_pruned.to(self.device, torch.float32)
                 pruned = hard_pruned + pruned - pruned.detach()
             scores = scores - EXCLUDED_PENALTY * pruned
         if config.objective == "distill":

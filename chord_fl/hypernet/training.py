@@ -293,6 +293,7 @@ def train_hypernet(
     rng = np.random.default_rng(config.seed)
     frozen = prepared.frozen.eval().requires_grad_(False)
     cloud = torch_device(device)
+    cloud_frozen = on_device(frozen, cloud)  # one copy for every step that runs on the device
     budgets = tier_budgets(fleet, prepared.channels)
     histories = split.histories()
 
@@ -307,7 +308,7 @@ def train_hypernet(
     if supervision is None and Recipe(net_config, config.objective).needs_supervision:
         pool = np.sort(rng.permutation(len(histories))[: config.users_per_epoch])
         supervision = sensitivity_set(
-            on_device(frozen, cloud),
+            cloud_frozen,
             prepared.channels,
             training_windows(histories, pool, config.sensitivity_positions),
             config.sensitivity_samples,
@@ -341,7 +342,7 @@ def train_hypernet(
             return supervised_epoch(hypernet, optimizer, supervision, config.batch_users, rng)
 
     else:
-        relaxation = Relaxation(prepared, cloud)
+        relaxation = Relaxation(prepared, cloud_frozen)
         relaxed = RelaxedEpoch(relaxation, histories, fleet, budgets, config, window)
 
         def epoch_losses() -> list[float]:
