@@ -28,7 +28,7 @@ from chord_fl.machine import torch_device
 from chord_fl.methods import CHORD_VARIANTS, Cloud
 from chord_fl.metrics import METRICS
 from chord_fl.models import BACKBONES, LOSSES
-from chord_fl.pretrain import BASELINES, pretrain
+from chord_fl.pretrain import BASELINES, pretrain, with_data_length
 from chord_fl.tiers import DEFAULT_FLEET, assign_tiers, load_fleet
 from chord_fl.train import CE_DTYPES, SCHEDULES, TrainConfig, default_training, evaluation_negatives
 
@@ -131,6 +131,8 @@ def run_data(args: argparse.Namespace) -> dict[str, Any]:
             "min": min(lengths),
             "max": max(lengths),
         },
+        # What a SASRec trained on this split takes without --max-len (`with_data_length`).
+        "default_max_len": with_data_length("sasrec", split.histories(), {})["max_len"],
         "rounds": args.rounds,
         "split": split.sizes(),
     }
@@ -241,7 +243,10 @@ def _print_data(report: dict[str, Any]) -> None:
         f"{report['interactions']} interactions ({report['filters']})"
     )
     lengths = report["sequence_length"]
-    print(f"  sequence length:  mean {lengths['mean']}, min {lengths['min']}, max {lengths['max']}")
+    print(
+        f"  sequence length:  mean {lengths['mean']}, min {lengths['min']}, max {lengths['max']}; "
+        f"a backbone's input length by default {report['default_max_len']}"
+    )
     split = report["split"]
     print(
         f"  split (R={report['rounds']}): {split['users']} users kept, {split['dropped_users']} "

@@ -84,7 +84,7 @@ def test_pretraining_twice_with_one_seed_gives_one_backbone(tmp_path):
     assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
 
 
-def test_the_default_input_length_covers_99_percent_of_histories(tmp_path):
+def test_the_default_input_length_covers_99_percent_of_histories(tmp_path, capsys):
     """Without --max-len a backbone's input length comes from the training histories (their 99th
     percentile, at most the backbone's 200, never below Caser's window), and the checkpoint
     records it; a given length wins."""
@@ -106,6 +106,8 @@ def test_the_default_input_length_covers_99_percent_of_histories(tmp_path):
     model, meta = load_checkpoint(out)
     assert model.max_len == expected == report["max_len"] == meta["max_len"]
     assert model.position_embedding.num_embeddings == expected
+    assert main(["data", "--dataset", str(csv), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["default_max_len"] == expected
     seeded = load_backbone(Setup(str(csv), init="random"), make_split(load_dataset(str(csv)), 1))
     assert seeded.max_len == expected  # a randomly initialised backbone follows the data too
 
